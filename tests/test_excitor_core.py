@@ -1,0 +1,190 @@
+"""Properties of the Excitor block, each checked against the unmodified Hugging Face model."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from mm_excitor import ExcitorConfig, apply_excitor, count_parameters, excitor_blocks
+from tests.tiny_models import FAMILIES, tiny_model
+
+CONFIG = ExcitorConfig(num_layers=3, num_prompts=5, rank=4)
+
+
+def padded_batch(padding_side: str, vocab: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    ids = torch.randint(3, vocab, (3, 9))
+    mask = torch.ones_like(ids)
+    for row, length in enumerate((9, 6, 4)):
+        if padding_side == "left":
+            mask[row, : 9 - length] = 0
+        else:
+            mask[row, length:] = 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_logits_equal_unmodified_model_at_init(family, attn, padding_side):
+    base = tiny_model(family, attn)
+    adapted = apply_excitor(copy.deepcopy(base), CONFIG)
+    ids, mask = padded_batch(padding_side)
+    with torch.no_grad():
+        expected = base(input_ids=ids, attention_mask=mask).logits
+        got = adapted(input_ids=ids, attention_mask=mask).logits
+    assert len(excitor_blocks(adapted)) == CONFIG.num_layers
+    assert torch.equal(got, expected)
+
+
+def test_excitor_changes_logits_once_gate_is_open():
+    """Guards the test above: the exactness must come from the zero gate, not from a block that does nothing."""
+    base = tiny_model()
+    adapted = apply_excitor(copy.deepcopy(base), CONFIG)
+    with torch.no_grad():
+        for block in excitor_blocks(adapted):
+            block.gate.fill_(0.5)
+        ids, mask = padded_batch("right")
+        assert not torch.allclose(adapted(input_ids=ids, attention_mask=mask).logits,
+                                  base(input_ids=ids, attention_mask=mask).logits)
+
+
+def train_steps(model, steps: int = 3, lr: float = 1e-2):
+    ids, mask = padded_batch("right")
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return model
+
+
+def test_training_moves_every_trainable_tensor_and_no_base_parameter():
+    base = tiny_model()
+    adapted = apply_excitor(copy.deepcopy(base), CONFIG)
+    before = {name: p.detach().clone() for name, p in adapted.named_parameters()}
+    train_steps(adapted)
+    trainable = {name for name, p in adapted.named_parameters() if p.requires_grad}
+    assert trainable and all(".k_proj." in name and not name.endswith("base.weight") for name in trainable)
+    for name, parameter in adapted.named_parameters():
+        if name in trainable:
+            assert not torch.equal(parameter, before[name]), f"{name} did not change"
+        else:
+            assert torch.equal(parameter, before[name]), f"frozen {name} changed"
+    # The frozen weights are still bit-identical to the unmodified model's.
+    base_params = dict(base.named_parameters())
+    for name, parameter in adapted.named_parameters():
+        if not parameter.requires_grad:
+            assert torch.equal(parameter, base_params[name.replace("k_proj.base.", "k_proj.")])
+
+
+def test_only_the_gate_has_a_gradient_at_step_one():
+    adapted = apply_excitor(tiny_model(), CONFIG)
+    ids, mask = padded_batch("right")
+    adapted(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+    for block in excitor_blocks(adapted):
+        assert block.gate.grad.abs().sum() > 0
+        assert block.prompts.grad.abs().sum() == 0 and block.down.weight.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "qwen2"])
+def test_greedy_generation_with_cache_equals_without_after_training(family):
+    adapted = apply_excitor(tiny_model(family), CONFIG)
+    with torch.no_grad():
+        for block in excitor_blocks(adapted):
+            block.gate.normal_(std=1.0)
+    ids, mask = padded_batch("left")
+    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        cached = adapted.generate(**kwargs, use_cache=True)
+        uncached = adapted.generate(**kwargs, use_cache=False)
+        beams = adapted.generate(**kwargs, num_beams=3, use_cache=True)
+    assert torch.equal(cached, uncached)
+    assert beams.shape[0] == ids.shape[0]
+
+
+def test_kv_cache_keeps_the_grouped_query_shape():
+    base = tiny_model("llama-gqa")
+    adapted = apply_excitor(copy.deepcopy(base), CONFIG)
+    ids, mask = padded_batch("left")
+    with torch.no_grad():
+        base_cache = base(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+        cache = adapted(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+    for layer in range(4):
+        assert cache.layers[layer].keys.shape == base_cache.layers[layer].keys.shape
+        assert cache.layers[layer].keys.shape[1] == 2  # KV heads, not query heads
+
+
+def test_llama_7b_defaults_count_on_meta_device():
+    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=32, vocab_size=32000)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    apply_excitor(model, ExcitorConfig())
+    counts = count_parameters(model)
+    gates = 30 * 32
+    assert counts.trainable == 30 * (30 * 4096 + 2 * 4096 * 16) + gates == 7_618_560 + gates
+    assert counts.total > 6_700_000_000
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_bf16_base_with_fp32_trainables_under_autocast_and_gradient_checkpointing():
+    def grads(checkpointing: bool):
+        model = tiny_model().to(torch.bfloat16)
+        apply_excitor(model, CONFIG)
+        with torch.no_grad():
+            for block in excitor_blocks(model):
+                block.gate.fill_(0.3)
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        ids, mask = padded_batch("right")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        loss.backward()
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        assert all(p.dtype == torch.float32 for p in trainable.values())
+        assert all(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable.values())
+        return {n: p.grad for n, p in trainable.items()}
+
+    plain, checkpointed = grads(False), grads(True)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name])
+
+
+def test_bf16_base_without_autocast_is_exact_at_init():
+    base = tiny_model().to(torch.bfloat16)
+    adapted = apply_excitor(copy.deepcopy(base), CONFIG)
+    ids, mask = padded_batch("left")
+    with torch.no_grad():
+        assert torch.equal(adapted(input_ids=ids, attention_mask=mask).logits,
+                           base(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_bad_use_gives_clear_errors():
+    model = apply_excitor(tiny_model(), CONFIG)
+    with pytest.raises(ValueError, match="already has Excitor blocks"):
+        apply_excitor(model, CONFIG)
+    with pytest.raises(ValueError, match="num_layers=9 exceeds the model's 4 decoder layers"):
+        apply_excitor(tiny_model(), ExcitorConfig(num_layers=9))
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(ValueError, match="model_type='gpt2'"):
+        apply_excitor(gpt2, CONFIG)
+    with pytest.raises(ValueError, match="positive integer"):
+        ExcitorConfig(rank=0)
+    with pytest.raises(ValueError, match="visual_prompt_mode"):
+        ExcitorConfig(visual_prompt_mode="prefix")
+
+
+def test_config_json_round_trip_and_unknown_keys():
+    config = ExcitorConfig(num_layers=7, gate_tanh=True, visual_prompt_mode="add")
+    assert ExcitorConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="unknown ExcitorConfig keys \\['rnak'\\]"):
+        ExcitorConfig.from_dict({"rnak": 3})
