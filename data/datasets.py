@@ -1,0 +1,202 @@
+"""torch Datasets that yield the item dicts of docs/interfaces.md for captioning and ScienceQA.
+
+Images are opened in ``__getitem__`` (so DataLoader workers decode them), converted to RGB, and passed through
+``image_transform``; or visual tokens are looked up in ``visual_features`` by image key. Bad images follow
+``on_bad_image``:
+
+- ``"error"`` (default): a missing image fails at construction (a fast existence check over all files), a corrupt
+  one in ``__getitem__``; the ImageError names the image file and the record.
+- ``"skip"``: missing images (and missing feature keys) are dropped at construction, listed in ``dataset.skipped``
+  and logged with their count; a corrupt image found later makes ``__getitem__`` log it and return None, which the
+  collator drops and counts in ``batch["stats"]["skipped"]``. Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from data.coco import CaptionImage, CaptionSample
+from data.errors import ImageError
+from data.prompts import SCIENCEQA_FORMATS, CaptionTemplate, caption_example
+from data.scienceqa import ScienceQAProblem, build_example, problem_meta
+
+log = logging.getLogger(__name__)
+
+OnBadImage = Literal["error", "skip"]
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SkippedItem:
+    """One item left out under ``on_bad_image="skip"``."""
+
+    record: str
+    image: str
+    reason: str
+
+
+def load_rgb(path: str | Path, record: str) -> Image.Image:
+    """Open an image fully and convert it to RGB (COCO has grayscale and CMYK files); errors name file and record."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise ImageError(path, record, "image file not found") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(path, record, f"cannot read image: {e}") from e
+
+
+class _VisualDataset(Dataset):
+    """Shared image/feature handling: exactly one of image_transform / visual_features, and the skip policy."""
+
+    def __init__(self, image_transform: ImageTransform | None, visual_features: Mapping[str, torch.Tensor] | None,
+                 on_bad_image: OnBadImage) -> None:
+        if (image_transform is None) == (visual_features is None):
+            raise ValueError("give exactly one of image_transform and visual_features")
+        if on_bad_image not in ("error", "skip"):
+            raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        self.image_transform = image_transform
+        self.visual_features = visual_features
+        self.on_bad_image = on_bad_image
+        self.skipped: list[SkippedItem] = []
+        self._blank: torch.Tensor | None = None
+
+    def _check(self, record: str, path: Path | None, key: str | None) -> bool:
+        """Up-front check of one image reference; True if usable. Raises or records per the policy."""
+        if key is None:
+            return True
+        if self.visual_features is not None:
+            ok, what, reason = key in self.visual_features, key, "no entry in visual_features"
+        else:
+            ok, what, reason = path is not None and path.is_file(), str(path), "image file not found"
+        if ok:
+            return True
+        if self.on_bad_image == "error":
+            raise ImageError(what, record, reason + " (on_bad_image='skip' drops such items and reports them)")
+        self.skipped.append(SkippedItem(record, what, reason))
+        return False
+
+    def _report_skipped(self, what: str) -> None:
+        if self.skipped:
+            shown = "; ".join(f"{s.record}: {s.image}" for s in self.skipped[:5])
+            more = f" (and {len(self.skipped) - 5} more)" if len(self.skipped) > 5 else ""
+            log.warning("%s: skipped %d item(s) whose image is missing: %s%s", what, len(self.skipped), shown, more)
+
+    def _visual(self, record: str, path: Path | None, key: str | None) -> dict | None:
+        """``{"image": ...}`` or ``{"visual_tokens": ...}`` (zeros for a text-only item); None if skipped."""
+        if self.visual_features is not None:
+            if key is None:
+                return {"visual_tokens": torch.zeros_like(self._any_feature())}
+            return {"visual_tokens": self.visual_features[key]}
+        if path is None:
+            return {"image": torch.zeros_like(self._blank_image())}
+        try:
+            image = load_rgb(path, record)
+        except ImageError as e:
+            if self.on_bad_image == "error":
+                raise
+            log.warning("skipping %s (on_bad_image='skip')", e)
+            return None
+        return {"image": self.image_transform(image)}
+
+    def _any_feature(self) -> torch.Tensor:
+        for value in self.visual_features.values():
+            return value
+        raise ValueError("visual_features is empty: no shape for the zero tokens of a text-only item")
+
+    def _blank_image(self) -> torch.Tensor:
+        """The transform's output shape, learned once from a black image, for text-only rows."""
+        if self._blank is None:
+            self._blank = self.image_transform(Image.new("RGB", (224, 224)))
+        return self._blank
+
+
+class CaptionTrainDataset(_VisualDataset):
+    """Caption training: one item per caption, ``prompt``/``target`` from the caption template."""
+
+    def __init__(self, samples: Sequence[CaptionSample], *, image_transform: ImageTransform | None = None,
+                 visual_features: Mapping[str, torch.Tensor] | None = None, on_bad_image: OnBadImage = "error",
+                 template: CaptionTemplate = CaptionTemplate()) -> None:
+        super().__init__(image_transform, visual_features, on_bad_image)
+        self.template = template
+        ok: dict[str, bool] = {}
+        kept = []
+        for i, s in enumerate(samples):
+            if s.image_key not in ok:
+                ok[s.image_key] = self._check(f"caption sample {i} (image id {s.image_id})", s.image_path,
+                                              s.image_key)
+            if ok[s.image_key]:
+                kept.append(s)
+        self.samples = kept
+        self._report_skipped("caption training set")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict | None:
+        s = self.samples[index]
+        visual = self._visual(f"caption sample {index} (image id {s.image_id})", s.image_path, s.image_key)
+        if visual is None:
+            return None
+        prompt, target = caption_example(s.caption, self.template)
+        return {"prompt": prompt, "target": target, **visual, "has_image": True,
+                "meta": {"image_id": s.image_id, "image_key": s.image_key}}
+
+
+class CaptionEvalDataset(_VisualDataset):
+    """Caption evaluation: one item per image, with its references and COCO id in ``meta``."""
+
+    def __init__(self, images: Sequence[CaptionImage], *, image_transform: ImageTransform | None = None,
+                 visual_features: Mapping[str, torch.Tensor] | None = None, on_bad_image: OnBadImage = "error",
+                 template: CaptionTemplate = CaptionTemplate()) -> None:
+        super().__init__(image_transform, visual_features, on_bad_image)
+        self.template = template
+        self.images = [im for im in images if self._check(f"image id {im.image_id}", im.image_path, im.image_key)]
+        self._report_skipped("caption evaluation set (its scores then cover fewer images)")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict | None:
+        im = self.images[index]
+        visual = self._visual(f"image id {im.image_id}", im.image_path, im.image_key)
+        if visual is None:
+            return None
+        return {"prompt": self.template.prompt, **visual, "has_image": True,
+                "meta": {"image_id": im.image_id, "image_key": im.image_key, "references": list(im.references)}}
+
+
+class ScienceQADataset(_VisualDataset):
+    """ScienceQA items in prompt format ``fmt``; text-only questions get ``has_image=False`` and a zero image.
+    ``target`` is always present (the trainer uses it; the evaluator may ignore it)."""
+
+    def __init__(self, problems: Sequence[ScienceQAProblem], *, fmt: str = "QCM-A",
+                 image_transform: ImageTransform | None = None,
+                 visual_features: Mapping[str, torch.Tensor] | None = None,
+                 on_bad_image: OnBadImage = "error") -> None:
+        super().__init__(image_transform, visual_features, on_bad_image)
+        self.fmt = fmt
+        if fmt not in SCIENCEQA_FORMATS:  # fail now, not in a worker
+            raise ValueError(f"unknown ScienceQA prompt format {fmt!r}; choose one of {', '.join(SCIENCEQA_FORMATS)}")
+        self.problems = [p for p in problems if self._check(f"pid {p.pid}", p.image_path, p.image_key)]
+        self._report_skipped("ScienceQA set")
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+    def __getitem__(self, index: int) -> dict | None:
+        p = self.problems[index]
+        visual = self._visual(f"pid {p.pid}", p.image_path, p.image_key)
+        if visual is None:
+            return None
+        prompt, target = build_example(p, self.fmt)
+        return {"prompt": prompt, "target": target, **visual, "has_image": p.has_image, "meta": problem_meta(p)}
