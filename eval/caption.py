@@ -1,0 +1,99 @@
+"""COCO caption evaluation: `generate` writes the official results file, `score` reports pycocoevalcap metrics.
+
+    python -m eval.caption score --results R.json --annotations GT.json [--allow-subset] [--spice] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from eval.caption_files import write_results
+from eval.caption_metrics import score_captions
+from eval.generation import (
+    Decoding, EvalDataset, GenerativeModel, add_generation_arguments, decoding_from_args, generate_outputs,
+    read_generation_meta,
+)
+from eval.java import JavaNotFoundError
+from eval.report import write_caption_report
+from eval.spice import SpiceUnavailableError
+
+
+def generate_captions(
+    model: GenerativeModel,
+    dataset: EvalDataset,
+    *,
+    batch_size: int,
+    num_beams: int,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    output: Path,
+    resume: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Path | None:
+    """Caption every item (`meta["image_id"]`) into the official results file `output`; see eval.generation.
+
+    Returns `output` on the call that merged the shards, None on the others. Whitespace in a caption (newlines
+    included, which would break PTB tokenisation) is collapsed to single spaces.
+    """
+    return generate_outputs(
+        model, dataset, task="caption", id_key="image_id",
+        decoding=Decoding(batch_size, num_beams, max_new_tokens, min_new_tokens),
+        output=output, write_output=_write_captions, resume=resume, rank=rank, world_size=world_size,
+    )
+
+
+def _write_captions(records: list[dict], output: Path) -> None:
+    write_results([{"image_id": r["id"], "caption": " ".join(r["text"].split())} for r in records], output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval.caption", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    score = sub.add_parser("score", help="score an official results file")
+    score.add_argument("--results", type=Path, required=True, help='[{"image_id": int, "caption": str}]')
+    score.add_argument("--annotations", type=Path, required=True, help="COCO-format GT (images, annotations)")
+    score.add_argument("--allow-subset", action="store_true",
+                       help="score only the images in the results; every output is marked SUBSET n/N")
+    score.add_argument("--spice", action="store_true", help="also SPICE (needs its CoreNLP jars, Java 8)")
+    score.add_argument("--decoding", type=Path, default=None,
+                       help="generation metadata JSON (default: R.meta.json next to the results, if present)")
+    score.add_argument("--workdir", type=Path, default=None, help="writable dir for temp files (default: $TMPDIR)")
+    score.add_argument("--out", type=Path, required=True, help="report directory")
+    generate = sub.add_parser("generate", help="caption a split with a checkpoint")
+    generate.add_argument("--config", type=Path, required=True, help="model and data config")
+    generate.add_argument("--checkpoint", type=Path, required=True)
+    generate.add_argument("--split", default="test")
+    add_generation_arguments(generate, max_new_tokens=30)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        decoding_from_args(args)  # validate the settings before reporting what is missing
+        print("error: `generate` is not wired to a model loader yet; call eval.caption.generate_captions(model, "
+              "dataset, ...) from Python", file=sys.stderr)
+        return 2
+    try:
+        decoding, meta = read_generation_meta(args.results, args.decoding)
+        scores = score_captions(args.results, args.annotations, allow_subset=args.allow_subset, spice=args.spice,
+                                workdir=args.workdir)
+    except (ValueError, JavaNotFoundError, SpiceUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sources = {"results": str(args.results), "annotations": str(args.annotations)}
+    if meta is not None:
+        sources["decoding"] = str(meta)
+    paths = write_caption_report(scores, args.out, decoding=decoding, sources=sources)
+    print(paths["scores.md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

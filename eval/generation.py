@@ -1,0 +1,271 @@
+"""Batched, resumable, sharded generation, shared by the caption and ScienceQA evaluators.
+
+Rank r takes items r, r + W, r + 2W, ... (W = world size) and appends one JSON line per item to
+`{output}.rank{r}.jsonl` after every batch, so a run that dies resumes where it stopped (items whose id is already
+in the part file are skipped; a half-written last line is dropped). The part file starts with a header holding the
+decoding settings, and resuming with different settings is refused rather than mixing outputs. A finished rank
+writes `{output}.rank{r}.done`. The parts are merged, deduplicated by id and in dataset order, by rank 0 after a
+barrier when torch.distributed is initialised, otherwise by whichever rank finds every shard done (ranks launched
+by hand, LLaVA's --chunk-idx style). The merge writes the task's output file and `{stem}.meta.json` (the decoding
+settings the scorer puts in its report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed
+
+from data.collate import stack_visual
+from eval.files import read_json, write_json_atomic
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What the outputs depend on besides the model; reported with every score. Greedy output can change with
+    the batch size through padding, so it is part of the protocol."""
+
+    batch_size: int
+    num_beams: int
+    max_new_tokens: int
+    min_new_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.num_beams < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"batch_size, num_beams and max_new_tokens must be >= 1: {self}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens]: {self}")
+
+
+class GenerativeModel(Protocol):
+    """The part of mm_excitor's multimodal model that evaluation uses (docs/interfaces.md)."""
+
+    def generate(self, prompts: list[str], images: torch.Tensor | None = None,
+                 visual_tokens: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
+                 max_new_tokens: int = 30, num_beams: int = 1, min_new_tokens: int = 0) -> list[str]: ...
+
+
+class EvalDataset(Protocol):
+    """A map-style dataset of eval items: dicts with `prompt`, `image` or `visual_tokens`, `has_image`, `meta`,
+    or None for an item whose image was skipped as unreadable."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Mapping[str, Any] | None: ...
+
+
+def part_path(output: Path, rank: int) -> Path:
+    return Path(output).with_name(f"{Path(output).name}.rank{rank}.jsonl")
+
+
+def done_path(output: Path, rank: int) -> Path:
+    return Path(output).with_name(f"{Path(output).name}.rank{rank}.done")
+
+
+def meta_path(output: Path) -> Path:
+    """Where the generation metadata of a results file lives: `R.json` -> `R.meta.json`."""
+    return Path(output).with_name(f"{Path(output).stem}.meta.json")
+
+
+def generate_outputs(
+    model: GenerativeModel,
+    dataset: EvalDataset,
+    *,
+    task: str,
+    id_key: str,
+    decoding: Decoding,
+    output: Path,
+    write_output: Callable[[list[dict], Path], None],
+    resume: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Path | None:
+    """Generate this rank's shard, then merge if this call completes the set; return `output` if it merged.
+
+    `id_key` names the id in `item["meta"]` (image_id, pid); `write_output` turns the merged records
+    (`{"index", "id", "prompt", "text"}`, in dataset order) into the task's official file.
+    """
+    dist = _distributed(rank, world_size)
+    output = Path(output)
+    part, done = part_path(output, rank), done_path(output, rank)
+    done.unlink(missing_ok=True)
+    if not resume:
+        part.unlink(missing_ok=True)
+    header = {"task": task, "decoding": asdict(decoding)}
+    finished = _resume_part(part, header)
+    with open(part, "a", encoding="utf-8") as f:
+        if f.tell() == 0:
+            _append(f, [{"header": header}])
+        batch: list[tuple[int, Mapping[str, Any]]] = []
+        skipped = 0
+        for index in range(rank, len(dataset), world_size):
+            item = dataset[index]
+            if item is None:  # an unreadable image the dataset was told to skip; scoring will see it missing
+                skipped += 1
+                continue
+            item_id = item["meta"][id_key]
+            if type(item_id) not in (int, str):
+                raise TypeError(f"item {index}: meta[{id_key!r}] is a {type(item_id).__name__}, expected int or str")
+            if item_id in finished:
+                continue
+            finished.add(item_id)
+            batch.append((index, item))
+            if len(batch) == decoding.batch_size:
+                _append(f, _generate_batch(model, batch, id_key, decoding))
+                batch = []
+        if batch:
+            _append(f, _generate_batch(model, batch, id_key, decoding))
+    write_json_atomic({"world_size": world_size, "n_items": len(dataset), "n_skipped": skipped}, done)
+    if dist is not None:
+        dist.barrier()
+        if rank != 0:
+            return None
+    elif not _all_done(output, world_size, len(dataset)):
+        return None
+    return merge_parts(output, task=task, decoding=decoding, world_size=world_size, n_items=len(dataset),
+                       write_output=write_output)
+
+
+def merge_parts(
+    output: Path, *, task: str, decoding: Decoding, world_size: int, n_items: int,
+    write_output: Callable[[list[dict], Path], None],
+) -> Path:
+    """Merge every rank's part into `output` (first record per id wins, dataset order) plus `{stem}.meta.json`."""
+    records: list[dict] = []
+    for r in range(world_size):
+        header, rows = _read_part(part_path(output, r))
+        if header is not None and header["decoding"] != asdict(decoding):
+            raise ValueError(f"{part_path(output, r)} was generated with {header['decoding']}, not {asdict(decoding)}")
+        records.extend(rows)
+    records.sort(key=lambda rec: rec["index"])
+    merged: dict[int | str, dict] = {}
+    for rec in records:
+        merged.setdefault(rec["id"], rec)
+    write_output(list(merged.values()), output)
+    write_json_atomic({
+        "task": task,
+        "decoding": asdict(decoding),
+        "world_size": world_size,
+        "n_items": n_items,
+        "n_outputs": len(merged),
+        "n_duplicate_ids": len(records) - len(merged),
+        "n_skipped_items": sum(read_json(done_path(output, r))["n_skipped"] for r in range(world_size)),
+        "parts": [part_path(output, r).name for r in range(world_size)],
+    }, meta_path(output))
+    return output
+
+
+def _generate_batch(
+    model: GenerativeModel, batch: list[tuple[int, Mapping[str, Any]]], id_key: str, decoding: Decoding
+) -> list[dict]:
+    items = [item for _, item in batch]
+    prompts = [item["prompt"] for item in items]
+    visual = stack_visual(items)  # the collator's stacking: zeros where has_image is False
+    texts = model.generate(prompts, images=visual.get("images"), visual_tokens=visual.get("visual_tokens"),
+                           has_image=visual["has_image"], max_new_tokens=decoding.max_new_tokens,
+                           num_beams=decoding.num_beams, min_new_tokens=decoding.min_new_tokens)
+    if len(texts) != len(prompts):
+        raise RuntimeError(f"model.generate returned {len(texts)} texts for {len(prompts)} prompts")
+    return [{"index": index, "id": item["meta"][id_key], "prompt": item["prompt"], "text": text.strip()}
+            for (index, item), text in zip(batch, texts)]
+
+
+def _append(f: Any, rows: list[dict]) -> None:
+    """One write and an fsync per batch: a crash loses at most the batch in flight."""
+    f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _resume_part(part: Path, header: dict) -> set[int | str]:
+    """Ids already generated in `part` (after cutting a half-written last line); refuse other decoding settings."""
+    if not part.exists():
+        return set()
+    data = part.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with open(part, "r+b") as f:
+            f.truncate(len(complete))
+    found, rows = _read_part(part)
+    if found is not None and found != header:
+        raise ValueError(
+            f"{part} was generated with {found}, this run uses {header}: pass resume=False (--no-resume) to start "
+            "over, or use another output path"
+        )
+    return {rec["id"] for rec in rows}
+
+
+def _read_part(part: Path) -> tuple[dict | None, list[dict]]:
+    if not part.exists():
+        raise FileNotFoundError(f"{part}: part file missing")
+    header, rows = None, []
+    with open(part, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise ValueError(f"{part}:{n}: corrupt line; delete the part file to regenerate its shard") from None
+            if "header" in row:
+                header = row["header"]
+            else:
+                rows.append(row)
+    return header, rows
+
+
+def _all_done(output: Path, world_size: int, n_items: int) -> bool:
+    def matches(marker: object) -> bool:
+        return isinstance(marker, dict) and (marker.get("world_size"), marker.get("n_items")) == (world_size, n_items)
+
+    return all(done_path(output, r).exists() and matches(read_json(done_path(output, r))) for r in range(world_size))
+
+
+def _distributed(rank: int, world_size: int) -> Any:
+    """torch.distributed when it is initialised (then rank/world_size must agree with it), else None."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
+        raise ValueError(f"rank/world_size {rank}/{world_size} disagree with torch.distributed "
+                         f"({dist.get_rank()}/{dist.get_world_size()})")
+    return dist
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+    """The `generate` options both evaluators share: output, decoding settings, resume and sharding."""
+    parser.add_argument("--output", type=Path, required=True, help="final output file (parts go next to it)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--min-new-tokens", type=int, default=0)
+    parser.add_argument("--no-resume", dest="resume", action="store_false", help="discard this rank's part file")
+    parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
+    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def decoding_from_args(args: argparse.Namespace) -> Decoding:
+    return Decoding(batch_size=args.batch_size, num_beams=args.num_beams,
+                    max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens)
+
+
+def read_generation_meta(results: Path, explicit: Path | None) -> tuple[dict | None, Path | None]:
+    """The decoding settings for a score report: from `explicit`, else from the results' `{stem}.meta.json`.
+
+    A file with a "decoding" key (ours) gives that dict; any other JSON object is taken as the settings.
+    """
+    path = explicit if explicit is not None else meta_path(results)
+    if explicit is None and not path.exists():
+        return None, None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: decoding settings must be a JSON object")
+    settings = data.get("decoding", data)
+    return (dict(settings), path) if isinstance(settings, dict) else (None, path)

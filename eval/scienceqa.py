@@ -1,0 +1,158 @@
+"""ScienceQA evaluation: `generate` writes the model's answers, `score` extracts the letters and reports accuracy.
+
+    python -m eval.scienceqa score --predictions P --problems problems.json --split test --out DIR
+
+P is either generations as JSON lines (`question_id` or `pid`, and `text`: LLaVA's answer file) or
+`{"results": {pid: index}}` (the official scorer's input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from eval.files import read_json, write_jsonl_atomic
+from eval.generation import (
+    Decoding, EvalDataset, GenerativeModel, add_generation_arguments, decoding_from_args, generate_outputs,
+    read_generation_meta,
+)
+from eval.report import subset_banner, write_scienceqa_report
+from eval.scienceqa_metrics import (
+    ScienceQAInputError, extract_answer, format_official, score_scienceqa, write_official_results,
+)
+
+
+def generate_answers(
+    model: GenerativeModel,
+    dataset: EvalDataset,
+    *,
+    batch_size: int,
+    num_beams: int,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    output: Path,
+    resume: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Path | None:
+    """Answer every item (`meta["pid"]`) into `output`, JSON lines `{"question_id", "prompt", "text"}`.
+
+    The raw text is kept and the letter is extracted at scoring time, so a better extractor needs no new run.
+    Returns `output` on the call that merged the shards, None on the others; see eval.generation.
+    """
+    return generate_outputs(
+        model, dataset, task="scienceqa", id_key="pid",
+        decoding=Decoding(batch_size, num_beams, max_new_tokens, min_new_tokens),
+        output=output, write_output=_write_answers, resume=resume, rank=rank, world_size=world_size,
+    )
+
+
+def _write_answers(records: list[dict], output: Path) -> None:
+    write_jsonl_atomic(({"question_id": r["id"], "prompt": r["prompt"], "text": r["text"]} for r in records), output)
+
+
+def load_predictions(path: Path, problems: Mapping[str, Mapping]) -> tuple[dict[str, int], dict[str, str | None]]:
+    """Option indices by pid from an answers JSONL (extracting letters) or a `{"results": ...}` file.
+
+    Also returns the unparsed answers (pid -> raw text, None when the file held indices) so they can be inspected.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict) and isinstance(whole.get("results"), dict):
+        predictions = {str(pid): _index(pid, idx, path) for pid, idx in whole["results"].items()}
+        return predictions, {pid: None for pid, idx in predictions.items() if idx == -1}
+    predictions: dict[str, int] = {}
+    unparsed: dict[str, str | None] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise ScienceQAInputError(f"{path}:{n}: neither JSON lines nor {{\"results\": ...}}") from None
+        pid = str(row.get("question_id", row.get("pid")))
+        if not isinstance(row.get("text"), str) or pid not in problems:
+            raise ScienceQAInputError(
+                f"{path}:{n}: needs a `question_id` (or `pid`) that is in problems.json, and a `text` (got {pid!r})"
+            )
+        if pid in predictions:
+            raise ScienceQAInputError(f"{path}:{n}: duplicate question_id {pid}")
+        predictions[pid] = extract_answer(row["text"], len(problems[pid]["choices"]))
+        if predictions[pid] == -1:
+            unparsed[pid] = row["text"]
+    return predictions, unparsed
+
+
+def _index(pid: object, value: object, path: Path) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ScienceQAInputError(f"{path}: results[{pid!r}] = {value!r} is not an option index") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval.scienceqa", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    score = sub.add_parser("score", help="score answers or official results")
+    score.add_argument("--predictions", type=Path, required=True)
+    score.add_argument("--problems", type=Path, required=True, help="ScienceQA problems.json")
+    score.add_argument("--split", default="test")
+    score.add_argument("--allow-subset", action="store_true",
+                       help="score only the predicted questions; every output is marked SUBSET n/N")
+    score.add_argument("--decoding", type=Path, default=None,
+                       help="generation metadata JSON (default: P.meta.json next to the predictions, if present)")
+    score.add_argument("--out", type=Path, required=True, help="report directory")
+    generate = sub.add_parser("generate", help="answer a split with a checkpoint")
+    generate.add_argument("--config", type=Path, required=True, help="model and data config")
+    generate.add_argument("--checkpoint", type=Path, required=True)
+    generate.add_argument("--split", default="test")
+    add_generation_arguments(generate, max_new_tokens=32)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        decoding_from_args(args)  # validate the settings before reporting what is missing
+        print("error: `generate` is not wired to a model loader yet; call eval.scienceqa.generate_answers(model, "
+              "dataset, ...) from Python", file=sys.stderr)
+        return 2
+    try:
+        problems = read_json(args.problems)
+        if not isinstance(problems, dict):
+            raise ScienceQAInputError(f"{args.problems}: problems.json is a JSON object keyed by pid")
+        decoding, meta = read_generation_meta(args.predictions, args.decoding)
+        predictions, unparsed = load_predictions(args.predictions, problems)
+        scores = score_scienceqa(predictions, problems, split=args.split, allow_subset=args.allow_subset)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    banner = subset_banner(scores.subset, scores.coverage, "questions")
+    order = [pid for pid, p in problems.items() if pid in predictions]
+    official = args.out / "scienceqa_results.json"
+    write_official_results({pid: predictions[pid] for pid in order}, official,
+                           subset_note=banner if scores.subset else None)
+    unparsed_path = args.out / "scienceqa_unparsed.jsonl"
+    write_jsonl_atomic(({"question_id": pid, "text": t} for pid, t in unparsed.items()), unparsed_path)
+    sources = {"predictions": str(args.predictions), "problems": str(args.problems)}
+    if meta is not None:
+        sources["decoding"] = str(meta)
+    paths = write_scienceqa_report(scores, args.out, decoding=decoding, sources=sources)
+    print(banner)
+    print(format_official(scores))
+    print(f"unparsed answers (counted wrong): {scores.n_unparsed}")
+    print("wrote " + ", ".join(str(p) for p in [official, unparsed_path, *paths.values()]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
