@@ -35,3 +35,46 @@ def tiny_model(family: str = "llama-gqa", attn_implementation: str = "eager", se
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides), attn_implementation=attn_implementation)
     return model.eval()
+
+
+WORDS = ("a red green blue yellow circle square triangle small large photo of the image caption describe "
+         "in one sentence answer is question context options n/a yes no left right two three").split()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer (specials + WORDS + punctuation) that fits the tiny models' 96-token vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for token in [*WORDS, ".", ",", ":", "?", "(", ")", "\n", *"ABCDE"]:
+        vocab.setdefault(token, len(vocab))
+    assert len(vocab) <= 96
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
+    )
+    from tokenizers import decoders
+
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 48, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def tiny_vision_config(tmp_path, **overrides):
+    """A VisionConfig for a 2-layer random-init open_clip ViT registered from a JSON file in tmp_path."""
+    import json
+
+    from mm_excitor.vision import VisionConfig
+
+    path = tmp_path / "TinyTestViT.json"
+    path.write_text(json.dumps(TINY_CLIP_CONFIG))
+    return VisionConfig(model_name="TinyTestViT", model_config_file=str(path), **overrides)

@@ -1,0 +1,111 @@
+"""The frozen open_clip image encoder whose final-layer tokens become Excitor prompt inputs."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VisionConfig:
+    """Which open_clip encoder, from which local checkpoint, and how many tokens it hands to the Excitor."""
+
+    model_name: str = "ViT-L-14-quickgelu"
+    """Any open_clip model name (the paper's era: ViT-L-14 with OpenAI weights, which use QuickGELU)."""
+    pretrained: str | None = None
+    """A local checkpoint file (open_clip or OpenAI format). None: random init, features carry no meaning."""
+    model_config_file: str | None = None
+    """An open_clip model-config JSON to register first, for encoders open_clip does not ship (tests, demos)."""
+    token_grid: int | None = None
+    """Average-pool the patch tokens to a token_grid x token_grid grid (CLS kept) to bound N_v; None keeps all."""
+    init_seed: int = 0
+    """Seed of a random-init encoder, so that 'random CLIP' is the same encoder in every process and run."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments passed to open_clip.create_model_and_transforms (e.g. force_image_size)."""
+
+
+class VisionEncoder(nn.Module):
+    """Frozen, eval-mode open_clip visual tower returning CLS + patch tokens of its final layer (B x N_v x D)."""
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.model_config_file is not None:
+            path = Path(config.model_config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"open_clip model config not found: {path}")
+            open_clip.add_model_config(path)
+        if config.pretrained is not None and not Path(config.pretrained).is_file():
+            raise FileNotFoundError(
+                f"CLIP checkpoint not found: {config.pretrained} (mm_excitor never downloads weights; "
+                f"pass a local open_clip/OpenAI checkpoint file, or none for a random-init encoder)"
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.init_seed)
+            clip, _, preprocess = open_clip.create_model_and_transforms(
+                config.model_name, pretrained=config.pretrained, **config.extra
+            )
+        if config.pretrained is None:
+            logger.warning(
+                "CLIP encoder %s is RANDOM-INIT (no pretrained checkpoint given): its visual features carry no "
+                "pretrained meaning, and results with it say nothing about a real CLIP.", config.model_name
+            )
+        if not hasattr(clip.visual, "forward_intermediates") or not hasattr(clip.visual, "class_embedding"):
+            raise ValueError(f"{config.model_name}: only open_clip ViT image towers are supported (CLS + patch tokens)")
+        self.visual = clip.visual.eval().requires_grad_(False)
+        self.preprocess: Callable = preprocess
+        self.width: int = self.visual.transformer.width
+        grid = self.visual.grid_size
+        self.num_tokens: int = 1 + (config.token_grid**2 if config.token_grid else grid[0] * grid[1])
+        self._identity: dict[str, Any] | None = None
+
+    def train(self, mode: bool = True) -> "VisionEncoder":
+        return super().train(False)  # always frozen: no dropout, no batch-stat updates
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.visual.forward_intermediates(
+            images.to(self.visual.conv1.weight.dtype),
+            indices=1,
+            normalize_intermediates=True,
+            intermediates_only=True,
+            output_fmt="NCHW",
+            output_extra_tokens=True,
+        )
+        cls = out["image_intermediates_prefix"][-1]  # B x 1 x D
+        patches = out["image_intermediates"][-1]  # B x D x H x W
+        if self.config.token_grid:
+            patches = F.adaptive_avg_pool2d(patches, self.config.token_grid)
+        return torch.cat([cls, patches.flatten(2).transpose(1, 2)], dim=1)
+
+    def identity(self) -> dict[str, Any]:
+        """What produced these features: the model, a hash of its weights, its preprocessing and token layout.
+
+        A feature cache and an adapter record it, so that features or adapters from another encoder are refused.
+        """
+        if self._identity is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.visual.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            preprocess = getattr(self.visual, "preprocess_cfg", {}) or {}
+            self._identity = {
+                "model_name": self.config.model_name,
+                "pretrained": Path(self.config.pretrained).name if self.config.pretrained else None,
+                "weights_sha256": digest.hexdigest()[:16],
+                "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()},
+                "image_size": list(self.visual.image_size),
+                "token_grid": self.config.token_grid,
+                "num_tokens": self.num_tokens,
+                "width": self.width,
+            }
+        return dict(self._identity)
