@@ -200,3 +200,23 @@ class ScienceQADataset(_VisualDataset):
             return None
         prompt, target = build_example(p, self.fmt)
         return {"prompt": prompt, "target": target, **visual, "has_image": p.has_image, "meta": problem_meta(p)}
+
+
+class ImageBlind(Dataset):
+    """The same items with the image removed (``has_image`` False): the control that shows what the image adds.
+
+    The model then sees its learnable prompts only, exactly as for a text-only question.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict | None:
+        item = self.dataset[index]
+        if item is None:
+            return None
+        visual = {k: torch.zeros_like(item[k]) for k in ("image", "visual_tokens") if k in item}
+        return {**item, **visual, "has_image": False}

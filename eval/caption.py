@@ -95,5 +95,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+
+def evaluate_captioner(model, dataset, references, decoding, out_dir: Path, *, rank: int = 0, world_size: int = 1,
+                       allow_subset: bool = False) -> dict[str, dict] | None:
+    """Caption `dataset` with the images and with the images removed (the image-blind control), score both.
+
+    Returns {"image": metrics, "blind": metrics} on the merging rank, None on the others.
+    """
+    from data.datasets import ImageBlind
+
+    out_dir = Path(out_dir)
+    table = {}
+    for name, items in (("image", dataset), ("blind", ImageBlind(dataset))):
+        results = out_dir / name / "captions.json"
+        merged = generate_captions(
+            model, items, batch_size=decoding.batch_size, num_beams=decoding.num_beams,
+            max_new_tokens=decoding.max_new_tokens, min_new_tokens=decoding.min_new_tokens,
+            output=results, rank=rank, world_size=world_size,
+        )
+        if merged is None:
+            return None
+        scores = score_captions(merged, references, allow_subset=allow_subset, workdir=out_dir / name)
+        write_caption_report(scores, out_dir / name, decoding=vars(decoding) | {"images": name == "image"},
+                             sources={"results": str(merged)})
+        table[name] = scores.metrics
+    return table
+
+
+def format_comparison(table: dict[str, dict]) -> str:
+    """Markdown table of the metrics with images and without (x100, as papers report them)."""
+    names = list(next(iter(table.values())))
+    lines = ["| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for run, metrics in table.items():
+        lines.append(f"| {run} | " + " | ".join(f"{100 * metrics[n]:.1f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     sys.exit(main())

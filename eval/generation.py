@@ -94,6 +94,7 @@ def generate_outputs(
     """
     dist = _distributed(rank, world_size)
     output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     part, done = part_path(output, rank), done_path(output, rank)
     done.unlink(missing_ok=True)
     if not resume:

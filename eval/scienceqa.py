@@ -127,32 +127,52 @@ def main(argv: Sequence[str] | None = None) -> int:
               "dataset, ...) from Python", file=sys.stderr)
         return 2
     try:
-        problems = read_json(args.problems)
-        if not isinstance(problems, dict):
-            raise ScienceQAInputError(f"{args.problems}: problems.json is a JSON object keyed by pid")
-        decoding, meta = read_generation_meta(args.predictions, args.decoding)
-        predictions, unparsed = load_predictions(args.predictions, problems)
-        scores = score_scienceqa(predictions, problems, split=args.split, allow_subset=args.allow_subset)
+        score_predictions_file(args.predictions, args.problems, args.out, split=args.split,
+                               allow_subset=args.allow_subset, decoding_file=args.decoding)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def score_predictions_file(predictions_path: Path, problems_path: Path, out_dir: Path, *, split: str = "test",
+                           allow_subset: bool = False, decoding_file: Path | None = None):
+    """Score a predictions file and write the official results, the unparsed answers and the report."""
+    problems = read_json(problems_path)
+    if not isinstance(problems, dict):
+        raise ScienceQAInputError(f"{problems_path}: problems.json is a JSON object keyed by pid")
+    decoding, meta = read_generation_meta(predictions_path, decoding_file)
+    predictions, unparsed = load_predictions(predictions_path, problems)
+    scores = score_scienceqa(predictions, problems, split=split, allow_subset=allow_subset)
+    out_dir = Path(out_dir)
     banner = subset_banner(scores.subset, scores.coverage, "questions")
     order = [pid for pid, p in problems.items() if pid in predictions]
-    official = args.out / "scienceqa_results.json"
+    official = out_dir / "scienceqa_results.json"
     write_official_results({pid: predictions[pid] for pid in order}, official,
                            subset_note=banner if scores.subset else None)
-    unparsed_path = args.out / "scienceqa_unparsed.jsonl"
+    unparsed_path = out_dir / "scienceqa_unparsed.jsonl"
     write_jsonl_atomic(({"question_id": pid, "text": t} for pid, t in unparsed.items()), unparsed_path)
-    sources = {"predictions": str(args.predictions), "problems": str(args.problems)}
+    sources = {"predictions": str(predictions_path), "problems": str(problems_path)}
     if meta is not None:
         sources["decoding"] = str(meta)
-    paths = write_scienceqa_report(scores, args.out, decoding=decoding, sources=sources)
+    paths = write_scienceqa_report(scores, out_dir, decoding=decoding, sources=sources)
     print(banner)
     print(format_official(scores))
     print(f"unparsed answers (counted wrong): {scores.n_unparsed}")
     print("wrote " + ", ".join(str(p) for p in [official, unparsed_path, *paths.values()]))
-    return 0
+    return scores
 
+
+def evaluate_answerer(model, dataset, problems_path: Path, decoding, out_dir: Path, *, split: str = "test",
+                      rank: int = 0, world_size: int = 1, allow_subset: bool = False):
+    """Answer `dataset`, then score it; returns the scores on the merging rank, None on the others."""
+    predictions = out_dir / "answers.jsonl"
+    merged = generate_answers(model, dataset, batch_size=decoding.batch_size, num_beams=decoding.num_beams,
+                              max_new_tokens=decoding.max_new_tokens, min_new_tokens=decoding.min_new_tokens,
+                              output=predictions, rank=rank, world_size=world_size)
+    if merged is None:
+        return None
+    return score_predictions_file(merged, problems_path, out_dir, split=split, allow_subset=allow_subset)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,59 @@
+"""Build the multimodal model from a config, the way open_clip's factory builds CLIP: one call, local files only."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .config import ExcitorConfig
+from .multimodal import MultimodalExcitor
+from .vision import VisionConfig, VisionEncoder
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelConfig:
+    """The frozen LM (a local Hugging Face directory), the frozen encoder, and the Excitor between them."""
+
+    language_model: str = ".cache/smollm2-135m-instruct"
+    """Local directory with config.json, weights and tokenizer (`python -m mm_excitor.smollm2` makes the default)."""
+    dtype: str = "float32"
+    """dtype of the frozen LM: float32 | bfloat16 | float16 (trainable tensors are always fp32)."""
+    attn_implementation: str = "sdpa"
+    excitor: ExcitorConfig = field(default_factory=lambda: ExcitorConfig(visual_prompt_mode="concat"))
+    vision: VisionConfig = field(default_factory=VisionConfig)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+
+def load_language_model(path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa"):
+    """(model, tokenizer) from a local directory; never downloads."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no language model at {path} (missing {path / 'config.json'}); point model.language_model at a local "
+            f"Hugging Face directory, or run `python -m mm_excitor.smollm2 --out {path}` for SmolLM2-135M-Instruct"
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, local_files_only=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def create_model(
+    config: ModelConfig, *, vision_identity: dict[str, Any] | None = None, device: str | torch.device = "cpu"
+) -> MultimodalExcitor:
+    """The multimodal model; with `vision_identity` (from a feature cache) no encoder is built."""
+    language_model, tokenizer = load_language_model(config.language_model, config.dtype, config.attn_implementation)
+    vision = None if vision_identity is not None else VisionEncoder(config.vision)
+    model = MultimodalExcitor(language_model, tokenizer, config.excitor, vision, vision_identity=vision_identity)
+    return model.to(device)

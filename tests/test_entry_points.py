@@ -1,0 +1,67 @@
+"""train_caption.py and train_scienceqa.py end to end on a tiny model and a tiny shapes set."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import train_caption
+import train_scienceqa
+from tests.tiny_models import TINY_CLIP_CONFIG, tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    tiny_model().save_pretrained(root / "lm")
+    tiny_tokenizer().save_pretrained(root / "lm")
+    (root / "TinyEntryViT.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    subprocess.run([sys.executable, "-m", "data.shapes", "--out", str(root / "shapes"), "--num-images", "40",
+                    "--num-questions", "40", "--seed", "0", "--image-size", "32", "--difficulty", "simple",
+                    "--test-fraction", "0.25", "--val-fraction", "0.1", "--no-progress"], check=True)
+    return root
+
+
+def common(assets, out):
+    return [
+        f"model.language_model={assets / 'lm'}",
+        "model.vision.model_name=TinyEntryViT",
+        f"model.vision.model_config_file={assets / 'TinyEntryViT.json'}",
+        "model.excitor.num_layers=2", "model.excitor.num_prompts=4", "model.excitor.rank=4",
+        "model.excitor.visual_prompt_mode=concat",
+        "train.max_steps=3", "train.warmup_steps=1", "train.batch_size=4", "train.lr=1e-2", "train.precision=fp32",
+        f"train.output_dir={out}", "train.num_workers=0", "train.save_every_steps=2", "train.eval_every_steps=2",
+        "train.progress_bar=false", "train.tensorboard=false", "train.device=cpu",
+        "decoding.batch_size=8", "decoding.max_new_tokens=4",
+    ]
+
+
+def test_train_caption_trains_checkpoints_and_scores_with_a_blind_control(assets, tmp_path):
+    coco = assets / "shapes" / "coco"
+    summary = train_caption.main(common(assets, tmp_path / "run") + [
+        f"data.train_annotations={coco / 'dataset_coco.json'}", f"data.image_root={coco / 'images'}",
+        "data.max_length=32",
+    ])
+    assert set(summary["eval"]) == {"image", "blind"}
+    assert {"Bleu_4", "CIDEr", "METEOR", "ROUGE_L"} <= set(summary["eval"]["image"])
+    results = json.loads((tmp_path / "run" / "eval" / "image" / "captions.json").read_text())
+    test_ids = {i["cocoid"] for i in json.loads((coco / "dataset_coco.json").read_text())["images"]
+                if i["split"] == "test"}
+    assert {r["image_id"] for r in results} == test_ids
+    assert (tmp_path / "run" / "checkpoints" / "step-3" / "adapter_model.safetensors").is_file()
+
+
+def test_train_scienceqa_scores_the_official_breakdown(assets, tmp_path):
+    summary = train_scienceqa.main(common(assets, tmp_path / "run") + [
+        f"data.root={assets / 'shapes' / 'scienceqa'}", "data.max_length=256",
+    ])
+    assert {"Avg", "NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12"} <= set(summary["eval"])
+    official = json.loads((tmp_path / "run" / "eval" / "scienceqa_results.json").read_text())
+    assert set(official) >= {"results"} and official["results"]
+
+
+def test_unknown_config_key_lists_the_valid_ones(assets, tmp_path):
+    with pytest.raises(ValueError, match="did you mean 'train.blr'"):
+        train_caption.main(common(assets, tmp_path) + ["train.blrr=1"])
