@@ -1,0 +1,146 @@
+"""The checkpoint directory layout: atomic step directories, a `latest` pointer, `best`, and keep-last-N pruning.
+
+    output_dir/checkpoints/
+        step-{k}/   adapter_model.safetensors, adapter_config.json   (mm_excitor.load_adapter reads these)
+                    optimizer.safetensors, trainer_state.json        (the resume state, see state.py)
+        best/       the same four files for the step with the lowest validation loss
+        latest      text file naming the newest complete step directory
+
+Each directory appears whole or not at all (it is built in a hidden scratch directory and renamed), and `latest`
+is rewritten atomically only after its directory exists, so a kill at any moment leaves the previous checkpoint
+intact and pointed to. Hidden leftovers of an interrupted write are removed at the next start.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import save_adapter
+from ..config import ExcitorConfig
+from ..io import atomic_directory, atomic_write_bytes
+from .state import STATE_JSON, ResumeState, write_resume_state
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+BEST = "best"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class _AdapterView(nn.Module):
+    """Gathered trainable tensors dressed as a model, so that save_adapter writes them in the adapter format.
+
+    Under FSDP the live parameters are shards; this holds the full tensors under the same names, plus the Excitor
+    config and identity captured from the model before it was wrapped.
+    """
+
+    def __init__(self, state: dict[str, torch.Tensor], excitor_config: ExcitorConfig, identity: dict[str, Any]) -> None:
+        super().__init__()
+        for name, tensor in state.items():
+            *path, leaf = name.split(".")
+            module: nn.Module = self
+            for part in path:
+                if part not in module._modules:
+                    module.add_module(part, nn.Module())
+                module = module._modules[part]
+            module.register_parameter(leaf, nn.Parameter(tensor, requires_grad=True))
+        self.excitor_config = excitor_config
+        self._identity = identity
+
+    def adapter_identity(self) -> dict[str, Any]:
+        return self._identity
+
+
+def write_checkpoint(
+    directory: Path,
+    adapter_state: dict[str, torch.Tensor],
+    excitor_config: ExcitorConfig,
+    identity: dict[str, Any],
+    resume_state: ResumeState,
+) -> Path:
+    """Write adapter + resume state as one directory that replaces `directory` atomically."""
+    view = _AdapterView(adapter_state, excitor_config, identity)
+    with atomic_directory(directory) as scratch:
+        save_adapter(view, scratch)  # fills the scratch directory (replacing it whole)
+        write_resume_state(scratch, resume_state)
+    return directory
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / CHECKPOINTS / f"step-{step}"
+
+
+def set_latest(root: Path, directory: Path) -> None:
+    atomic_write_bytes(root / CHECKPOINTS / LATEST, (directory.name + "\n").encode())
+
+
+def is_complete(directory: Path) -> bool:
+    return (directory / STATE_JSON).is_file()
+
+
+def step_dirs(root: Path) -> list[tuple[int, Path]]:
+    """Complete step directories, oldest first."""
+    base = root / CHECKPOINTS
+    if not base.is_dir():
+        return []
+    found = []
+    for child in base.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and child.is_dir() and is_complete(child):
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def find_latest(root: Path) -> Path | None:
+    """The checkpoint `latest` names, else the highest complete step directory, else None."""
+    pointer = root / CHECKPOINTS / LATEST
+    if pointer.is_file():
+        candidate = root / CHECKPOINTS / pointer.read_text().strip()
+        if candidate.is_dir() and is_complete(candidate):
+            return candidate
+    dirs = step_dirs(root)
+    return dirs[-1][1] if dirs else None
+
+
+def prune(root: Path, keep_last: int | None, protect: Path | None = None) -> list[Path]:
+    """Delete all but the newest `keep_last` step directories (never `protect`, never `best`)."""
+    if keep_last is None:
+        return []
+    removed = []
+    for _, directory in step_dirs(root)[:-keep_last]:
+        if protect is not None and directory.resolve() == protect.resolve():
+            continue
+        # Rename to a hidden name first so that a kill mid-deletion leaves no half-deleted visible checkpoint.
+        doomed = directory.with_name(f".{directory.name}.deleting.tmp")
+        os.replace(directory, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(directory)
+    return removed
+
+
+def clean_scratch(root: Path) -> list[Path]:
+    """Remove hidden scratch/old/deleting entries left by a process killed mid-write."""
+    base = root / CHECKPOINTS
+    if not base.is_dir():
+        return []
+    removed = []
+    for child in base.iterdir():
+        if child.name.startswith(".") and child.name.endswith(".old") and child.is_dir():
+            # atomic_directory parks the replaced directory here for an instant; a kill in that instant leaves the
+            # only copy here, so put it back if nothing replaced it.
+            for parked in child.iterdir():
+                if not (base / parked.name).exists():
+                    os.replace(parked, base / parked.name)
+    for child in base.iterdir():
+        if child.name.startswith(".") and (child.name.endswith(".tmp") or child.name.endswith(".old")):
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            removed.append(child)
+    return removed

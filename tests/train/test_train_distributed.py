@@ -1,0 +1,117 @@
+"""torchrun with 2 CPU processes (gloo): DDP and FSDP runs equal a 1-process run with the same global batch."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from mm_excitor import ExcitorConfig, apply_excitor
+from mm_excitor.train.distributed import default_find_unused
+from tests.tiny_models import tiny_model
+from mm_excitor.train import Trainer
+from tests.train.helpers import TokenDataset, adapter_tensors, collate, make_config, make_model, make_sampler, read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 6  # 16 items, global batch 4: 4 steps per epoch, so the run crosses an epoch
+# 5 validation items in batches of 2: 3 batches over 2 ranks, so one rank pads with a weight-0 batch
+EVAL = {"eval_every_steps": 3, "eval_batch_size": 2}
+
+
+@pytest.fixture(scope="module")
+def torchrun(tmp_path_factory) -> tuple[Path, str]:
+    """One 2-process launch, three phases: DDP; FSDP stopped by SIGTERM on rank 0 after step 3; FSDP resumed."""
+    if not dist.is_gloo_available():
+        pytest.skip("gloo backend unavailable")
+    root = tmp_path_factory.mktemp("torchrun")
+    common = {"batch_size": 2, "max_steps": STEPS, "save_every_steps": 2, **EVAL}
+    phases = [
+        {**common, "output_dir": str(root / "ddp"), "rank1_output_dir": str(root / "ddp-rank1")},
+        {**common, "output_dir": str(root / "fsdp"), "rank1_output_dir": str(root / "fsdp-rank1"),
+         "distributed": "fsdp", "stop_at": 3},
+        {**common, "output_dir": str(root / "fsdp"), "rank1_output_dir": str(root / "fsdp-rank1"),
+         "distributed": "fsdp", "resume": "latest"},
+    ]
+    for phase in phases:
+        phase["val_items"] = 5
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "tests.train.tiny_run", json.dumps(phases)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    return root, output
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The same global batch (4) in one process."""
+    output_dir = tmp_path_factory.mktemp("one")
+    Trainer(make_model(), TokenDataset(16), collate, make_sampler(16),
+            make_config(output_dir, batch_size=4, max_steps=STEPS, save_every_steps=2, **EVAL),
+            val_dataset=TokenDataset(5, offset=50)).fit()
+    return output_dir
+
+
+def assert_close_adapters(a: Path, b: Path, atol: float) -> None:
+    x, y = adapter_tensors(a), adapter_tensors(b)
+    assert x.keys() == y.keys()
+    for name in x:
+        torch.testing.assert_close(x[name], y[name], atol=atol, rtol=0, msg=name)
+
+
+def test_ddp_on_two_ranks_equals_one_rank_with_the_same_global_batch(torchrun, one_process):
+    root, _ = torchrun
+    assert_close_adapters(root / "ddp/checkpoints/step-6", one_process / "checkpoints/step-6", atol=1e-6)
+    ddp, ref = read_metrics(root / "ddp"), read_metrics(one_process)
+    assert [r["step"] for r in ddp] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in ref], abs=1e-6)
+    assert [r["lr"] for r in ddp] == [r["lr"] for r in ref]  # same effective batch, same learning rate
+    state = json.loads((root / "ddp/checkpoints/step-6/trainer_state.json").read_text())
+    assert state["world_size"] == 2 and len(state["rng_states"]) == 2 and len(state["sampler_states"]) == 2
+    summary = json.loads((root / "ddp/summary.json").read_text())
+    assert summary["samples"] == STEPS * 4 and summary["effective_batch"] == 4
+
+
+def test_validation_loss_and_best_do_not_depend_on_the_number_of_ranks(torchrun, one_process):
+    root, _ = torchrun
+    ref = [(r["step"], r["loss"]) for r in read_metrics(one_process, "val")]
+    assert [s for s, _ in ref] == [3, 6]
+    for run in ("ddp", "fsdp"):
+        val = [(r["step"], r["loss"]) for r in read_metrics(root / run, "val")]
+        assert [s for s, _ in val] == [3, 6]
+        assert [v for _, v in val] == pytest.approx([v for _, v in ref], abs=1e-6)
+        best = json.loads((root / run / "checkpoints/best/trainer_state.json").read_text())
+        assert best["step"] == json.loads((one_process / "checkpoints/best/trainer_state.json").read_text())["step"]
+        assert_close_adapters(root / run / "checkpoints/best", one_process / "checkpoints/best", atol=1e-6)
+
+
+def test_only_rank_0_writes_files(torchrun):
+    root, _ = torchrun
+    # rank 1 was given its own output_dir: anything it wrote would be there
+    assert not (root / "ddp-rank1").exists() and not (root / "fsdp-rank1").exists()
+    assert sorted(p.name for p in (root / "ddp").iterdir()) == [
+        "checkpoints", "metrics.jsonl", "summary.json", "train_config.json"
+    ]
+
+
+def test_fsdp_stops_on_a_signal_to_one_rank_resumes_and_matches(torchrun, one_process):
+    root, output = torchrun
+    assert "INTERRUPTED 3 rank 0" in output and "INTERRUPTED 3 rank 1" in output  # all ranks agreed to stop
+    assert "resumed from" in output
+    assert_close_adapters(root / "fsdp/checkpoints/step-6", one_process / "checkpoints/step-6", atol=1e-6)
+    assert sorted(r["step"] for r in read_metrics(root / "fsdp")) == list(range(1, STEPS + 1))
+
+
+def test_ddp_looks_for_unused_parameters_only_when_a_step_can_skip_some():
+    language_only = make_model()
+    assert default_find_unused(language_only) is False
+    visual = apply_excitor(tiny_model(), ExcitorConfig(num_layers=1, num_prompts=2, rank=2, visual_prompt_mode="concat"))
+    assert default_find_unused(visual) is True

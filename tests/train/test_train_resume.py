@@ -1,0 +1,220 @@
+"""Checkpoints that lose nothing: exact resume, refusal of a different run, crash safety, pruning, signals."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mm_excitor import load_adapter
+from mm_excitor.train import ResumeMismatchError, Trainer, TrainingInterrupted
+from tests.train.helpers import TokenDataset, adapter_tensors, collate, make_config, make_model, make_sampler, read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+ITEMS = 20  # 5 micro-batches of 4 per epoch with 2 per step: accumulation windows straddle epoch boundaries
+RUN = dict(max_steps=8, grad_accum_steps=2, warmup_steps=2, save_every_steps=2, eval_every_steps=3, keep_last=2)
+
+
+def noisy_samples(model):
+    """A sample_fn that draws from every RNG, to prove evaluation cannot perturb training."""
+    return [f"{torch.rand(1).item():.3f} {random.random():.3f}", {"gate": float(model.model.layers[3].self_attn.k_proj.gate[0])}]
+
+
+def train(output_dir: Path, *, resume=None, stop_at=None, model=None, run_config=None, **overrides):
+    def stop(trainer, record):
+        if record["step"] == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets a flag; the trainer stops after this step
+
+    trainer = Trainer(
+        model if model is not None else make_model(dropout=0.1),  # dropout: the torch RNG matters
+        TokenDataset(ITEMS),
+        collate,
+        make_sampler(ITEMS, seed=3),
+        make_config(output_dir, **{**RUN, **overrides}),
+        val_dataset=TokenDataset(6, offset=50),
+        sample_fn=noisy_samples,
+        callbacks=[stop],
+        run_config=run_config,
+    )
+    return trainer.fit(resume=resume)
+
+
+def losses(output_dir: Path, kind: str = "train") -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(output_dir, kind)}
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs (max {(a[name] - b[name]).abs().max()})"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run."""
+    output_dir = tmp_path_factory.mktemp("reference")
+    train(output_dir)
+    return output_dir
+
+
+def test_a_run_stopped_at_step_k_and_resumed_equals_the_uninterrupted_run(reference, tmp_path):
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(tmp_path, stop_at=3)
+    assert stopped.value.code == 128 + signal.SIGTERM and stopped.value.step == 3
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-3"
+    assert sorted(losses(tmp_path)) == [1, 2, 3]
+    assert json.loads((tmp_path / "summary.json").read_text())["interrupted"] == "SIGTERM"
+
+    # Resume with a different evaluation cadence and TensorBoard on: neither may change the trajectory.
+    summary = train(tmp_path, resume="latest", eval_every_steps=2, tensorboard=True)
+    assert summary["steps"] == 8 and summary["resumed_from"].endswith("step-3")
+    assert losses(tmp_path) == losses(reference)  # exact float equality, step by step
+    assert sorted(losses(tmp_path)) == list(range(1, 9))  # every step logged once
+    assert losses(tmp_path, "val")[6] == losses(reference, "val")[6]
+    assert losses(tmp_path, "val")[8] == losses(reference, "val")[8]
+    assert_same_tensors(adapter_tensors(tmp_path / "checkpoints/step-8"), adapter_tensors(reference / "checkpoints/step-8"))
+    assert_same_tensors(
+        load_file(str(tmp_path / "checkpoints/step-8/optimizer.safetensors")),
+        load_file(str(reference / "checkpoints/step-8/optimizer.safetensors")),
+    )
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert summary["samples"] == json.loads((reference / "summary.json").read_text())["samples"] == 8 * 2 * 4
+
+
+def test_checkpoint_layout_latest_best_and_keep_last(reference):
+    checkpoints = reference / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best", "latest", "step-6", "step-8"]  # keep_last=2
+    assert (checkpoints / "latest").read_text().strip() == "step-8"
+    for directory in (checkpoints / "step-8", checkpoints / "best"):
+        assert sorted(p.name for p in directory.iterdir()) == [
+            "adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"
+        ]
+    model = load_adapter(make_model(seed=7, base_seed=0), checkpoints / "step-8")  # other init, same base
+    trained = adapter_tensors(checkpoints / "step-8")
+    assert all(torch.equal(p, trained[n]) for n, p in model.named_parameters() if p.requires_grad)
+    state = json.loads((checkpoints / "step-8" / "trainer_state.json").read_text())  # plain JSON, no pickle
+    assert state["step"] == 8 and state["world_size"] == 1 and state["config"]["blr"] == 0.5
+    assert state["identity"]["language_model"]["weights_fingerprint"]
+    tensors = load_file(str(checkpoints / "step-8" / "optimizer.safetensors"))
+    assert any(k.endswith("::exp_avg") for k in tensors) and tensors["rng::0::torch"].dtype == torch.uint8
+    summary = json.loads((reference / "summary.json").read_text())
+    best = json.loads((checkpoints / "best" / "trainer_state.json").read_text())
+    assert summary["best_checkpoint"] == str(checkpoints / "best") and best["step"] == summary["best_step"]
+    assert summary["best_val_loss"] == min(losses(reference, "val").values())
+    assert summary["steps"] == 8 and summary["tokens"] == 8 * 8 * 12 and summary["peak_memory_bytes"] > 0
+    samples = read_metrics(reference, "samples")
+    assert [r["step"] for r in samples] == [3, 6, 8] and len(samples[0]["samples"]) == 2
+    assert not list(reference.rglob("*.pt")) and not list(reference.rglob("*.bin")) and not list(reference.rglob(".*"))
+
+
+def test_resume_refuses_another_config_or_base_model_and_allows_run_length_changes(reference, tmp_path):
+    checkpoint = reference / "checkpoints" / "step-6"
+    with pytest.raises(ResumeMismatchError) as error:
+        train(tmp_path / "a", resume=checkpoint, blr=0.25)
+    assert "train.blr: checkpoint 0.5, this run 0.25" in str(error.value) and "max_steps" in str(error.value)
+    # the entry scripts also pass their whole config (train section included); its other sections must match too
+    def run_config(root, **train_overrides):
+        return {"data": {"root": root}, "train": make_config(tmp_path / "r", **{**RUN, **train_overrides}).to_dict()}
+
+    train(tmp_path / "r", run_config=run_config("/coco"), max_steps=2)
+    with pytest.raises(ResumeMismatchError) as error:
+        train(tmp_path / "r", resume="latest", blr=0.25, max_steps=4, run_config=run_config("/other", blr=0.25, max_steps=4))
+    assert "data.root: checkpoint '/coco', this run '/other'" in str(error.value)
+    assert str(error.value).count("blr") == 1 and "max_steps:" not in str(error.value)  # once; max_steps may change
+    with pytest.raises(ResumeMismatchError, match="run_config: only this run has one"):
+        train(tmp_path / "a", resume=checkpoint, run_config=run_config("/coco"))
+    with pytest.raises(ResumeMismatchError, match="weights_fingerprint"):
+        train(tmp_path / "b", resume=checkpoint, model=make_model(base_seed=5, dropout=0.1))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(FileExistsError, match="resume='latest'"):
+        train(reference)  # a fresh run must not overwrite a run's checkpoints
+    summary = train(tmp_path / "c", resume=checkpoint, max_steps=10, log_every_steps=2, keep_last=None)
+    assert summary["steps"] == 10 and sorted(losses(tmp_path / "c")) == [8, 10]
+
+
+def run_child(phases: list[dict], **popen) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.train.tiny_run", json.dumps(phases)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
+    )
+
+
+def plain_run(output_dir: Path, **overrides) -> Trainer:
+    """In-process twin of tiny_run's default phase."""
+    trainer = Trainer(make_model(), TokenDataset(16), collate, make_sampler(16), make_config(output_dir, **overrides))
+    trainer.fit()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def plain_reference(tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("plain")
+    plain_run(output_dir, save_every_steps=2)
+    return output_dir
+
+
+def test_sigterm_to_the_process_group_saves_a_checkpoint_and_exits(plain_reference, tmp_path):
+    """As from a scheduler: the whole process group, data-loader workers included, gets SIGTERM mid-run."""
+    child = run_child(
+        [{"output_dir": str(tmp_path), "save_every_steps": 2, "num_workers": 1, "sleep": 0.3, "raise_on_interrupt": True}],
+        start_new_session=True,
+    )
+    lines = []
+    for line in child.stdout:
+        lines.append(line)
+        if line.startswith("STEP 2"):
+            os.killpg(child.pid, signal.SIGTERM)
+            break
+    output = "".join(lines) + child.stdout.read()
+    assert child.wait(timeout=60) == 128 + signal.SIGTERM, output
+    assert "received SIGTERM" in output and "stopped by SIGTERM" in output
+    step = json.loads((tmp_path / "summary.json").read_text())["steps"]
+    assert 2 <= step < 8 and (tmp_path / "checkpoints" / "latest").read_text().strip() == f"step-{step}"
+    trainer = Trainer(make_model(), TokenDataset(16), collate, make_sampler(16),
+                      make_config(tmp_path, save_every_steps=2, resume="latest"))
+    assert trainer.fit()["steps"] == 8
+    assert losses(tmp_path) == losses(plain_reference)
+    assert_same_tensors(adapter_tensors(tmp_path / "checkpoints/step-8"), adapter_tensors(plain_reference / "checkpoints/step-8"))
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(plain_reference, tmp_path):
+    child = run_child([{"output_dir": str(tmp_path), "save_every_steps": 2, "sigkill_in_checkpoint_write_at": 4}])
+    output = child.communicate(timeout=120)[0]
+    assert child.returncode == -signal.SIGKILL, output
+    checkpoints = tmp_path / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step-2"
+    assert not (checkpoints / "step-4").exists()
+    assert [p.name for p in checkpoints.iterdir() if p.name.startswith(".step-4")]  # the torn write, hidden
+    load_adapter(make_model(), checkpoints / "step-2")  # the previous checkpoint is intact
+    plain_run(tmp_path, save_every_steps=2, resume="latest")
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")]  # leftovers removed
+    assert losses(tmp_path) == losses(plain_reference)
+    assert_same_tensors(adapter_tensors(checkpoints / "step-8"), adapter_tensors(plain_reference / "checkpoints/step-8"))
+
+
+def test_fp16_resume_restores_the_grad_scaler_and_a_bf16_base_keeps_fp32_trainables(tmp_path):
+    def run(output_dir, **overrides):
+        return train(output_dir, precision="fp16", max_steps=4, eval_every_steps=100, **overrides)
+
+    run(tmp_path / "whole")
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path / "split", stop_at=2)
+    state = json.loads((tmp_path / "split/checkpoints/step-2/trainer_state.json").read_text())
+    assert state["scaler"]["scale"] > 1 and state["scaler"]["_growth_tracker"] == 2
+    run(tmp_path / "split", resume="latest")
+    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
+    assert_same_tensors(adapter_tensors(tmp_path / "split/checkpoints/step-4"), adapter_tensors(tmp_path / "whole/checkpoints/step-4"))
+
+    model = make_model(dropout=0.1).to(torch.bfloat16)
+    train(tmp_path / "bf16", model=model, precision="bf16", max_steps=2, eval_every_steps=100)
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert {t.dtype for t in adapter_tensors(tmp_path / "bf16/checkpoints/step-2").values()} == {torch.float32}
