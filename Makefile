@@ -22,11 +22,23 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-demo: $(STAMP)
+SMOLLM2 := .cache/smollm2-135m-instruct
+SHAPES := .cache/shapes-demo
+
+$(SMOLLM2)/config.json: $(STAMP)
+	$(PY) -m mm_excitor.smollm2 --out $(SMOLLM2)
+
+$(SHAPES)/manifest.json: $(STAMP)
+	$(PY) -m data.shapes --out $(SHAPES) --num-images 3000 --seed 0 --difficulty simple --sizes large \
+		--captions-per-image 1 --val-fraction 0.05 --test-fraction 0.1 --no-progress --overwrite
+
+# Train the captioner on the embedded default, then score it next to the image-blind control.
+demo: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 	$(PY) train_caption.py --config configs/demo.yaml
 
 bench: $(STAMP)
 	$(PY) bench/excitor_overhead.py
+	$(PY) bench/multimodal_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
