@@ -78,10 +78,10 @@ class ExcitorKeyProjection(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         key = self.base(hidden_states)
         gate = self.gate_values().repeat_interleave(self.head_dim)
-        return key + (gate * self.reconstructed_key(hidden_states)).to(key.dtype)
+        return key + self.gated_reconstructed_key(hidden_states, gate).to(key.dtype)
 
-    def reconstructed_key(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """W_k x~ for every token: B x M x (KV heads * head dim), before the gate."""
+    def gated_reconstructed_key(self, hidden_states: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """g * W_k x~ for every token: B x M x (KV heads * head dim)."""
         prompt_keys, prompt_affinity, prompt_mask = self._prompt_terms()
         batch = hidden_states.shape[0]
         if prompt_keys.dim() == 3 and prompt_keys.shape[0] != batch:
@@ -98,7 +98,11 @@ class ExcitorKeyProjection(nn.Module):
         if prompt_mask is not None:
             logits = logits.masked_fill(~prompt_mask[:, None, :], float("-inf"))
         affinity = logits.softmax(dim=-1)
-        return torch.matmul(affinity, prompt_keys.to(affinity.dtype))
+        prompt_keys = prompt_keys.to(affinity.dtype)
+        # Gate whichever operand is smaller: autograd saves it for the gate's gradient (M tokens vs K' prompts).
+        if prompt_keys.shape[-2] < affinity.shape[-2]:
+            return torch.matmul(affinity, prompt_keys * gate)
+        return torch.matmul(affinity, prompt_keys) * gate
 
     def _prompt_set(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This layer's prompts P(b): K x C (language-only) or B x K' x C, and a B x K' validity mask."""
