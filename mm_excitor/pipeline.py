@@ -21,5 +21,22 @@ def build_model(
     from .feature_cache import FeatureCache
 
     cache = FeatureCache(Path(feature_cache))
+    check_cache_matches_config(cache.identity, config)
     model = create_model(config, vision_identity=cache.identity, device=device)
     return model, None, cache
+
+
+def check_cache_matches_config(identity: dict, config: ModelConfig) -> None:
+    """Refuse a cache made by another encoder than the config names, without building that encoder.
+
+    (The cache's own weights hash is what the adapter records; this catches a config/cache mix-up early.)
+    """
+    wanted = {
+        "model_name": config.vision.model_name,
+        "pretrained": Path(config.vision.pretrained).name if config.vision.pretrained else None,
+        "token_grid": config.vision.token_grid,
+    }
+    differences = [f"{k}: cache={identity.get(k)!r}, config={v!r}" for k, v in wanted.items() if identity.get(k) != v]
+    if differences:
+        raise ValueError("the feature cache was made by another encoder than model.vision names:\n  "
+                         + "\n  ".join(differences))

@@ -1,0 +1,311 @@
+"""The feature cache: same loss as the online encoder, resumable, refuses another encoder, readable as a Mapping."""
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from mm_excitor import ExcitorConfig
+from mm_excitor.feature_cache import (
+    FeatureCache,
+    FeatureCacheError,
+    FeatureCacheMismatch,
+    build_feature_cache,
+    discover_images,
+)
+from mm_excitor.multimodal import MultimodalExcitor
+from mm_excitor.vision import VisionEncoder
+from tests.tiny_models import tiny_model, tiny_tokenizer, tiny_vision_config
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTIONS = ["a red circle", "a blue square", "two green triangle", "a small yellow circle"]
+
+
+def write_images(root: Path, n: int = 12) -> list[str]:
+    """n small images of different sizes and colours, in two folders, PNG and JPEG; returns their keys."""
+    rng = np.random.default_rng(0)
+    keys = []
+    for i in range(n):
+        folder = "train" if i % 3 else "val"
+        suffix = ".jpg" if i % 4 == 3 else ".png"
+        key = f"{folder}/img_{i:02d}{suffix}"
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = (24 + 4 * (i % 5), 20 + 3 * (i % 4))
+        pixels = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+        pixels[..., i % 3] = 255  # a dominant colour, so that images differ a lot
+        Image.fromarray(pixels).save(path)
+        keys.append(key)
+    return sorted(keys)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(image_root, keys, encoder, vision config dir) shared by the tests of this module."""
+    tmp = tmp_path_factory.mktemp("fc")
+    root = tmp / "images"
+    keys = write_images(root)
+    encoder = VisionEncoder(tiny_vision_config(tmp))
+    return root, keys, encoder, tmp
+
+
+def preprocessed(encoder, root, keys):
+    images = []
+    for key in keys:
+        with Image.open(root / key) as image:
+            images.append(encoder.preprocess(image.convert("RGB")))
+    return torch.stack(images)
+
+
+def caption_batch(tokenizer, captions):
+    enc = tokenizer([f"describe : {c}" for c in captions], return_tensors="pt", padding=True)
+    labels = enc["input_ids"].clone()
+    labels[:, :2] = -100
+    labels[enc["attention_mask"] == 0] = -100
+    return enc["input_ids"], enc["attention_mask"], labels
+
+
+def multimodal(vision=None, vision_identity=None):
+    config = ExcitorConfig(num_layers=4, num_prompts=4, rank=8, visual_prompt_mode="concat")
+    model = MultimodalExcitor(tiny_model(seed=0), tiny_tokenizer(), config, vision, vision_identity=vision_identity)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".gate"):
+                parameter.fill_(2.0)  # past g = 0, where visual tokens would not change the loss at all
+    return model.eval()
+
+
+def counting(encoder, fail_at: int | None = None) -> list[int]:
+    """Count the encoder's calls (batch sizes); raise at call number `fail_at` (a simulated kill)."""
+    calls: list[int] = []
+    forward = type(encoder).forward.__get__(encoder)
+
+    def wrapped(images):
+        calls.append(len(images))
+        if len(calls) == fail_at:
+            raise KeyboardInterrupt("simulated kill")
+        return forward(images)
+
+    encoder.forward = wrapped
+    return calls
+
+
+# ------------------------------------------------------------------------------------------------ equivalence
+
+
+def test_cached_features_give_the_online_loss(setup, tmp_path):
+    root, keys, encoder, _ = setup
+    cache32 = build_feature_cache(encoder, root, keys, tmp_path / "f32", batch_size=4, shard_size=4,
+                                  num_workers=0, dtype="float32", progress=False)
+    cache16 = build_feature_cache(encoder, root, keys, tmp_path / "f16", batch_size=4, shard_size=4,
+                                  num_workers=0, dtype="float16", progress=False)
+    batch_keys = keys[4:8]  # one whole shard, computed in one encoder batch of the same size
+    images = preprocessed(encoder, root, batch_keys)
+    torch.testing.assert_close(cache32.stack(batch_keys), encoder(images), rtol=0, atol=0)
+
+    model = multimodal(vision=encoder)
+    ids, mask, labels = caption_batch(model.tokenizer, CAPTIONS)
+    with torch.no_grad():
+        online = model(ids, mask, labels, images=images)
+        cached = model(ids, mask, labels, visual_tokens=cache32.stack(batch_keys))
+        half = model(ids, mask, labels, visual_tokens=cache16.stack(batch_keys))
+        shuffled = model(ids, mask, labels, visual_tokens=cache32.stack(batch_keys[::-1]))
+    assert torch.equal(online.loss, cached.loss) and torch.equal(online.logits, cached.logits)
+    assert cache16.stack(batch_keys).dtype == torch.float16
+    torch.testing.assert_close(half.loss, online.loss, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(half.logits, online.logits, rtol=1e-4, atol=2e-5)
+    # ... and that tolerance is far below what the visual tokens do to this (random, tiny) model's logits
+    assert (shuffled.logits - online.logits).abs().max() > 1e-3
+
+    # The training-from-cache model (no encoder, the cache's identity) gives the same loss with the same weights.
+    from_cache = multimodal(vision_identity=cache32.identity)
+    from_cache.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("vision.")})
+    assert from_cache.vision_identity == encoder.identity()
+    with torch.no_grad():
+        assert torch.equal(from_cache(ids, mask, labels, visual_tokens=cache32.stack(batch_keys)).loss, online.loss)
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def test_resume_after_a_kill_recomputes_only_unfinished_shards(setup, tmp_path):
+    root, keys, _, tmp = setup
+    reference = build_feature_cache(VisionEncoder(tiny_vision_config(tmp)), root, keys, tmp_path / "ref",
+                                    batch_size=2, shard_size=4, num_workers=0, dtype="float32", progress=False)
+    out = tmp_path / "cache"
+    encoder = VisionEncoder(tiny_vision_config(tmp))
+    calls = counting(encoder, fail_at=5)  # 3 shards x 2 batches: the kill hits shard 2's first batch
+    with pytest.raises(KeyboardInterrupt):
+        build_feature_cache(encoder, root, keys, out, batch_size=2, shard_size=4, num_workers=0,
+                            dtype="float32", progress=False)
+    assert len(calls) == 5
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["cache.json", "keys.txt", "shard-00000.keys.json", "shard-00000.npy",
+                     "shard-00001.keys.json", "shard-00001.npy"]  # no half-written shard, no temp file
+    assert json.loads((out / "cache.json").read_text())["complete"] is False
+    with pytest.raises(FeatureCacheError, match="incomplete"):
+        FeatureCache(out)
+    partial = FeatureCache(out, allow_incomplete=True)
+    assert len(partial) == 8 and keys[8] not in partial and keys[7] in partial
+
+    encoder = VisionEncoder(tiny_vision_config(tmp))
+    calls = counting(encoder)
+    cache = build_feature_cache(encoder, root, keys, out, batch_size=2, shard_size=4, num_workers=0,
+                                dtype="float32", progress=False)
+    assert calls == [2, 2]  # shard 2 only: no finished image is recomputed
+    assert cache.complete and len(cache) == 12
+    for key in keys:
+        assert torch.equal(cache[key], reference[key]), key
+
+    # Resuming a complete cache computes nothing.
+    assert len(build_feature_cache(encoder, root, keys, out, batch_size=2, shard_size=4, num_workers=0,
+                                   dtype="float32", progress=False)) == 12
+    assert calls == [2, 2]
+
+
+def test_a_shard_without_its_keys_file_is_not_finished(setup, tmp_path):
+    """A kill between a shard's .npy and its keys file (or inside the .npy's temp file) leaves it unfinished."""
+    root, keys, _, tmp = setup
+    out = tmp_path / "cache"
+    encoder = VisionEncoder(tiny_vision_config(tmp))
+    calls = counting(encoder, fail_at=6)  # shards 0 and 1 done, shard 2 half
+    with pytest.raises(KeyboardInterrupt):
+        build_feature_cache(encoder, root, keys, out, batch_size=2, shard_size=4, num_workers=0,
+                            dtype="float32", progress=False)
+    (out / "shard-00000.keys.json").unlink()
+    (out / ".shard-00002.npy.abc.tmp").write_bytes(b"half a shard")
+    calls = counting(encoder)
+    cache = build_feature_cache(encoder, root, keys, out, batch_size=2, shard_size=4, num_workers=0,
+                                dtype="float32", progress=False)
+    assert calls == [2, 2, 2, 2]  # shards 0 and 2; shard 1 is kept
+    assert not list(out.glob(".*.tmp")) and len(cache) == 12
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+
+
+def test_a_cache_of_another_encoder_is_refused(setup, tmp_path):
+    root, keys, encoder, tmp = setup
+    out = tmp_path / "cache"
+    cache = build_feature_cache(encoder, root, keys[:4], out, batch_size=4, shard_size=4, num_workers=0,
+                                progress=False)
+    other = VisionEncoder(tiny_vision_config(tmp, init_seed=1))
+    with pytest.raises(FeatureCacheMismatch, match="weights_sha256: cache=") as error:
+        build_feature_cache(other, root, keys[:4], out, batch_size=4, shard_size=4, num_workers=0,
+                            progress=False)
+    assert "another encoder" in str(error.value)
+    with pytest.raises(FeatureCacheMismatch, match="weights_sha256"):
+        cache.check_identity(other.identity())
+    with pytest.raises(FeatureCacheMismatch, match="weights_sha256"):
+        FeatureCache(out, expected_identity=other.identity())
+    FeatureCache(out, expected_identity=encoder.identity())  # the right one is accepted
+    pooled = VisionEncoder(tiny_vision_config(tmp, token_grid=2))
+    with pytest.raises(FeatureCacheMismatch) as error:
+        cache.check_identity(pooled.identity())
+    message = str(error.value)
+    assert "token_grid: cache=None, given=2" in message and "num_tokens: cache=17, given=5" in message
+    assert "weights_sha256" not in message
+    # Same encoder, another image list: refused too (it would mix two caches in one directory).
+    with pytest.raises(FeatureCacheError, match="another num_keys"):
+        build_feature_cache(encoder, root, keys[:5], out, batch_size=4, shard_size=4, num_workers=0,
+                            progress=False)
+
+
+def test_missing_and_corrupt_images_are_named(setup, tmp_path):
+    root, keys, encoder, tmp = setup
+    calls = counting(VisionEncoder(tiny_vision_config(tmp)))
+    with pytest.raises(FeatureCacheError, match=r"not found: .*nowhere/missing\.png"):
+        build_feature_cache(encoder, root, [*keys[:3], "nowhere/missing.png"], tmp_path / "a", num_workers=0,
+                            progress=False)
+    assert not calls and not (tmp_path / "a" / "shard-00000.npy").exists()
+    bad_root = tmp_path / "bad"
+    bad_root.mkdir()
+    (bad_root / "broken.png").write_bytes(b"this is not a png")
+    Image.new("RGB", (8, 8)).save(bad_root / "good.png")
+    with pytest.raises(FeatureCacheError, match=r"broken\.png"):  # raised in a DataLoader worker
+        build_feature_cache(encoder, bad_root, ["good.png", "broken.png"], tmp_path / "b", num_workers=2,
+                            progress=False)
+    with pytest.raises(ValueError, match="relative"):
+        build_feature_cache(encoder, root, ["../escape.png"], tmp_path / "c", progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def test_cache_is_a_mapping_that_dataloader_workers_read(setup, tmp_path):
+    from data.coco import CaptionSample
+    from data.collate import Collator
+    from data.datasets import CaptionTrainDataset
+
+    root, keys, encoder, _ = setup
+    cache = build_feature_cache(encoder, root, keys, tmp_path / "cache", batch_size=4, shard_size=5,
+                                num_workers=0, progress=False)
+    assert isinstance(cache, Mapping)
+    assert len(cache) == 12 and cache.keys() == keys and list(cache) == keys
+    assert keys[0] in cache and "nope.png" not in cache and 3 not in cache
+    with pytest.raises(KeyError, match="nope.png"):
+        cache["nope.png"]
+    value = cache[keys[-1]]
+    assert value.shape == (encoder.num_tokens, encoder.width) and value.dtype == torch.float16
+    value += 1  # a copy: the cache is unchanged (and the memory map is read-only)
+    assert not torch.equal(value, cache[keys[-1]])
+    assert cache.identity == encoder.identity() and cache.num_tokens == 17 and cache.width == 48
+
+    blob = pickle.dumps(cache)
+    assert len(blob) < 4000 and b"img_00" not in blob  # no key index, no memory maps
+    clone = pickle.loads(blob)
+    assert torch.equal(clone[keys[7]], cache[keys[7]]) and clone.keys() == keys
+
+    samples = [CaptionSample(root / k, k, i, CAPTIONS[i % 4]) for i, k in enumerate(keys)]
+    dataset = CaptionTrainDataset(samples, visual_features=cache)
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=Collator(tiny_tokenizer(), 32))
+    seen = []
+    for batch in loader:
+        batch_keys = [m["image_key"] for m in batch["meta"]]
+        assert torch.equal(batch["visual_tokens"], cache.stack(batch_keys))
+        seen += batch_keys
+    assert seen == keys
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_builds_a_cache(setup, tmp_path):
+    root, keys, encoder, tmp = setup
+    assert discover_images(root) == keys
+    (root / "notes.txt").write_text("not an image")
+    out = tmp_path / "cli"
+    command = [sys.executable, "-m", "mm_excitor.feature_cache", "--image-root", str(root), "--out", str(out),
+               "--model-name", "TinyTestViT", "--model-config-file", str(tmp / "TinyTestViT.json"),
+               "--batch-size", "3", "--shard-size", "5", "--num-workers", "0", "--dtype", "float32",
+               "--no-progress"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 12 and summary["num_tokens"] == 17
+    cache = FeatureCache(out, expected_identity=encoder.identity())
+    assert cache.keys() == keys and sorted(p.name for p in out.glob("shard-*.npy")) == [
+        "shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]
+    images = preprocessed(encoder, root, keys[:2])
+    torch.testing.assert_close(cache.stack(keys[:2]), encoder(images), rtol=1e-5, atol=1e-5)
+
+
+def test_a_cache_from_another_encoder_than_the_config_names_is_refused():
+    from mm_excitor.factory import ModelConfig
+    from mm_excitor.pipeline import check_cache_matches_config
+    from mm_excitor.vision import VisionConfig
+
+    identity = {"model_name": "Tiny-ViT", "pretrained": None, "token_grid": None}
+    check_cache_matches_config(identity, ModelConfig(vision=VisionConfig(model_name="Tiny-ViT")))
+    with pytest.raises(ValueError, match="model_name: cache='Tiny-ViT', config='ViT-L-14-quickgelu'"):
+        check_cache_matches_config(identity, ModelConfig())
