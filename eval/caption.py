@@ -1,5 +1,7 @@
 """COCO caption evaluation: `generate` writes the official results file, `score` reports pycocoevalcap metrics.
 
+    python -m eval.caption generate --config runs/x --output R.json [--checkpoint DIR] [--split test] [--score]
+    torchrun --nproc_per_node 8 -m eval.caption generate --config runs/x --output R.json
     python -m eval.caption score --results R.json --annotations GT.json [--allow-subset] [--spice] --out DIR
 """
 
@@ -12,11 +14,9 @@ from pathlib import Path
 
 from eval.caption_files import write_results
 from eval.caption_metrics import score_captions
-from eval.generation import (
-    Decoding, EvalDataset, GenerativeModel, add_generation_arguments, decoding_from_args, generate_outputs,
-    read_generation_meta,
-)
+from eval.generation import Decoding, EvalDataset, GenerativeModel, generate_outputs, read_generation_meta
 from eval.java import JavaNotFoundError
+from eval.loading import LoadedRun, add_generate_parser, generate_command
 from eval.report import write_caption_report
 from eval.spice import SpiceUnavailableError
 
@@ -33,16 +33,18 @@ def generate_captions(
     resume: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    source: dict | None = None,
 ) -> Path | None:
     """Caption every item (`meta["image_id"]`) into the official results file `output`; see eval.generation.
 
     Returns `output` on the call that merged the shards, None on the others. Whitespace in a caption (newlines
-    included, which would break PTB tokenisation) is collapsed to single spaces.
+    included, which would break PTB tokenisation) is collapsed to single spaces. `source` (e.g. the adapter's
+    fingerprint) is recorded, and resuming parts made from another source is refused.
     """
     return generate_outputs(
         model, dataset, task="caption", id_key="image_id",
         decoding=Decoding(batch_size, num_beams, max_new_tokens, min_new_tokens),
-        output=output, write_output=_write_captions, resume=resume, rank=rank, world_size=world_size,
+        output=output, write_output=_write_captions, resume=resume, rank=rank, world_size=world_size, source=source,
     )
 
 
@@ -64,32 +66,39 @@ def build_parser() -> argparse.ArgumentParser:
                        help="generation metadata JSON (default: R.meta.json next to the results, if present)")
     score.add_argument("--workdir", type=Path, default=None, help="writable dir for temp files (default: $TMPDIR)")
     score.add_argument("--out", type=Path, required=True, help="report directory")
-    generate = sub.add_parser("generate", help="caption a split with a checkpoint")
-    generate.add_argument("--config", type=Path, required=True, help="model and data config")
-    generate.add_argument("--checkpoint", type=Path, required=True)
-    generate.add_argument("--split", default="test")
-    add_generation_arguments(generate, max_new_tokens=30)
+    add_generate_parser(sub, "caption", help="caption a split with a trained checkpoint (official results file)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
-        decoding_from_args(args)  # validate the settings before reporting what is missing
-        print("error: `generate` is not wired to a model loader yet; call eval.caption.generate_captions(model, "
-              "dataset, ...) from Python", file=sys.stderr)
-        return 2
+        return generate_command(args, "caption", generate_captions, _score_generated)
+    sources = {"results": str(args.results), "annotations": str(args.annotations)}
+    return _score_and_report(args.results, args.annotations, args.out, sources, decoding_file=args.decoding,
+                             allow_subset=args.allow_subset, spice=args.spice, workdir=args.workdir)
+
+
+def _score_generated(run: LoadedRun, results: Path, out_dir: Path, options: dict) -> int:
+    """`generate --score`: the references are the split's own (from the dataset the captions were made for)."""
+    sources = {"results": str(results), "references": f"{run.split} split of the run config",
+               "checkpoint": str(run.checkpoint)}
+    return _score_and_report(results, run.data.references, out_dir, sources,
+                             allow_subset=options["allow_subset"], workdir=out_dir)
+
+
+def _score_and_report(results: Path, references: Path | dict, out_dir: Path, sources: dict[str, str], *,
+                      decoding_file: Path | None = None, allow_subset: bool = False, spice: bool = False,
+                      workdir: Path | None = None) -> int:
     try:
-        decoding, meta = read_generation_meta(args.results, args.decoding)
-        scores = score_captions(args.results, args.annotations, allow_subset=args.allow_subset, spice=args.spice,
-                                workdir=args.workdir)
+        decoding, meta = read_generation_meta(results, decoding_file)
+        scores = score_captions(results, references, allow_subset=allow_subset, spice=spice, workdir=workdir)
     except (ValueError, JavaNotFoundError, SpiceUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    sources = {"results": str(args.results), "annotations": str(args.annotations)}
     if meta is not None:
-        sources["decoding"] = str(meta)
-    paths = write_caption_report(scores, args.out, decoding=decoding, sources=sources)
+        sources = {**sources, "decoding": str(meta)}
+    paths = write_caption_report(scores, out_dir, decoding=decoding, sources=sources)
     print(paths["scores.md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -3,16 +3,16 @@
 Rank r takes items r, r + W, r + 2W, ... (W = world size) and appends one JSON line per item to
 `{output}.rank{r}.jsonl` after every batch, so a run that dies resumes where it stopped (items whose id is already
 in the part file are skipped; a half-written last line is dropped). The part file starts with a header holding the
-decoding settings, and resuming with different settings is refused rather than mixing outputs. A finished rank
-writes `{output}.rank{r}.done`. The parts are merged, deduplicated by id and in dataset order, by rank 0 after a
-barrier when torch.distributed is initialised, otherwise by whichever rank finds every shard done (ranks launched
-by hand, LLaVA's --chunk-idx style). The merge writes the task's output file and `{stem}.meta.json` (the decoding
-settings the scorer puts in its report).
+decoding settings and the caller's `source` (e.g. the adapter's fingerprint), and resuming with other settings or
+from another source is refused rather than mixing outputs. A finished rank writes `{output}.rank{r}.done`. The
+parts are merged, deduplicated by id and in dataset order, by rank 0 after a barrier when torch.distributed is
+initialised, otherwise by whichever rank finds every shard done (ranks launched by hand, LLaVA's --chunk-idx
+style). The merge writes the task's output file and `{stem}.meta.json` (the decoding settings the scorer puts in
+its report).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -86,11 +86,14 @@ def generate_outputs(
     resume: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    source: Mapping[str, Any] | None = None,
 ) -> Path | None:
     """Generate this rank's shard, then merge if this call completes the set; return `output` if it merged.
 
     `id_key` names the id in `item["meta"]` (image_id, pid); `write_output` turns the merged records
-    (`{"index", "id", "prompt", "text"}`, in dataset order) into the task's official file.
+    (`{"index", "id", "prompt", "text"}`, in dataset order) into the task's official file. `source` (JSON-able:
+    e.g. the adapter's fingerprint and the split) joins the decoding settings in the part header, so resuming
+    from parts made by another checkpoint is refused like resuming with other settings; it is copied to the meta.
     """
     dist = _distributed(rank, world_size)
     output = Path(output)
@@ -100,6 +103,8 @@ def generate_outputs(
     if not resume:
         part.unlink(missing_ok=True)
     header = {"task": task, "decoding": asdict(decoding)}
+    if source is not None:
+        header["source"] = dict(source)
     finished = _resume_part(part, header)
     with open(part, "a", encoding="utf-8") as f:
         if f.tell() == 0:
@@ -131,12 +136,12 @@ def generate_outputs(
     elif not _all_done(output, world_size, len(dataset)):
         return None
     return merge_parts(output, task=task, decoding=decoding, world_size=world_size, n_items=len(dataset),
-                       write_output=write_output)
+                       write_output=write_output, source=source)
 
 
 def merge_parts(
     output: Path, *, task: str, decoding: Decoding, world_size: int, n_items: int,
-    write_output: Callable[[list[dict], Path], None],
+    write_output: Callable[[list[dict], Path], None], source: Mapping[str, Any] | None = None,
 ) -> Path:
     """Merge every rank's part into `output` (first record per id wins, dataset order) plus `{stem}.meta.json`."""
     records: list[dict] = []
@@ -144,6 +149,8 @@ def merge_parts(
         header, rows = _read_part(part_path(output, r))
         if header is not None and header["decoding"] != asdict(decoding):
             raise ValueError(f"{part_path(output, r)} was generated with {header['decoding']}, not {asdict(decoding)}")
+        if header is not None and header.get("source") != (None if source is None else dict(source)):
+            raise ValueError(f"{part_path(output, r)} was generated from {header.get('source')}, not {source}")
         records.extend(rows)
     records.sort(key=lambda rec: rec["index"])
     merged: dict[int | str, dict] = {}
@@ -159,6 +166,7 @@ def merge_parts(
         "n_duplicate_ids": len(records) - len(merged),
         "n_skipped_items": sum(read_json(done_path(output, r))["n_skipped"] for r in range(world_size)),
         "parts": [part_path(output, r).name for r in range(world_size)],
+        **({"source": dict(source)} if source is not None else {}),
     }, meta_path(output))
     return output
 
@@ -238,23 +246,6 @@ def _distributed(rank: int, world_size: int) -> Any:
         raise ValueError(f"rank/world_size {rank}/{world_size} disagree with torch.distributed "
                          f"({dist.get_rank()}/{dist.get_world_size()})")
     return dist
-
-
-def add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
-    """The `generate` options both evaluators share: output, decoding settings, resume and sharding."""
-    parser.add_argument("--output", type=Path, required=True, help="final output file (parts go next to it)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    parser.add_argument("--min-new-tokens", type=int, default=0)
-    parser.add_argument("--no-resume", dest="resume", action="store_false", help="discard this rank's part file")
-    parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
-    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
-
-
-def decoding_from_args(args: argparse.Namespace) -> Decoding:
-    return Decoding(batch_size=args.batch_size, num_beams=args.num_beams,
-                    max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens)
 
 
 def read_generation_meta(results: Path, explicit: Path | None) -> tuple[dict | None, Path | None]:

@@ -1,5 +1,7 @@
 """ScienceQA evaluation: `generate` writes the model's answers, `score` extracts the letters and reports accuracy.
 
+    python -m eval.scienceqa generate --config runs/x --output answers.jsonl [--checkpoint DIR] [--score]
+    torchrun --nproc_per_node 8 -m eval.scienceqa generate --config runs/x --output answers.jsonl
     python -m eval.scienceqa score --predictions P --problems problems.json --split test --out DIR
 
 P is either generations as JSON lines (`question_id` or `pid`, and `text`: LLaVA's answer file) or
@@ -15,10 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from eval.files import read_json, write_jsonl_atomic
-from eval.generation import (
-    Decoding, EvalDataset, GenerativeModel, add_generation_arguments, decoding_from_args, generate_outputs,
-    read_generation_meta,
-)
+from eval.generation import Decoding, EvalDataset, GenerativeModel, generate_outputs, read_generation_meta
+from eval.loading import LoadedRun, add_generate_parser, generate_command
 from eval.report import subset_banner, write_scienceqa_report
 from eval.scienceqa_metrics import (
     ScienceQAInputError, extract_answer, format_official, score_scienceqa, write_official_results,
@@ -37,16 +37,18 @@ def generate_answers(
     resume: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    source: dict | None = None,
 ) -> Path | None:
     """Answer every item (`meta["pid"]`) into `output`, JSON lines `{"question_id", "prompt", "text"}`.
 
     The raw text is kept and the letter is extracted at scoring time, so a better extractor needs no new run.
-    Returns `output` on the call that merged the shards, None on the others; see eval.generation.
+    Returns `output` on the call that merged the shards, None on the others; see eval.generation (and
+    generate_captions for `source`).
     """
     return generate_outputs(
         model, dataset, task="scienceqa", id_key="pid",
         decoding=Decoding(batch_size, num_beams, max_new_tokens, min_new_tokens),
-        output=output, write_output=_write_answers, resume=resume, rank=rank, world_size=world_size,
+        output=output, write_output=_write_answers, resume=resume, rank=rank, world_size=world_size, source=source,
     )
 
 
@@ -111,24 +113,28 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--decoding", type=Path, default=None,
                        help="generation metadata JSON (default: P.meta.json next to the predictions, if present)")
     score.add_argument("--out", type=Path, required=True, help="report directory")
-    generate = sub.add_parser("generate", help="answer a split with a checkpoint")
-    generate.add_argument("--config", type=Path, required=True, help="model and data config")
-    generate.add_argument("--checkpoint", type=Path, required=True)
-    generate.add_argument("--split", default="test")
-    add_generation_arguments(generate, max_new_tokens=32)
+    add_generate_parser(sub, "scienceqa", help="answer a split with a trained checkpoint (LLaVA-style answer file)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
-        decoding_from_args(args)  # validate the settings before reporting what is missing
-        print("error: `generate` is not wired to a model loader yet; call eval.scienceqa.generate_answers(model, "
-              "dataset, ...) from Python", file=sys.stderr)
-        return 2
+        return generate_command(args, "scienceqa", generate_answers, _score_generated)
     try:
         score_predictions_file(args.predictions, args.problems, args.out, split=args.split,
                                allow_subset=args.allow_subset, decoding_file=args.decoding)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _score_generated(run: LoadedRun, predictions: Path, out_dir: Path, options: dict) -> int:
+    """`generate --score`: the problems.json of the run's data root, the split that was answered."""
+    try:
+        score_predictions_file(predictions, Path(run.config.data.root) / "problems.json", out_dir, split=run.split,
+                               allow_subset=options["allow_subset"])
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

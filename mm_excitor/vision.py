@@ -74,7 +74,7 @@ class VisionEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.visual.forward_intermediates(
-            images.to(self.visual.conv1.weight.dtype),
+            images.to(self.visual.conv1.weight.device, self.visual.conv1.weight.dtype),
             indices=1,
             normalize_intermediates=True,
             intermediates_only=True,
