@@ -161,3 +161,45 @@ def test_wrong_inputs_give_clear_errors(tmp_path):
         MultimodalExcitor(tiny_model(), tiny_tokenizer(), ExcitorConfig(num_layers=2), model.vision)
     with pytest.raises(FileNotFoundError, match="never downloads"):
         VisionEncoder(tiny_vision_config(tmp_path, pretrained=str(tmp_path / "missing.safetensors")))
+
+
+def test_adapter_covers_projection_and_prompts_and_refuses_another_encoder(tmp_path, trained):
+    from mm_excitor import load_adapter, save_adapter
+    from mm_excitor.checkpoint import trainable_state_dict
+
+    model, images, _ = trained
+    save_adapter(model, tmp_path / "adapter")
+    saved = set(trainable_state_dict(model))
+    assert any(k.startswith("projection.") for k in saved) and any(k.endswith(".prompts") for k in saved)
+    fresh = build(tmp_path)
+    load_adapter(fresh, tmp_path / "adapter")
+    prompts = [PROMPT, PROMPT]
+    assert fresh.generate(prompts, images=images, max_new_tokens=5) == model.generate(prompts, images=images,
+                                                                                      max_new_tokens=5)
+    other_encoder = build(tmp_path, init_seed=1)
+    with pytest.raises(ValueError, match="vision.weights_sha256"):
+        load_adapter(other_encoder, tmp_path / "adapter")
+    other_lm = MultimodalExcitor(tiny_model(seed=5), tiny_tokenizer(), fresh.excitor_config, fresh.vision)
+    with pytest.raises(ValueError, match="language_model.weights_fingerprint"):
+        load_adapter(other_lm, tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_checkpoint_written_for_an_open_clip_model_loads_through_pretrained(tmp_path, suffix):
+    import open_clip
+    from safetensors.torch import save_file
+
+    config = tiny_vision_config(tmp_path)
+    open_clip.add_model_config(config.model_config_file)
+    torch.manual_seed(123)
+    clip = open_clip.create_model(config.model_name)
+    path = tmp_path / f"random_clip{suffix}"
+    state = {k: v.contiguous() for k, v in clip.state_dict().items()}
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({"epoch": 1, "name": "random", "state_dict": state}, path)  # open_clip's trainer layout
+    loaded = VisionEncoder(tiny_vision_config(tmp_path, pretrained=str(path)))
+    for name, tensor in clip.visual.state_dict().items():
+        assert torch.equal(loaded.visual.state_dict()[name], tensor), name
+    assert loaded.identity()["weights_sha256"] != VisionEncoder(tiny_vision_config(tmp_path)).identity()["weights_sha256"]
