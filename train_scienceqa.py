@@ -1,4 +1,5 @@
-"""Train an Excitor model on ScienceQA (QCM-A by default), then score the test split with the official breakdown.
+"""Train an Excitor model on ScienceQA (QCM-A by default), then score the test split with the official breakdown,
+with the images and without them (the image-blind control).
 
     python train_scienceqa.py --config configs/scienceqa_llama7b.yaml [key=value ...]
     torchrun --nproc_per_node 8 train_scienceqa.py --config configs/scienceqa_llama7b.yaml
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from data.builders import scienceqa_data
 from data.collate import Collator
+from data.datasets import ImageBlind
 from data.sampler import ResumableSampler
 from eval.scienceqa import evaluate_answerer
 from mm_excitor.pipeline import build_model
@@ -30,11 +32,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     summary = trainer.fit(config.train.resume)
     if config.evaluate and data.eval is not None:
         model.eval()
-        scores = evaluate_answerer(model, data.eval, Path(config.data.root) / "problems.json", config.decoding,
-                                   Path(config.train.output_dir) / "eval", split=config.data.eval_split,
-                                   rank=dist.rank, world_size=dist.world_size)
-        if scores is not None:
-            summary["eval"] = {name: acc.percent for name, acc in scores.categories.items()}
+        # with the images, and with them removed: the IMG column shows what the image adds
+        for run, dataset in (("image", data.eval), ("blind", ImageBlind(data.eval))):
+            scores = evaluate_answerer(model, dataset, Path(config.data.root) / "problems.json", config.decoding,
+                                       Path(config.train.output_dir) / "eval" / run, split=config.data.eval_split,
+                                       rank=dist.rank, world_size=dist.world_size)
+            if scores is not None:
+                summary.setdefault("eval", {})[run] = {name: acc.percent for name, acc in scores.categories.items()}
     cleanup_distributed()
     return summary
 

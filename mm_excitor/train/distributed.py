@@ -60,7 +60,10 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
 
 
 def cleanup_distributed() -> None:
+    """Leave the process group together: a rank that tears gloo down while a peer still talks to it makes the
+    peer abort ("terminate called without an active exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
