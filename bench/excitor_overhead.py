@@ -18,11 +18,8 @@ of the base weights is resident. CPU runs fp32; CUDA runs the frozen model in bf
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,9 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-import transformers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from bench.timing import (  # noqa: E402
+    format_seconds, interleaved, runtime_environment, setup_device, share_frozen_copy, summary, synchronize,
+    write_results,
+)
 from mm_excitor import ExcitorConfig, apply_excitor, count_parameters, excitor_blocks  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "excitor_overhead.json"
@@ -98,17 +98,6 @@ def shapes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def share_frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of `model` whose parameter and buffer tensors are the original ones (nothing is duplicated)."""
-    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    return copy.deepcopy(model, memo)
-
-
 def storage_bytes(tensors) -> int:
     seen: dict[int, int] = {}
     for t in tensors:
@@ -126,38 +115,6 @@ def resident_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def interleaved(fns: dict[str, Callable[[], None]], warmup: int, repeats: int, device: torch.device):
-    """Time each callable `repeats` times after `warmup` untimed calls, in round-robin order."""
-    """Time each callable `repeats` times after `warmup` untimed calls, in round-robin order.
-
-    Returns wall-clock seconds and, on CPU, this process's CPU seconds (time.process_time, all threads): on a
-    shared machine the CPU time is far less sensitive to other processes than the wall time.
-    """
-    wall: dict[str, list[float]] = {name: [] for name in fns}
-    cpu: dict[str, list[float]] = {name: [] for name in fns}
-    for round_index in range(warmup + repeats):
-        for name, fn in fns.items():
-            synchronize(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            synchronize(device)
-            if round_index >= warmup:
-                wall[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - start_cpu)
-    return wall, (cpu if device.type == "cpu" else None)
-
-
-def summary(wall: list[float], cpu: list[float] | None) -> dict[str, Any]:
-    result = {"median_s": median(wall), "min_s": min(wall), "max_s": max(wall), "samples_s": wall}
-    if cpu is not None:
-        result.update(cpu_median_s=median(cpu), cpu_samples_s=cpu)
-    return result
 
 
 def ratio(a: dict[str, Any], b: dict[str, Any], key: str = "median_s") -> float | None:
@@ -424,14 +381,7 @@ def cpu_name() -> str:
 
 def environment(args: argparse.Namespace, device: torch.device, dtype) -> dict[str, Any]:
     env = {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **runtime_environment(device, cpu_name()),
         "dtype_frozen_model": str(dtype).replace("torch.", ""),
         "dtype_adapters": "float32",
         "warmup": args.warmup,
@@ -457,10 +407,6 @@ def format_table(results: dict[str, Any]) -> str:
     def mib(b):
         return f"{b / 2**20:,.1f} MiB"
 
-    def secs(stats):
-        text = f"{stats['median_s']:.3f} s"
-        return text + (f" (cpu {stats['cpu_median_s']:.3f} s)" if "cpu_median_s" in stats else "")
-
     def rat(value, cpu_value=None):
         text = f"**{value:.3f}**"
         return text + (f" (cpu {cpu_value:.3f})" if cpu_value is not None else "")
@@ -471,9 +417,9 @@ def format_table(results: dict[str, Any]) -> str:
     for name, r in results["shapes"].items():
         f, t, m, p = r["forward"], r["train_step"], r["memory"], r["trainable_params"]
         shape = f"{name} ({r['batch']}x{r['seq_len']})"
-        rows.append((shape, "inference forward", f"base {secs(f['base'])}", secs(f["excitor"]),
+        rows.append((shape, "inference forward", f"base {format_seconds(f['base'])}", format_seconds(f["excitor"]),
                      rat(f["ratio_excitor_over_base"], f.get("cpu_time_ratio_excitor_over_base"))))
-        rows.append((shape, "train step", f"LoRA {secs(t['lora'])}", secs(t["excitor"]),
+        rows.append((shape, "train step", f"LoRA {format_seconds(t['lora'])}", format_seconds(t["excitor"]),
                      rat(t["ratio_excitor_over_lora"], t.get("cpu_time_ratio_excitor_over_lora"))))
         if m.get("excitor"):
             e, l = m["excitor"], m["lora"]
@@ -558,8 +504,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = setup_device(args.threads, args.device)
     if args.dtype is not None:
         dtype = getattr(torch, args.dtype)
     else:
@@ -580,14 +525,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["trainable_params_full_llama7b"] = full_llama7b_params()
     results["environment"]["wall_s"] = time.perf_counter() - start
 
-    table = format_table(results)
-    results["table"] = table
-    if not args.quiet:
-        print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    if not args.quiet:
-        print(f"wrote {args.out} ({results['environment']['wall_s']:.0f}s)")
+    results["table"] = format_table(results)
+    write_results(results, args.out, args.quiet)
     return results
 
 

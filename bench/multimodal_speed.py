@@ -28,16 +28,12 @@ CUDA runs the frozen LM in bf16 (trainable tensors and the encoder stay fp32).
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,9 +41,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
-import transformers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from bench.timing import (  # noqa: E402
+    format_seconds, interleaved, runtime_environment, setup_device, share_frozen_copy, summary, write_results,
+)
 from mm_excitor import ExcitorConfig, count_parameters, excitor_blocks  # noqa: E402
 from mm_excitor.feature_cache import build_feature_cache  # noqa: E402
 from mm_excitor.multimodal import MultimodalExcitor  # noqa: E402
@@ -88,44 +86,6 @@ PROMPTS = [
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def share_frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of `model` whose parameter and buffer tensors are the original ones (nothing is duplicated)."""
-    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    return copy.deepcopy(model, memo)
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int, device: torch.device):
-    """Wall and (CPU) process seconds of each callable, `repeats` timed rounds after `warmup`, round-robin."""
-    wall: dict[str, list[float]] = {name: [] for name in fns}
-    cpu: dict[str, list[float]] = {name: [] for name in fns}
-    for round_index in range(warmup + repeats):
-        for name, fn in fns.items():
-            synchronize(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            synchronize(device)
-            if round_index >= warmup:
-                wall[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - start_cpu)
-    return wall, (cpu if device.type == "cpu" else None)
-
-
-def summary(wall: list[float], cpu: list[float] | None, tokens: int | None = None) -> dict[str, Any]:
-    result: dict[str, Any] = {"median_s": statistics.median(wall), "min_s": min(wall), "max_s": max(wall),
-                              "samples_s": wall}
-    if cpu is not None:
-        result.update(cpu_median_s=statistics.median(cpu), cpu_samples_s=cpu)
-    if tokens is not None:
-        result["tokens"] = tokens
-        result["tokens_per_s"] = tokens / result["median_s"]
-    return result
 
 
 def word_tokenizer(vocab_size: int):
@@ -346,15 +306,7 @@ def measure(args, device, bare, tokenizer, from_cache, online, cache, keys, pixe
 
 def environment(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor()
-                                                                                         or platform.machine()),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **runtime_environment(device, platform.processor() or platform.machine()),
         "dtype_frozen_lm": str(dtype).replace("torch.", ""),
         "dtype_trainable_and_encoder": "float32",
         "warmup": args.warmup,
@@ -369,17 +321,14 @@ def environment(args: argparse.Namespace, device: torch.device, dtype: torch.dty
 def format_table(results: dict[str, Any]) -> str:
     """A Markdown table of the medians and ratios."""
 
-    def secs(stats):
-        text = f"{stats['median_s']:.3f} s"
-        return text + (f" (cpu {stats['cpu_median_s']:.3f} s)" if "cpu_median_s" in stats else "")
-
     t, g, env = results["train_step"], results["generation"], results["environment"]
     lm = results["language_model"]
     lm_name = ("SmolLM2-135M-Instruct" if lm["source"] == "pretrained" else f"random-init {lm['shape']}")
     vision = f"{results['vision']['name']} ({results['vision']['num_tokens']}x{results['vision']['width']})"
     rows = [("measurement", "reference", "multimodal", "ratio"), ("---", "---", "---", "---")]
     rows.append((f"train step, batch {t['batch']}x{t['seq_len']} (s, lower is better)",
-                 f"online encoder {secs(t['online_encoder'])}", f"from cache {secs(t['from_cache'])}",
+                 f"online encoder {format_seconds(t['online_encoder'])}",
+                 f"from cache {format_seconds(t['from_cache'])}",
                  f"**{t['ratio_from_cache_over_online']:.3f}** (cache / online)"))
     for name, label in (("multimodal_from_cache", "MM, cached tokens"),
                         ("multimodal_online_encoder", "MM, online encoder")):
@@ -435,8 +384,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = setup_device(args.threads, args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if args.command is None:
         args.command = " ".join(["python", "bench/multimodal_speed.py", *(sys.argv[1:] if argv is None else argv)])
@@ -446,12 +394,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results.update(run(args, device, dtype))
     results["environment"]["wall_s"] = results.pop("wall_s")
     results["table"] = format_table(results)
-    if not args.quiet:
-        print(results["table"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    if not args.quiet:
-        print(f"wrote {args.out} ({results['environment']['wall_s']:.0f}s)")
+    write_results(results, args.out, args.quiet)
     return results
 
 
