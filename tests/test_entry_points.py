@@ -83,3 +83,15 @@ def test_a_partial_section_keeps_the_defaults_of_its_parent():
 
     config = load_config(CaptionRunConfig, None, ["model.excitor.rank=8"])
     assert config.model.excitor.rank == 8 and config.model.excitor.visual_prompt_mode == "concat"
+
+
+def test_truncation_and_skips_are_counted_in_the_run_summary(assets, tmp_path):
+    coco = assets / "shapes" / "coco"
+    args = common(assets, tmp_path / "run") + [
+        f"data.train_annotations={coco / 'dataset_coco.json'}", f"data.image_root={coco / 'images'}",
+        "data.max_length=6", "data.prompt=describe the image in one sentence . caption :", "evaluate=false",
+    ]
+    summary = train_caption.main(args)
+    data = summary["data"]
+    assert data["examples"] == 3 * 4 and data["truncated"] == data["examples"] and data["prompt_tokens_cut"] > 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["data"] == data

@@ -128,7 +128,8 @@ class Trainer:
         self.step = 0
         # run totals as of the checkpoint this session resumed from (zeros for a fresh run); see _totals()
         self.counters: dict[str, Any] = {
-            "samples_seen": 0, "tokens_seen": 0, "train_time_s": 0.0, "best_val_loss": None, "best_step": None
+            "samples_seen": 0, "tokens_seen": 0, "train_time_s": 0.0, "best_val_loss": None, "best_step": None,
+            "data": {},  # this rank's sums of the collate function's `stats` (truncations, skipped items)
         }
         # this rank, this session: tokens, samples (kept on the device: no host sync per micro-step)
         self._session_counts = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
@@ -315,7 +316,7 @@ class Trainer:
             while self.step < self.total_steps:
                 set_lr(self.optimizer, self._lr_at(self.step))
                 for micro in range(accum):
-                    batch, n_items = next(stream)
+                    batch, n_items = self._next_batch(stream)
                     inputs = self._to_device(batch)
                     tokens = _count_tokens(inputs)
                     interval["tokens"] += tokens
@@ -355,6 +356,17 @@ class Trainer:
         finally:
             bar.close()
             stream.close()
+
+    def _next_batch(self, stream: Any) -> tuple[Mapping[str, Any], int]:
+        """The next batch to train on; its `stats` are added up, and a batch whose items were all skipped (bad
+        images under on_bad_image='skip') is only counted."""
+        while True:
+            batch, n_items = next(stream)
+            data = self.counters.setdefault("data", {})
+            for key, value in batch.get("stats", {}).items():
+                data[key] = data.get(key, 0) + int(value)
+            if "input_ids" in batch:
+                return batch, n_items
 
     def _lr_at(self, step: int) -> float:
         return lr_at(step, base_lr=self.lr, min_lr=self.config.min_lr, warmup_steps=self.warmup_steps,
@@ -572,6 +584,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "effective_batch": self.config.effective_batch(self.dist.world_size),
             "lr": self.lr,
+            "data": dict(self.counters.get("data", {})),
         }
         if self.is_main:
             atomic_write_json(self.output_dir / SUMMARY_FILE, summary)
@@ -582,6 +595,11 @@ class Trainer:
                 f"{summary['tokens_per_s']:.0f} tokens/s, peak memory {human_bytes(memory)} ({memory_kind}); "
                 f"best checkpoint: {best}; last: {summary['last_checkpoint']}"
             )
+            data = summary["data"]
+            if data.get("truncated") or data.get("skipped"):
+                self._say(f"data: {data.get('truncated', 0)} of {data.get('examples', 0)} examples truncated "
+                          f"({data.get('prompt_tokens_cut', 0)} prompt / {data.get('target_tokens_cut', 0)} answer "
+                          f"tokens cut), {data.get('skipped', 0)} items skipped (rank {self.dist.rank})")
         return summary
 
     def _say(self, message: str) -> None:
