@@ -13,6 +13,7 @@ from data.builders import caption_data
 from data.collate import Collator
 from data.sampler import ResumableSampler
 from eval.caption import evaluate_captioner, format_comparison
+from eval.generation import eval_dir
 from mm_excitor.pipeline import build_model
 from mm_excitor.recipes import CaptionRunConfig
 from mm_excitor.train import Trainer, cleanup_distributed, init_distributed, parse_args, to_dict
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if config.evaluate and data.eval is not None:
         model.eval()
         table = evaluate_captioner(model, data.eval, data.references, config.decoding,
-                                   Path(config.train.output_dir) / "eval", rank=dist.rank, world_size=dist.world_size)
+                                   eval_dir(config.train.output_dir, summary["steps"]), rank=dist.rank, world_size=dist.world_size)
         if table is not None:
             summary["eval"] = table
             print("\nCaption scores on the eval split (CLIP: "

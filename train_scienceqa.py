@@ -14,6 +14,7 @@ from data.builders import scienceqa_data
 from data.collate import Collator
 from data.datasets import ImageBlind
 from data.sampler import ResumableSampler
+from eval.generation import eval_dir
 from eval.scienceqa import evaluate_answerer
 from mm_excitor.pipeline import build_model
 from mm_excitor.recipes import ScienceQARunConfig
@@ -35,8 +36,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         # with the images, and with them removed: the IMG column shows what the image adds
         for run, dataset in (("image", data.eval), ("blind", ImageBlind(data.eval))):
             scores = evaluate_answerer(model, dataset, Path(config.data.root) / "problems.json", config.decoding,
-                                       Path(config.train.output_dir) / "eval" / run, split=config.data.eval_split,
-                                       rank=dist.rank, world_size=dist.world_size)
+                                       eval_dir(config.train.output_dir, summary["steps"]) / run, split=config.data.eval_split,
+                                       rank=dist.rank, world_size=dist.world_size, source_images=run == "image")
             if scores is not None:
                 summary.setdefault("eval", {})[run] = {name: acc.percent for name, acc in scores.categories.items()}
     cleanup_distributed()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.caption_files import write_results
+from mm_excitor.checkpoint import adapter_fingerprint
 from eval.caption_metrics import score_captions
 from eval.generation import Decoding, EvalDataset, GenerativeModel, generate_outputs, read_generation_meta
 from eval.java import JavaNotFoundError
@@ -109,7 +110,8 @@ def evaluate_captioner(model, dataset, references, decoding, out_dir: Path, *, r
                        allow_subset: bool = False) -> dict[str, dict] | None:
     """Caption `dataset` with the images and with the images removed (the image-blind control), score both.
 
-    Returns {"image": metrics, "blind": metrics} on the merging rank, None on the others.
+    Returns {"image": metrics, "blind": metrics} on the merging rank, None on the others. Captions left in
+    `out_dir` by an interrupted call are reused only if they came from the same adapter weights.
     """
     from data.datasets import ImageBlind
 
@@ -121,6 +123,7 @@ def evaluate_captioner(model, dataset, references, decoding, out_dir: Path, *, r
             model, items, batch_size=decoding.batch_size, num_beams=decoding.num_beams,
             max_new_tokens=decoding.max_new_tokens, min_new_tokens=decoding.min_new_tokens,
             output=results, rank=rank, world_size=world_size,
+            source={"adapter": adapter_fingerprint(model), "images": name == "image"},
         )
         if merged is None:
             return None

@@ -139,6 +139,12 @@ def generate_outputs(
                        write_output=write_output, source=source)
 
 
+def eval_dir(output_dir: str | Path, step: int) -> Path:
+    """Where a training run's own evaluation of its step-`step` weights goes: one folder per step, so that a run
+    extended by resuming evaluates its new weights instead of resuming the old weights' outputs."""
+    return Path(output_dir) / "eval" / f"step-{step}"
+
+
 def merge_parts(
     output: Path, *, task: str, decoding: Decoding, world_size: int, n_items: int,
     write_output: Callable[[list[dict], Path], None], source: Mapping[str, Any] | None = None,

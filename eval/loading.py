@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ import yaml
 
 from data.datasets import ImageBlind
 from eval.generation import Decoding, EvalDataset
-from mm_excitor.checkpoint import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, load_adapter
+from mm_excitor.checkpoint import ADAPTER_CONFIG_NAME, adapter_fingerprint, load_adapter
 from mm_excitor.train import DistInfo, cleanup_distributed, init_distributed
 from mm_excitor.train.checkpoints import CHECKPOINTS, find_latest
 from mm_excitor.train.recipe import ConfigError, from_dict, parse_overrides, set_dotted
@@ -152,15 +151,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
                             "(runs/x/checkpoints/best, .../step-k) or a run output_dir (its latest checkpoint)")
 
 
-def adapter_fingerprint(checkpoint: Path) -> str:
-    """sha256 (16 hex digits) of the adapter weights: what the outputs depend on besides base model and decoding."""
-    digest = hashlib.sha256()
-    with open(Path(checkpoint) / ADAPTER_WEIGHTS_NAME, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 # --- the model and the eval split ---------------------------------------------------------------------------------
 
 def load_run(
@@ -206,7 +196,7 @@ def load_run(
     data = spec.build_data(config.data, image_transform, features)
     if data.eval is None or len(data.eval) == 0:
         raise ValueError(f"split {split!r} of the {task} data has no items")
-    return LoadedRun(task, config, model, data, split, checkpoint, adapter_fingerprint(checkpoint), dist)
+    return LoadedRun(task, config, model, data, split, checkpoint, adapter_fingerprint(model), dist)
 
 
 # --- the `generate` subcommand ------------------------------------------------------------------------------------

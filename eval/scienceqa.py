@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from eval.files import read_json, write_jsonl_atomic
+from mm_excitor.checkpoint import adapter_fingerprint
 from eval.generation import Decoding, EvalDataset, GenerativeModel, generate_outputs, read_generation_meta
 from eval.loading import LoadedRun, add_generate_parser, generate_command
 from eval.report import subset_banner, write_scienceqa_report
@@ -170,12 +171,15 @@ def score_predictions_file(predictions_path: Path, problems_path: Path, out_dir:
 
 
 def evaluate_answerer(model, dataset, problems_path: Path, decoding, out_dir: Path, *, split: str = "test",
-                      rank: int = 0, world_size: int = 1, allow_subset: bool = False):
-    """Answer `dataset`, then score it; returns the scores on the merging rank, None on the others."""
+                      rank: int = 0, world_size: int = 1, allow_subset: bool = False, source_images: bool = True):
+    """Answer `dataset`, then score it; returns the scores on the merging rank, None on the others.
+
+    Answers left by an earlier call are reused only if they came from the same adapter weights."""
     predictions = out_dir / "answers.jsonl"
     merged = generate_answers(model, dataset, batch_size=decoding.batch_size, num_beams=decoding.num_beams,
                               max_new_tokens=decoding.max_new_tokens, min_new_tokens=decoding.min_new_tokens,
-                              output=predictions, rank=rank, world_size=world_size)
+                              output=predictions, rank=rank, world_size=world_size,
+                              source={"adapter": adapter_fingerprint(model), "images": source_images})
     if merged is None:
         return None
     return score_predictions_file(merged, problems_path, out_dir, split=split, allow_subset=allow_subset)

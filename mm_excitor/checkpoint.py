@@ -69,6 +69,16 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def adapter_fingerprint(model: nn.Module) -> str:
+    """sha256 (16 hex digits) of the trainable tensors: what generated outputs depend on besides the frozen base
+    and the decoding settings, so resumable evaluation can refuse outputs made by other weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(trainable_state_dict(model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def save_adapter(model: nn.Module, directory: Path | str) -> Path:
     """Write the adapter atomically: a crash leaves the previous adapter (or nothing), never a torn one."""
     config = _excitor_config(model)

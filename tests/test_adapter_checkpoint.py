@@ -95,3 +95,15 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(tmp_path, monkeypatch)
         save_adapter(trained_adapter(), tmp_path / "ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert torch.equal(logits(load_adapter(tiny_model(), tmp_path / "ckpt")), logits(first))
+
+
+def test_adapter_fingerprint_follows_the_trainable_weights_only(tmp_path):
+    from mm_excitor.checkpoint import adapter_fingerprint
+
+    model = trained_adapter()
+    before = adapter_fingerprint(model)
+    save_adapter(model, tmp_path)
+    assert adapter_fingerprint(load_adapter(tiny_model(), tmp_path)) == before
+    with torch.no_grad():
+        excitor_blocks(model)[0].gate.add_(1.0)
+    assert adapter_fingerprint(model) != before

@@ -46,7 +46,7 @@ def test_train_caption_trains_checkpoints_and_scores_with_a_blind_control(assets
     ])
     assert set(summary["eval"]) == {"image", "blind"}
     assert {"Bleu_4", "CIDEr", "METEOR", "ROUGE_L"} <= set(summary["eval"]["image"])
-    results = json.loads((tmp_path / "run" / "eval" / "image" / "captions.json").read_text())
+    results = json.loads((tmp_path / "run" / "eval" / "step-3" / "image" / "captions.json").read_text())
     test_ids = {i["cocoid"] for i in json.loads((coco / "dataset_coco.json").read_text())["images"]
                 if i["split"] == "test"}
     assert {r["image_id"] for r in results} == test_ids
@@ -59,7 +59,7 @@ def test_train_scienceqa_scores_the_official_breakdown(assets, tmp_path):
     ])
     assert set(summary["eval"]) == {"image", "blind"}
     assert {"Avg", "NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12"} <= set(summary["eval"]["image"])
-    official = json.loads((tmp_path / "run" / "eval" / "image" / "scienceqa_results.json").read_text())
+    official = json.loads((tmp_path / "run" / "eval" / "step-3" / "image" / "scienceqa_results.json").read_text())
     assert set(official) >= {"results"} and official["results"]
 
 
