@@ -14,6 +14,7 @@ from data.collate import Collator
 from data.sampler import ResumableSampler
 from eval.caption import evaluate_captioner, format_comparison
 from eval.generation import eval_dir
+from mm_excitor.cli import run_cli
 from mm_excitor.pipeline import build_model
 from mm_excitor.recipes import CaptionRunConfig
 from mm_excitor.train import Trainer, cleanup_distributed, init_distributed, parse_args, to_dict
@@ -55,5 +56,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    sys.exit(run_cli(main, sys.argv[1:]))

@@ -16,6 +16,7 @@ from data.datasets import ImageBlind
 from data.sampler import ResumableSampler
 from eval.generation import eval_dir
 from eval.scienceqa import evaluate_answerer
+from mm_excitor.cli import run_cli
 from mm_excitor.pipeline import build_model
 from mm_excitor.recipes import ScienceQARunConfig
 from mm_excitor.train import Trainer, cleanup_distributed, init_distributed, parse_args, to_dict
@@ -45,5 +46,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    sys.exit(run_cli(main, sys.argv[1:]))

@@ -2,33 +2,24 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 import train_caption
 import train_scienceqa
-from tests.tiny_models import TINY_CLIP_CONFIG, tiny_model, tiny_tokenizer
+from tests.tiny_models import TINY_ASSETS_CLIP, write_tiny_assets
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("assets")
-    tiny_model().save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    (root / "TinyEntryViT.json").write_text(json.dumps(TINY_CLIP_CONFIG))
-    subprocess.run([sys.executable, "-m", "data.shapes", "--out", str(root / "shapes"), "--num-images", "40",
-                    "--num-questions", "40", "--seed", "0", "--image-size", "32", "--difficulty", "simple",
-                    "--test-fraction", "0.25", "--val-fraction", "0.1", "--no-progress"], check=True)
-    return root
+    return write_tiny_assets(tmp_path_factory.mktemp("assets"))
 
 
 def common(assets, out):
     return [
         f"model.language_model={assets / 'lm'}",
-        "model.vision.model_name=TinyEntryViT",
-        f"model.vision.model_config_file={assets / 'TinyEntryViT.json'}",
+        f"model.vision.model_name={TINY_ASSETS_CLIP}",
+        f"model.vision.model_config_file={assets / (TINY_ASSETS_CLIP + '.json')}",
         "model.excitor.num_layers=2", "model.excitor.num_prompts=4", "model.excitor.rank=4",
         "model.excitor.visual_prompt_mode=concat",
         "train.max_steps=3", "train.warmup_steps=1", "train.batch_size=4", "train.lr=1e-2", "train.precision=fp32",
@@ -95,3 +86,17 @@ def test_truncation_and_skips_are_counted_in_the_run_summary(assets, tmp_path):
     data = summary["data"]
     assert data["examples"] == 3 * 4 and data["truncated"] == data["examples"] and data["prompt_tokens_cut"] > 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["data"] == data
+
+
+def test_bad_input_ends_in_a_one_line_error_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "train_caption.py", "--config", "configs/demo.yaml",
+         f"model.language_model={tmp_path / 'missing-lm'}", f"train.output_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"error: no language model at {tmp_path / 'missing-lm'}" in result.stderr

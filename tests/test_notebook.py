@@ -1,15 +1,13 @@
 """notebooks/caption_demo.ipynb runs headless (nbclient) on a tiny configuration and draws its figures."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nbformat
 import yaml
 from nbclient import NotebookClient
 
-from data.shapes import main as make_shapes
-from tests.tiny_models import TINY_CLIP_CONFIG, tiny_model, tiny_tokenizer
+from tests.tiny_models import TINY_ASSETS_CLIP, write_tiny_assets
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "caption_demo.ipynb"
@@ -17,18 +15,13 @@ NOTEBOOK = REPO / "notebooks" / "caption_demo.ipynb"
 
 def tiny_demo_config(root: Path) -> Path:
     """configs/demo.yaml in miniature: a tiny LM, a tiny random-init CLIP and a 40-image shapes set."""
-    tiny_model().save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    (root / "TinyNotebookViT.json").write_text(json.dumps(TINY_CLIP_CONFIG))
-    make_shapes(["--out", str(root / "shapes"), "--num-images", "40", "--num-questions", "0", "--seed", "0",
-                 "--image-size", "32", "--difficulty", "simple", "--test-fraction", "0.25", "--val-fraction", "0.1",
-                 "--no-progress"])
+    write_tiny_assets(root, num_questions=0)
     coco = root / "shapes" / "coco"
     config = {
         "model": {
             "language_model": str(root / "lm"), "attn_implementation": "eager",
             "excitor": {"num_layers": 2, "num_prompts": 4, "rank": 4, "visual_prompt_mode": "concat"},
-            "vision": {"model_name": "TinyNotebookViT", "model_config_file": str(root / "TinyNotebookViT.json")},
+            "vision": {"model_name": TINY_ASSETS_CLIP, "model_config_file": str(root / f"{TINY_ASSETS_CLIP}.json")},
         },
         "data": {"train_annotations": str(coco / "dataset_coco.json"), "image_root": str(coco / "images"),
                  "max_length": 32},

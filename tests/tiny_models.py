@@ -78,3 +78,22 @@ def tiny_vision_config(tmp_path, **overrides):
     path = tmp_path / "TinyTestViT.json"
     path.write_text(json.dumps(TINY_CLIP_CONFIG))
     return VisionConfig(model_name="TinyTestViT", model_config_file=str(path), **overrides)
+
+
+TINY_ASSETS_CLIP = "TinyAssetsViT"
+
+
+def write_tiny_assets(root, num_questions: int = 40):
+    """What an end-to-end run needs, in miniature: a tiny LM + tokenizer saved like a Hugging Face checkpoint
+    (`root/lm`), a tiny open_clip config (`root/TinyAssetsViT.json`) and a 40-image shapes set (`root/shapes`)."""
+    import json
+
+    from data.shapes import main as make_shapes
+
+    tiny_model().save_pretrained(root / "lm")
+    tiny_tokenizer().save_pretrained(root / "lm")
+    (root / f"{TINY_ASSETS_CLIP}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    make_shapes(["--out", str(root / "shapes"), "--num-images", "40", "--num-questions", str(num_questions),
+                 "--seed", "0", "--image-size", "32", "--difficulty", "simple", "--test-fraction", "0.25",
+                 "--val-fraction", "0.1", "--no-progress"])
+    return root

@@ -10,20 +10,8 @@ import pytest
 import yaml
 
 import train_caption
-from data.shapes import main as make_shapes
 from eval import caption, scienceqa
-from tests.tiny_models import TINY_CLIP_CONFIG, tiny_model, tiny_tokenizer
-
-
-def tiny_assets(root: Path) -> Path:
-    """A tiny LM (saved like a Hugging Face checkpoint), a tiny CLIP config and a 40-image shapes set."""
-    tiny_model().save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    (root / "TinyGenViT.json").write_text(json.dumps(TINY_CLIP_CONFIG))
-    make_shapes(["--out", str(root / "shapes"), "--num-images", "40", "--num-questions", "40", "--seed", "0",
-                 "--image-size", "32", "--difficulty", "simple", "--test-fraction", "0.25", "--val-fraction", "0.1",
-                 "--no-progress"])
-    return root
+from tests.tiny_models import TINY_ASSETS_CLIP, tiny_model, tiny_tokenizer, write_tiny_assets
 
 
 def tiny_recipe(root: Path, output_dir: Path) -> dict:
@@ -33,7 +21,7 @@ def tiny_recipe(root: Path, output_dir: Path) -> dict:
         "model": {
             "language_model": str(root / "lm"), "dtype": "float32", "attn_implementation": "eager",
             "excitor": {"num_layers": 2, "num_prompts": 4, "rank": 4, "visual_prompt_mode": "concat"},
-            "vision": {"model_name": "TinyGenViT", "model_config_file": str(root / "TinyGenViT.json")},
+            "vision": {"model_name": TINY_ASSETS_CLIP, "model_config_file": str(root / f"{TINY_ASSETS_CLIP}.json")},
         },
         "data": {"train_annotations": str(coco / "dataset_coco.json"), "image_root": str(coco / "images"),
                  "max_length": 32},
@@ -47,7 +35,7 @@ def tiny_recipe(root: Path, output_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tiny_assets(tmp_path_factory.mktemp("generate-cli"))
+    root = write_tiny_assets(tmp_path_factory.mktemp("generate-cli"))
     out = root / "run"
     recipe = root / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(root, out)))
