@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bypass import gated_prompt_bypass
 from .config import ExcitorConfig
 
 
@@ -77,11 +78,6 @@ class ExcitorKeyProjection(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         key = self.base(hidden_states)
-        gate = self.gate_values().repeat_interleave(self.head_dim)
-        return key + self.gated_reconstructed_key(hidden_states, gate).to(key.dtype)
-
-    def gated_reconstructed_key(self, hidden_states: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """g * W_k x~ for every token: B x M x (KV heads * head dim)."""
         prompt_keys, prompt_affinity, prompt_mask = self._prompt_terms()
         batch = hidden_states.shape[0]
         if prompt_keys.dim() == 3 and prompt_keys.shape[0] != batch:
@@ -93,16 +89,19 @@ class ExcitorKeyProjection(nn.Module):
             prompt_affinity = prompt_affinity.repeat_interleave(repeats, dim=0)
             if prompt_mask is not None:
                 prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
-        z = self.down(hidden_states.to(self.down.weight.dtype))
-        logits = torch.matmul(z, prompt_affinity.to(z.dtype).transpose(-1, -2)) * self.scale
-        if prompt_mask is not None:
-            logits = logits.masked_fill(~prompt_mask[:, None, :], float("-inf"))
-        affinity = logits.softmax(dim=-1)
-        prompt_keys = prompt_keys.to(affinity.dtype)
-        # Gate whichever operand is smaller: autograd saves it for the gate's gradient (M tokens vs K' prompts).
-        if prompt_keys.shape[-2] < affinity.shape[-2]:
-            return torch.matmul(affinity, prompt_keys * gate)
-        return torch.matmul(affinity, prompt_keys) * gate
+        dtype = self._compute_dtype()
+        gate = self.gate_values().repeat_interleave(self.head_dim)
+        return gated_prompt_bypass(
+            key, hidden_states.to(dtype), self.down.weight.to(dtype), prompt_affinity.to(dtype),
+            prompt_keys.to(dtype), gate, prompt_mask, self.scale,
+        )
+
+    def _compute_dtype(self) -> torch.dtype:
+        """The adapters' dtype (fp32), or the autocast dtype inside an autocast region, as nn.Linear would use."""
+        device_type = self.prompts.device.type
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return self.prompts.dtype
 
     def _prompt_set(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This layer's prompts P(b): K x C (language-only) or B x K' x C, and a B x K' validity mask."""

@@ -1,0 +1,102 @@
+"""The fused bypass (hand-written backward) against the plain autograd composition of method.md §1."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mm_excitor.bypass import gated_prompt_bypass
+
+
+def reference(key, hidden, down_weight, prompt_affinity, prompt_keys, gate, mask, scale):
+    """The block written op by op, as autograd differentiates it."""
+    z = hidden @ down_weight.t()
+    logits = (z @ prompt_affinity.transpose(-1, -2)) * scale
+    if mask is not None:
+        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+    return key + logits.softmax(dim=-1) @ (prompt_keys * gate)
+
+
+def inputs(per_sample: bool, masked: bool, dtype=torch.float64, batch=3, tokens=5, width=12, kv=8, prompts=4, rank=3):
+    torch.manual_seed(0)
+    shape = (batch, prompts) if per_sample else (prompts,)
+    tensors = dict(
+        key=torch.randn(batch, tokens, kv, dtype=dtype),
+        hidden=torch.randn(batch, tokens, width, dtype=dtype),
+        down_weight=torch.randn(rank, width, dtype=dtype),
+        prompt_affinity=torch.randn(*shape, rank, dtype=dtype),
+        prompt_keys=torch.randn(*shape, kv, dtype=dtype),
+        gate=torch.randn(kv, dtype=dtype),
+    )
+    for tensor in tensors.values():
+        tensor.requires_grad_(True)
+    mask = None
+    if masked:
+        mask = torch.ones(batch, prompts, dtype=torch.bool)
+        mask[0, -2:] = False  # a sample without image: its visual prompts are masked out
+    return tensors, mask
+
+
+@pytest.mark.parametrize("per_sample,masked", [(False, False), (True, False), (True, True)])
+def test_gradients_pass_gradcheck(per_sample, masked):
+    tensors, mask = inputs(per_sample, masked)
+    names = list(tensors)
+
+    def fused(*args):
+        return gated_prompt_bypass(*args, mask, 0.3)
+
+    assert torch.autograd.gradcheck(fused, tuple(tensors[n] for n in names))
+
+
+@pytest.mark.parametrize("per_sample,masked", [(False, False), (True, True)])
+def test_output_and_gradients_equal_the_autograd_composition(per_sample, masked):
+    tensors, mask = inputs(per_sample, masked, dtype=torch.float32)
+    grad_out = torch.randn_like(tensors["key"])
+    results = []
+    for function in (gated_prompt_bypass, reference):
+        out = function(*tensors.values(), mask, 0.3)
+        grads = torch.autograd.grad(out, list(tensors.values()), grad_out)
+        results.append((out, grads))
+    (out, grads), (expected_out, expected_grads) = results
+    torch.testing.assert_close(out, expected_out)
+    for name, grad, expected in zip(tensors, grads, expected_grads):
+        torch.testing.assert_close(grad, expected, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_frozen_inputs_get_no_gradient_work():
+    tensors, mask = inputs(False, False, dtype=torch.float32)
+    tensors["hidden"].requires_grad_(False)
+    tensors["key"].requires_grad_(False)
+    out = gated_prompt_bypass(*tensors.values(), mask, 0.3)
+    out.sum().backward()
+    assert tensors["hidden"].grad is None and tensors["key"].grad is None
+    assert all(tensors[n].grad is not None for n in ("down_weight", "prompt_affinity", "prompt_keys", "gate"))
+
+
+def saved_bytes(tokens: int) -> int:
+    tensors, mask = inputs(False, False, dtype=torch.float32, tokens=tokens)
+    leaves = {t.untyped_storage().data_ptr() for t in tensors.values()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in leaves:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    # Only the hidden states (needed for the down projection's gradient) may grow with the sequence; make them a
+    # leaf too, so that anything else the function saves per token shows up here.
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        gated_prompt_bypass(*tensors.values(), mask, 0.3)
+    return sum(storages.values())
+
+
+def test_nothing_per_token_is_saved_for_backward():
+    assert saved_bytes(tokens=4) == saved_bytes(tokens=400)
+
+
+def test_gate_at_zero_returns_the_key_exactly():
+    tensors, mask = inputs(True, True, dtype=torch.float32)
+    with torch.no_grad():
+        tensors["gate"].zero_()
+        out = gated_prompt_bypass(*tensors.values(), mask, 0.3)
+    assert torch.equal(out, tensors["key"])
