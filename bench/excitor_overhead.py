@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -369,19 +368,9 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
     return result
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(args: argparse.Namespace, device: torch.device, dtype) -> dict[str, Any]:
     env = {
-        **runtime_environment(device, cpu_name()),
+        **runtime_environment(device),
         "dtype_frozen_model": str(dtype).replace("torch.", ""),
         "dtype_adapters": "float32",
         "warmup": args.warmup,

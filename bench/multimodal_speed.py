@@ -28,7 +28,6 @@ CUDA runs the frozen LM in bf16 (trainable tensors and the encoder stay fp32).
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -306,7 +305,7 @@ def measure(args, device, bare, tokenizer, from_cache, online, cache, keys, pixe
 
 def environment(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     return {
-        **runtime_environment(device, platform.processor() or platform.machine()),
+        **runtime_environment(device),
         "dtype_frozen_lm": str(dtype).replace("torch.", ""),
         "dtype_trainable_and_encoder": "float32",
         "warmup": args.warmup,

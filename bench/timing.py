@@ -79,18 +79,26 @@ def format_seconds(stats: dict[str, Any]) -> str:
     return text + (f" (cpu {stats['cpu_median_s']:.3f} s)" if "cpu_median_s" in stats else "")
 
 
-def runtime_environment(device: torch.device, cpu_name: str) -> dict[str, Any]:
-    """Versions and hardware that the timings depend on (the first fields of each script's `environment`).
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
-    `cpu_name` is recorded as the device name on CPU; each script keeps its own way of finding it.
-    """
+
+def runtime_environment(device: torch.device) -> dict[str, Any]:
+    """Versions and hardware that the timings depend on (the first fields of each script's `environment`)."""
     return {
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }

@@ -4,14 +4,17 @@
 
 PK (prompt keys W_k P) and PA (rank-r prompt projections P W_up) are computed by the caller. Autograd would save
 z, the affinity, PK and PK * g for backward; this function saves only x (which the down projection needs anyway),
-PA, PK and g, and recomputes z and the affinity in backward (a rank-r product and a softmax over K' prompts). Its
-activation memory therefore does not grow with the sequence beyond x, and the gated prompt keys, the affinity and
-the bypass output never exist as separate tensors: the addition is fused into the matrix product.
+PA and g, and PK unless the caller can recompute it; z and the affinity are recomputed in backward (a rank-r
+product and a softmax over K' prompts). Its activation memory therefore does not grow with the sequence beyond x,
+and the gated prompt keys, the affinity and the bypass output never exist as separate tensors: the addition is
+fused into the matrix product.
 
 The products run in the dtype of the tensors passed in (the caller casts them: fp32, or the autocast dtype); the
 softmax, the gating of the prompt keys and the gate's gradient run in at least fp32, the gate's own dtype.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -25,13 +28,19 @@ def gated_prompt_bypass(
     gate: torch.Tensor,
     mask: torch.Tensor | None,
     scale: float,
+    recompute_prompt_keys: Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """key (B x M x C_kv) plus the gated reconstructed key of every token; see the module docstring.
 
     `prompt_affinity`/`prompt_keys` are K' x r / K' x C_kv (shared by the batch) or B x K' x ... (per sample);
     `gate` has C_kv entries; `mask` (B x K', bool) marks the valid prompts of each sample.
+    `recompute_prompt_keys`, if given, returns `prompt_keys` again in backward, so that they are not kept
+    alive in between: worth it for the shared K x C_kv prompt keys (K C C_kv multiply-adds per layer and step,
+    whatever the batch), not for per-sample ones (that work grows with the batch).
     """
-    return _GatedPromptBypass.apply(key, hidden, down_weight, prompt_affinity, prompt_keys, gate, mask, scale)
+    return _GatedPromptBypass.apply(
+        key, hidden, down_weight, prompt_affinity, prompt_keys, gate, mask, scale, recompute_prompt_keys
+    )
 
 
 def _affinity(
@@ -54,11 +63,13 @@ def _sum_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 class _GatedPromptBypass(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, key, hidden, down_weight, prompt_affinity, prompt_keys, gate, mask, scale):  # noqa: D102
+    def forward(ctx, key, hidden, down_weight, prompt_affinity, prompt_keys, gate, mask, scale, recompute):  # noqa: D102
         _, affinity = _affinity(hidden, down_weight, prompt_affinity, mask, scale)
         gated_keys = (prompt_keys * gate).to(affinity.dtype)
-        ctx.save_for_backward(hidden, down_weight, prompt_affinity, prompt_keys, gate, mask)
+        saved_keys = None if recompute is not None else prompt_keys
+        ctx.save_for_backward(hidden, down_weight, prompt_affinity, saved_keys, gate, mask)
         ctx.scale = scale
+        ctx.recompute = recompute
         if key.dtype != affinity.dtype:  # a frozen bf16 model with fp32 adapters and no autocast
             return key + torch.matmul(affinity, gated_keys).to(key.dtype)
         if gated_keys.dim() == 3:
@@ -72,6 +83,8 @@ class _GatedPromptBypass(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # noqa: D102
         hidden, down_weight, prompt_affinity, prompt_keys, gate, mask = ctx.saved_tensors
+        if ctx.recompute is not None:
+            prompt_keys = ctx.recompute()
         needs = ctx.needs_input_grad
         z, affinity = _affinity(hidden, down_weight, prompt_affinity, mask, ctx.scale)
         grad = grad_out.to(affinity.dtype)
@@ -103,4 +116,4 @@ class _GatedPromptBypass(torch.autograd.Function):
             grad_down = grad_down.to(down_weight.dtype)
         grad_hidden = grad_z.matmul(down_weight.to(grad_z.dtype)).to(hidden.dtype) if needs[1] else None
         grad_key = grad_out if needs[0] else None
-        return grad_key, grad_hidden, grad_down, grad_prompt_affinity, grad_prompt_keys, grad_gate, None, None
+        return grad_key, grad_hidden, grad_down, grad_prompt_affinity, grad_prompt_keys, grad_gate, None, None, None

@@ -12,6 +12,7 @@ once per forward, never to M reconstructed tokens.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -91,10 +92,21 @@ class ExcitorKeyProjection(nn.Module):
                 prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
         dtype = self._compute_dtype()
         gate = self.gate_values().repeat_interleave(self.head_dim)
+        recompute = None
+        if prompt_keys.dim() == 2 and torch.is_grad_enabled():
+            # The shared prompt keys are cheap to recompute in backward and need not stay alive until then.
+            recompute = partial(self._prompt_keys_in, dtype)
         return gated_prompt_bypass(
             key, hidden_states.to(dtype), self.down.weight.to(dtype), prompt_affinity.to(dtype),
-            prompt_keys.to(dtype), gate, prompt_mask, self.scale,
+            prompt_keys.to(dtype), gate, prompt_mask, self.scale, recompute,
         )
+
+    def _prompt_keys_in(self, dtype: torch.dtype) -> torch.Tensor:
+        return self._keys_of(self.prompts).to(dtype)
+
+    def _keys_of(self, prompts: torch.Tensor) -> torch.Tensor:
+        """W_k P: the frozen key projection of a prompt set, in the frozen model's dtype."""
+        return F.linear(prompts.to(self.base.weight.dtype), self.base.weight)
 
     def _compute_dtype(self) -> torch.dtype:
         """The adapters' dtype (fp32), or the autocast dtype inside an autocast region, as nn.Linear would use."""
@@ -139,8 +151,7 @@ class ExcitorKeyProjection(nn.Module):
 
     def _compute_prompt_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         prompts, mask = self._prompt_set()
-        weight = self.base.weight
-        prompt_keys = F.linear(prompts.to(weight.dtype), weight)
+        prompt_keys = self._keys_of(prompts)
         prompt_affinity = torch.matmul(prompts, self.up.weight)
         return prompt_keys, prompt_affinity, mask
 

@@ -100,3 +100,52 @@ def test_gate_at_zero_returns_the_key_exactly():
         tensors["gate"].zero_()
         out = gated_prompt_bypass(*tensors.values(), mask, 0.3)
     assert torch.equal(out, tensors["key"])
+
+
+def test_recomputed_prompt_keys_give_the_same_gradients_and_are_not_kept():
+    tensors, mask = inputs(False, False, dtype=torch.float32)
+    prompts = torch.randn(4, 12, requires_grad=True)
+    key_weight = torch.randn(8, 12)
+    grad_out = torch.randn_like(tensors["key"])
+    results, kept = [], []
+    for recompute in (None, lambda: prompts.detach() @ key_weight.t()):
+        storages: set[int] = set()
+
+        def pack(tensor, storages=storages):
+            storages.add(tensor.untyped_storage().data_ptr())
+            return tensor
+
+        prompt_keys = prompts @ key_weight.t()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            args = {**tensors, "prompt_keys": prompt_keys}
+            out = gated_prompt_bypass(*args.values(), mask, 0.3, recompute)
+        kept.append(prompt_keys.untyped_storage().data_ptr() in storages)
+        results.append(torch.autograd.grad(out, [prompts, *tensors.values()], grad_out, allow_unused=True))
+    assert kept == [True, False]
+    for with_saved, with_recompute in zip(*results):
+        if with_saved is None:
+            assert with_recompute is None
+        else:
+            torch.testing.assert_close(with_recompute, with_saved, rtol=0, atol=0)
+
+
+def test_language_only_block_keeps_no_prompt_keys_and_nothing_per_token_but_its_input():
+    from mm_excitor import ExcitorConfig
+    from mm_excitor.layer import ExcitorKeyProjection
+
+    block = ExcitorKeyProjection(torch.nn.Linear(16, 8, bias=False).requires_grad_(False), 2, ExcitorConfig(rank=4))
+    parameters = {p.untyped_storage().data_ptr() for p in block.parameters()}
+    hidden = torch.randn(2, 7, 16, requires_grad=True)
+    kept: list[torch.Tensor] = []
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in parameters:
+            kept.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(hidden).sum().backward()
+    others = sorted(tuple(t.shape) for t in kept if t.untyped_storage().data_ptr() != hidden.untyped_storage().data_ptr())
+    # Besides its input: the K x r prompt projections and the gate, expanded to the key width. No prompt keys
+    # (K x C_kv) and nothing per token.
+    assert others == [(8,), (30, 4)]

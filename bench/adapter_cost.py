@@ -1,0 +1,254 @@
+"""What each adapter adds to one attention block's projections, over a sweep of tokens per micro-batch.
+
+    .venv/bin/python bench/adapter_cost.py                         # LLaMA-7B projections, JSON to bench/results/
+    .venv/bin/python bench/adapter_cost.py --shape smollm2-135m --tokens 128,1024
+
+A whole training step (bench/excitor_overhead.py) is dominated by the frozen model, whose noise hides a few
+milliseconds of adapter work. Here only the adapters' own work is timed, side by side: the Excitor on k_proj and
+LoRA (peft, r=16) on q_proj and v_proj of one LLaMA-shaped attention block, forward and backward, with the gradient
+going on to the layer below (as in every adapted layer but the lowest). The frozen projections return a stored
+output instead of multiplying: that matmul and its input gradient are the same work in both variants, so leaving
+them out removes their noise without favouring either. The frozen k_proj weight is still there, because the
+Excitor multiplies its prompts by it. Memory is what autograd saves for each adapter plus its trainable state
+(parameters, grads and two AdamW moments: 16 bytes per fp32 parameter).
+
+Both costs are close to linear in the tokens T, `fixed + per_token * T`: the Excitor's fixed part is the prompt
+keys W_k P and their gradient (2 K C C_kv multiply-adds per layer and step, whatever T), LoRA's is almost nothing.
+The fitted lines give the crossover: the micro-batch size from which the Excitor costs less than LoRA.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from bench.timing import (  # noqa: E402
+    interleaved, runtime_environment, setup_device, share_frozen_copy, write_results,
+)
+from mm_excitor import ExcitorConfig  # noqa: E402
+from mm_excitor.layer import ExcitorKeyProjection  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "adapter_cost.json"
+SHAPES = {
+    "llama7b": dict(hidden=4096, heads=32, kv_heads=32),
+    "smollm2-135m": dict(hidden=576, heads=9, kv_heads=3),
+}
+LORA = dict(r=16, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+ADAMW_STATE_BYTES_PER_PARAM = 16  # fp32 parameter, its gradient and AdamW's two moments
+GATE_VALUE = 0.1
+
+
+class PrecomputedLinear(nn.Linear):
+    """A frozen projection that returns a stored output (set per token count) instead of multiplying."""
+
+    output: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output
+
+
+class Projections(nn.Module):
+    """The frozen q/k/v projections of one attention block (names as in Hugging Face LLaMA)."""
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int) -> None:
+        super().__init__()
+        kv_width = hidden // heads * kv_heads
+        self.q_proj = PrecomputedLinear(hidden, hidden, bias=False)
+        self.k_proj = PrecomputedLinear(hidden, kv_width, bias=False)
+        self.v_proj = PrecomputedLinear(hidden, kv_width, bias=False)
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.q_proj(x), self.k_proj(x), self.v_proj(x)]
+
+
+def set_outputs(model: nn.Module, x: torch.Tensor) -> None:
+    """Store what each frozen projection of `model` returns for input `x` (random: only the shapes matter)."""
+    for module in model.modules():
+        if isinstance(module, PrecomputedLinear):
+            module.output = torch.randn(*x.shape[:-1], module.out_features, device=x.device, dtype=x.dtype)
+
+
+def variants(shape: dict[str, int], device: torch.device) -> tuple[Projections, dict[str, nn.Module]]:
+    """The frozen projections and the two adapted copies (Excitor on k_proj, LoRA on q_proj/v_proj) sharing them."""
+    from peft import LoraConfig, get_peft_model
+
+    with torch.device(device):
+        frozen = Projections(**shape)
+    excitor = share_frozen_copy(frozen)
+    excitor.k_proj = ExcitorKeyProjection(frozen.k_proj, shape["kv_heads"], ExcitorConfig())
+    with torch.no_grad():
+        excitor.k_proj.gate.fill_(GATE_VALUE)
+    lora = get_peft_model(share_frozen_copy(frozen), LoraConfig(**LORA))
+    return frozen, {"excitor": excitor, "lora": lora}
+
+
+def saved_bytes(model: nn.Module, run: Callable[[], Any]) -> int:
+    """Unique bytes autograd saves during `run` (parameters and buffers excluded)."""
+    exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in exclude:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(storages.values())
+
+
+def fit_line(tokens: list[int], values: list[float]) -> dict[str, float]:
+    """Least-squares `fixed + per_token * tokens`."""
+    mean_t, mean_v = statistics.fmean(tokens), statistics.fmean(values)
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in zip(tokens, values)) / sum((t - mean_t) ** 2 for t in tokens)
+    return {"fixed": mean_v - slope * mean_t, "per_token": slope}
+
+
+def crossover(excitor: dict[str, float], lora: dict[str, float]) -> float | None:
+    """Tokens from which the Excitor's line lies below LoRA's (None: never, on these lines)."""
+    if excitor["per_token"] >= lora["per_token"]:
+        return None if excitor["fixed"] > lora["fixed"] else 0.0
+    return max(0.0, (excitor["fixed"] - lora["fixed"]) / (lora["per_token"] - excitor["per_token"]))
+
+
+def measure(frozen: Projections, models: dict[str, nn.Module], tokens: int, args: argparse.Namespace,
+            device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    hidden = frozen.q_proj.in_features
+    generator = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(1, tokens, hidden, generator=generator).to(device, dtype)
+    for model in (frozen, *models.values()):
+        set_outputs(model, x)
+    grads = [torch.randn_like(out) for out in frozen(x)]
+
+    def step(model: nn.Module) -> Callable[[], None]:
+        def run() -> None:
+            inputs = x.detach().requires_grad_(True)  # the gradient goes on to the layer below
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                outputs = model(inputs)
+            pairs = [(out, grad) for out, grad in zip(outputs, grads) if out.requires_grad]
+            torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
+            model.zero_grad(set_to_none=True)
+        return run
+
+    runs = {name: step(model) for name, model in models.items()}
+    wall, _ = interleaved(runs, args.warmup, args.repeats, device)
+    return {
+        "tokens": tokens,
+        "adapter_s": {name: statistics.median(samples) for name, samples in wall.items()},
+        "samples_s": wall,
+        "saved_bytes": {name: saved_bytes(model, runs[name]) for name, model in models.items()},
+    }
+
+
+def trainable_state_bytes(model: nn.Module) -> int:
+    return ADAMW_STATE_BYTES_PER_PARAM * sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    rows = ["| tokens per micro-batch | Excitor time | LoRA time | Excitor / LoRA time | Excitor memory | "
+            "LoRA memory | Excitor / LoRA memory |", "|---|---|---|---|---|---|---|"]
+    for row in results["sweep"]:
+        times, mem = row["adapter_s"], row["memory_bytes"]
+        rows.append(
+            f"| {row['tokens']:,} | {times['excitor'] * 1e3:.1f} ms | {times['lora'] * 1e3:.1f} ms | "
+            f"{times['excitor'] / times['lora']:.2f} | {mem['excitor'] / 2**10:,.0f} KiB | "
+            f"{mem['lora'] / 2**10:,.0f} KiB | {mem['excitor'] / mem['lora']:.2f} |"
+        )
+    fits, env = results["fits"], results["environment"]
+    lines = [*rows, ""]
+    for what, unit, scale in (("time", "ms", 1e3), ("memory", "KiB", 2**-10)):
+        e, l = fits[what]["excitor"], fits[what]["lora"]
+        cross = fits[what]["crossover_tokens"]
+        lines.append(
+            f"- {what}: Excitor {e['fixed'] * scale:.1f} {unit} + {e['per_token'] * scale * 1000:.2f} {unit} per "
+            f"1000 tokens; LoRA {l['fixed'] * scale:.1f} {unit} + {l['per_token'] * scale * 1000:.2f} {unit} per "
+            f"1000 tokens; the Excitor costs less from "
+            + (f"**{cross:,.0f} tokens** per micro-batch" if cross is not None else "**no** size on these lines")
+        )
+    lines.append(
+        f"\n{results['shape']} projections (hidden {results['shape_config']['hidden']}, "
+        f"{results['shape_config']['kv_heads']} KV heads), per layer; torch {env['torch']}, {env['device']} "
+        f"({env['device_name']}), {env['torch_threads']} thread(s), {env['dtype']}, {env['warmup']} warm-up + "
+        f"{env['repeats']} interleaved repeats, medians. Memory = saved activations + 16 bytes per trainable "
+        "parameter."
+    )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama7b")
+    parser.add_argument("--tokens", default="128,256,512,1024,2048,4096",
+                        help="comma-separated tokens per micro-batch (batch x sequence)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="frozen weights and autocast dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--quiet", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    device = setup_device(args.threads, args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    tokens = [int(t) for t in args.tokens.split(",") if t.strip()]
+    if len(tokens) < 2:
+        raise SystemExit("--tokens needs at least two sizes to fit the cost lines")
+    start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    frozen, models = variants(SHAPES[args.shape], device)
+    for model in models.values():
+        model.to(dtype)
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()  # adapters train in fp32 whatever the frozen dtype
+    state = {name: trainable_state_bytes(models[name]) for name in ("excitor", "lora")}
+    sweep = []
+    for count in tokens:
+        row = measure(frozen, models, count, args, device, dtype)
+        row["memory_bytes"] = {name: row["saved_bytes"][name] + state[name] for name in state}
+        sweep.append(row)
+        if not args.quiet:
+            print(f"[{count} tokens] excitor {row['adapter_s']['excitor'] * 1e3:.1f} ms, "
+                  f"lora {row['adapter_s']['lora'] * 1e3:.1f} ms", flush=True)
+    fits = {}
+    for what, key in (("time", "adapter_s"), ("memory", "memory_bytes")):
+        lines = {name: fit_line(tokens, [row[key][name] for row in sweep]) for name in ("excitor", "lora")}
+        fits[what] = {**lines, "crossover_tokens": crossover(lines["excitor"], lines["lora"])}
+    results = {
+        "environment": {
+            **runtime_environment(device), "dtype": str(dtype).replace("torch.", ""), "warmup": args.warmup,
+            "repeats": args.repeats, "command": " ".join(["python", "bench/adapter_cost.py", *(argv or sys.argv[1:])]),
+        },
+        "shape": args.shape,
+        "shape_config": SHAPES[args.shape],
+        "excitor_config": ExcitorConfig().to_dict(),
+        "lora_config": LORA,
+        "trainable_state_bytes": state,
+        "sweep": sweep,
+        "fits": fits,
+    }
+    results["environment"]["wall_s"] = time.perf_counter() - start
+    results["table"] = format_table(results)
+    write_results(results, args.out, args.quiet)
+    return results
+
+
+if __name__ == "__main__":
+    main()
