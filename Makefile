@@ -38,6 +38,8 @@ demo: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 
 bench: $(STAMP)
 	$(PY) bench/excitor_overhead.py
+	$(PY) bench/adapter_cost.py
+	$(PY) bench/adapter_cost.py --shape smollm2-135m --out bench/results/adapter_cost_smollm2.json
 	$(PY) bench/multimodal_speed.py
 
 clean:

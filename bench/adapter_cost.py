@@ -168,12 +168,14 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [*rows, ""]
     for what, unit, scale in (("time", "ms", 1e3), ("memory", "KiB", 2**-10)):
         e, l = fits[what]["excitor"], fits[what]["lora"]
-        cross = fits[what]["crossover_tokens"]
+        cross, measured = fits[what]["crossover_tokens"], fits[what]["measured_at_or_below_lora_from_tokens"]
         lines.append(
             f"- {what}: Excitor {e['fixed'] * scale:.1f} {unit} + {e['per_token'] * scale * 1000:.2f} {unit} per "
             f"1000 tokens; LoRA {l['fixed'] * scale:.1f} {unit} + {l['per_token'] * scale * 1000:.2f} {unit} per "
-            f"1000 tokens; the Excitor costs less from "
-            + (f"**{cross:,.0f} tokens** per micro-batch" if cross is not None else "**no** size on these lines")
+            "1000 tokens; the fitted lines cross at "
+            + (f"{cross:,.0f} tokens" if cross is not None else "no size")
+            + "; measured, the Excitor costs no more than LoRA from "
+            + (f"**{measured:,} tokens** per micro-batch on" if measured is not None else "**no** measured size")
         )
     lines.append(
         f"\n{results['shape']} projections (hidden {results['shape_config']['hidden']}, "
@@ -205,6 +207,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    command_args = sys.argv[1:] if argv is None else argv
     device = setup_device(args.threads, args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     tokens = [int(t) for t in args.tokens.split(",") if t.strip()]
@@ -230,11 +233,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fits = {}
     for what, key in (("time", "adapter_s"), ("memory", "memory_bytes")):
         lines = {name: fit_line(tokens, [row[key][name] for row in sweep]) for name in ("excitor", "lora")}
-        fits[what] = {**lines, "crossover_tokens": crossover(lines["excitor"], lines["lora"])}
+        below = [row[key]["excitor"] <= row[key]["lora"] for row in sweep]
+        # The smallest measured size from which the Excitor costs no more than LoRA at every larger one.
+        from_tokens = next((row["tokens"] for i, row in enumerate(sweep) if all(below[i:])), None)
+        fits[what] = {**lines, "crossover_tokens": crossover(lines["excitor"], lines["lora"]),
+                      "measured_at_or_below_lora_from_tokens": from_tokens}
     results = {
         "environment": {
             **runtime_environment(device), "dtype": str(dtype).replace("torch.", ""), "warmup": args.warmup,
-            "repeats": args.repeats, "command": " ".join(["python", "bench/adapter_cost.py", *(argv or sys.argv[1:])]),
+            "repeats": args.repeats, "command": " ".join(["python", "bench/adapter_cost.py", *command_args]),
         },
         "shape": args.shape,
         "shape_config": SHAPES[args.shape],

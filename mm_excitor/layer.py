@@ -7,7 +7,8 @@
 Only the keys change; RoPE, the KV cache and whatever attention kernel the model uses consume K' unchanged, and
 values and hidden states are never touched. Two algebraic shortcuts keep the block cheap: the affinity is the
 rank-r product z . (P W_up)^T, and W_k (a . P) = a . (W_k P), so the frozen W_k is applied to the K' prompts
-once per forward, never to M reconstructed tokens.
+once per forward, never to M reconstructed tokens. The token-side arithmetic, with its hand-written backward that
+keeps as little as possible alive, lives in `bypass.py`.
 """
 from __future__ import annotations
 
