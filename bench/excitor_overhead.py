@@ -34,7 +34,7 @@ from bench.timing import (  # noqa: E402
     format_seconds, interleaved, runtime_environment, setup_device, share_frozen_copy, summary, synchronize,
     write_results,
 )
-from mm_excitor import ExcitorConfig, apply_excitor, count_parameters, excitor_blocks  # noqa: E402
+from mm_excitor import ExcitorConfig, apply_excitor, count_parameters, excitor_blocks, set_visual_tokens  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "excitor_overhead.json"
 GATE_VALUE = 0.1
@@ -267,7 +267,8 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
         base = LlamaForCausalLM._from_config(model_config, attn_implementation="sdpa", dtype=dtype)
     base.requires_grad_(False).eval()
 
-    excitor_config = ExcitorConfig(**spec["excitor"])
+    visual_mode = "concat" if args.visual_tokens else None
+    excitor_config = ExcitorConfig(**spec["excitor"], visual_prompt_mode=visual_mode)
     excitor = apply_excitor(share_frozen_copy(base), excitor_config)
     with torch.no_grad():
         for block in excitor_blocks(excitor):
@@ -279,12 +280,22 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
     ids = torch.randint(0, model_config.vocab_size, (batch, seq), generator=generator).to(device)
     log(f"built in {time.perf_counter() - build_start:.1f}s; batch {batch} x {seq} tokens")
 
+    if args.visual_tokens:
+        # Stand-ins for the projected CLIP tokens of each sample; they need a gradient, as the projection's
+        # output does, so the prompts' backward runs in full. LoRA sees no images (it has no way to).
+        visual = torch.randn(batch, args.visual_tokens, model_config.hidden_size, generator=generator)
+        visual = visual.to(device).requires_grad_(True)
+        log(f"Excitor gets {args.visual_tokens} visual tokens per sample (concat): {spec['excitor']['num_prompts']} "
+            f"+ {args.visual_tokens} prompts per layer")
+
     # ---- inference forward: base vs Excitor
     for model in (base, excitor):
         model.eval()
 
     def forward(model):
         def run():
+            if args.visual_tokens and model is excitor:
+                set_visual_tokens(model, visual.detach().clone())  # new images: their prompt keys are not memoised
             with torch.no_grad():
                 model(input_ids=ids, use_cache=False)
         return run
@@ -295,6 +306,8 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
     log(f"forward median base {forward_stats['base']['median_s']:.3f}s excitor {forward_stats['excitor']['median_s']:.3f}s")
 
     # ---- training step: Excitor vs LoRA
+    if args.visual_tokens:
+        set_visual_tokens(excitor, visual)
     optimizers = {}
     steps = {}
     for key, model in (("excitor", excitor), ("lora", lora)):
@@ -304,6 +317,8 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
 
         def step(model=model, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
+            if args.visual_tokens:
+                visual.grad = None
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
             loss.backward()
             optimizer.step()
@@ -338,6 +353,7 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
         "lora_config": LORA,
         "batch": batch,
         "seq_len": seq,
+        "visual_tokens_per_sample": args.visual_tokens,
         "attn_implementation": "sdpa",
         "forward": {
             "what": "model(input_ids, use_cache=False) under torch.no_grad() in eval mode, logits for all tokens",
@@ -406,6 +422,8 @@ def format_table(results: dict[str, Any]) -> str:
     for name, r in results["shapes"].items():
         f, t, m, p = r["forward"], r["train_step"], r["memory"], r["trainable_params"]
         shape = f"{name} ({r['batch']}x{r['seq_len']})"
+        if r.get("visual_tokens_per_sample"):
+            shape += f" + {r['visual_tokens_per_sample']} visual tokens"
         rows.append((shape, "inference forward", f"base {format_seconds(f['base'])}", format_seconds(f["excitor"]),
                      rat(f["ratio_excitor_over_base"], f.get("cpu_time_ratio_excitor_over_base"))))
         rows.append((shape, "train step", f"LoRA {format_seconds(t['lora'])}", format_seconds(t["excitor"]),
@@ -483,6 +501,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     parser.add_argument("--no-adaption-prompt", action="store_true", help="skip peft AdaptionPrompt")
+    parser.add_argument("--visual-tokens", type=int, default=0,
+                        help="visual tokens per sample given to the Excitor as concat prompts (0: language-only); "
+                             "LoRA gets no images")
     parser.add_argument("--no-full-count", action="store_true",
                         help="skip the trainable-parameter count at full LLaMA-7B size (meta device)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

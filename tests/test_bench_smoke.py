@@ -67,3 +67,17 @@ def test_adapter_cost_writes_the_sweep_and_its_fitted_lines(tmp_path):
     assert results["trainable_state_bytes"]["excitor"] == 16 * (30 * 576 + 2 * 576 * 16 + 3)
     assert set(results["fits"]) == {"time", "memory"}
     assert "| 8 |" in results["table"]
+
+
+def test_benchmark_with_visual_prompts_runs_the_excitor_in_concat_mode(tmp_path):
+    from bench import excitor_overhead as bench
+
+    out = tmp_path / "visual.json"
+    bench.main(["--shapes", "tiny", "--visual-tokens", "7", "--repeats", "1", "--warmup", "0", "--no-full-count",
+                "--no-adaption-prompt", "--out", str(out), "--quiet"])
+    tiny = json.loads(out.read_text())["shapes"]["tiny"]
+    assert tiny["visual_tokens_per_sample"] == 7
+    assert tiny["excitor_config"]["visual_prompt_mode"] == "concat"
+    # The visual prompts' gradient runs: more is saved for backward than the language-only block keeps.
+    assert tiny["memory"]["excitor"]["saved_activation_bytes"] > 0
+    assert "| tiny (2x16) + 7 visual tokens | train step |" in json.loads(out.read_text())["table"]

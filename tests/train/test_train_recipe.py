@@ -107,3 +107,17 @@ def test_no_weight_decay_on_gates_norms_biases_and_1d_tensors():
     assert not decays("proj.bias", matrix) and not decays("proj.bias", torch.zeros(3))
     assert decays("model.layers.0.mlp.gate_proj.weight", matrix)  # a gate *projection* is a matrix
     assert decays("visual_proj.weight", matrix)
+
+
+def test_every_shipped_recipe_loads_into_its_run_config():
+    from pathlib import Path
+
+    from mm_excitor.recipes import CaptionRunConfig, ScienceQARunConfig
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    kinds = {"demo": CaptionRunConfig, "coco_llama7b": CaptionRunConfig, "scienceqa_llama7b": ScienceQARunConfig,
+             "shapes_scienceqa": ScienceQARunConfig}
+    assert {path.stem for path in root.glob("*.yaml")} == set(kinds), "a new recipe needs its run config here"
+    for name, cls in kinds.items():
+        config = load_config(cls, root / f"{name}.yaml")
+        assert config.model.excitor.visual_prompt_mode == "concat", name
