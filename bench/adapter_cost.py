@@ -77,12 +77,17 @@ def set_outputs(model: nn.Module, x: torch.Tensor) -> None:
             module.output = torch.randn(*x.shape[:-1], module.out_features, device=x.device, dtype=x.dtype)
 
 
-def variants(shape: dict[str, int], device: torch.device) -> tuple[Projections, dict[str, nn.Module]]:
-    """The frozen projections and the two adapted copies (Excitor on k_proj, LoRA on q_proj/v_proj) sharing them."""
+def variants(
+    shape: dict[str, int], device: torch.device, dtype: torch.dtype
+) -> tuple[Projections, dict[str, nn.Module]]:
+    """The frozen projections (in `dtype`) and two adapted copies sharing them: Excitor on k_proj, LoRA on q/v.
+
+    Both adapters create their trainable tensors in fp32 whatever the frozen dtype (peft upcasts its LoRA weights).
+    """
     from peft import LoraConfig, get_peft_model
 
     with torch.device(device):
-        frozen = Projections(**shape)
+        frozen = Projections(**shape).to(dtype)
     excitor = share_frozen_copy(frozen)
     excitor.k_proj = ExcitorKeyProjection(frozen.k_proj, shape["kv_heads"], ExcitorConfig())
     with torch.no_grad():
@@ -210,17 +215,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command_args = sys.argv[1:] if argv is None else argv
     device = setup_device(args.threads, args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    tokens = [int(t) for t in args.tokens.split(",") if t.strip()]
-    if len(tokens) < 2:
-        raise SystemExit("--tokens needs at least two sizes to fit the cost lines")
+    try:
+        tokens = [int(t) for t in args.tokens.split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"--tokens takes comma-separated whole numbers, got {args.tokens!r}") from None
+    if len(set(tokens)) < 2 or min(tokens) < 1:
+        raise SystemExit("--tokens needs at least two different positive sizes to fit the cost lines")
     start = time.perf_counter()
     torch.manual_seed(args.seed)
-    frozen, models = variants(SHAPES[args.shape], device)
-    for model in models.values():
-        model.to(dtype)
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.data = parameter.data.float()  # adapters train in fp32 whatever the frozen dtype
+    frozen, models = variants(SHAPES[args.shape], device, dtype)
     state = {name: trainable_state_bytes(models[name]) for name in ("excitor", "lora")}
     sweep = []
     for count in tokens:

@@ -519,6 +519,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dtype = getattr(torch, args.dtype)
     else:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.visual_tokens < 0:
+        raise SystemExit("--visual-tokens must be 0 (language-only) or more")
     all_shapes = shapes(args)
     names = [n.strip() for n in args.shapes.split(",") if n.strip()]
     unknown = [n for n in names if n not in all_shapes]

@@ -36,7 +36,8 @@ def gated_prompt_bypass(
     `gate` has C_kv entries; `mask` (B x K', bool) marks the valid prompts of each sample.
     `recompute_prompt_keys`, if given, returns `prompt_keys` again in backward, so that they are not kept
     alive in between: worth it for the shared K x C_kv prompt keys (K C C_kv multiply-adds per layer and step,
-    whatever the batch), not for per-sample ones (that work grows with the batch).
+    whatever the batch), not for per-sample ones (that work grows with the batch). Like activation checkpointing,
+    it assumes that what it reads is not changed between forward and backward (an optimizer step comes after).
     """
     return _GatedPromptBypass.apply(
         key, hidden, down_weight, prompt_affinity, prompt_keys, gate, mask, scale, recompute_prompt_keys
