@@ -1,0 +1,45 @@
+"""Seeded, batched sampling from a Hugging Face causal LM: the one generation call of the DELIA data stage."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from its parts (e.g. the run's seed and a batch number), the same in every process."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def nucleus_sampling(temperature: float, top_p: float, max_new_tokens: int, stop_ids: Sequence[int],
+                     pad_id: int) -> GenerationConfig:
+    """Plain temperature + nucleus sampling (the authors' vLLM settings: no top-k, no penalties). Every knob a
+    model's generation_config.json may set gets its neutral value, because transformers fills the fields left unset
+    from the model's file, and top-k 50 by default."""
+    return GenerationConfig(
+        do_sample=True, temperature=temperature, top_p=top_p, top_k=0, min_p=0.0, typical_p=1.0,
+        epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1,
+        min_new_tokens=0, max_new_tokens=max_new_tokens, eos_token_id=list(stop_ids), pad_token_id=pad_id,
+    )
+
+
+def sample_ids(model: Any, prompts: Sequence[Sequence[int]], generation_config: GenerationConfig, seed: int,
+               tokenizer: Any = None) -> list[list[int]]:
+    """The new token ids for each prompt, sampled in one left-padded batch under `seed` (the caller's global RNG
+    state is left as it was). Pads and everything after an end-of-turn id are the caller's to cut. `tokenizer` is
+    needed when the config has `stop_strings`."""
+    device = next(model.parameters()).device
+    pad = generation_config.pad_token_id
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                generation_config=generation_config,
+                                **({"tokenizer": tokenizer} if tokenizer is not None else {}))
+    return output[:, width:].tolist()
