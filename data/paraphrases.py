@@ -16,11 +16,11 @@ same phrasing in every epoch, process and run, without a shared random stream.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from data.errors import DataError, read_json
-from mm_excitor.delia.similarity import normalised
 
 PARAPHRASE_DIR = Path(__file__).resolve().parent / "delia"
 SPLITS = ("train", "eval")
@@ -91,3 +91,8 @@ def load_paraphrases(name_or_path: str | Path) -> InstructionParaphrases:
                                       tuple(lists["eval"]), tuple(lists["must_contain"]))
     except ValueError as error:
         raise DataError(path, None, str(error)) from None
+
+
+def normalised(text: str) -> str:
+    """Lower-case words only: two phrasings equal under this are the same paraphrase."""
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))

@@ -71,6 +71,7 @@ def _sample(args: argparse.Namespace) -> None:
                             max_prompt_tokens=args.max_prompt_tokens, system_prompt=args.system_prompt)
     pool = load_pool(args.pool, args.format, args.on_bad_record)
     rank, world_size, device = _launch(args.device)
+    distributed = torch.distributed.is_initialized()
     try:
         model, tokenizer = _load_model(args, device)
         info = {"pool": str(pool.path), "format": pool.format, "n_bad_records_skipped": len(pool.skipped),
@@ -78,12 +79,13 @@ def _sample(args: argparse.Namespace) -> None:
         merged = sample_answers(model, tokenizer, pool.records, config, args.out, rank=rank, world_size=world_size,
                                 progress=not args.no_progress, info=info)
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if distributed:
             torch.distributed.destroy_process_group()
     if pool.skipped:
         print(f"skipped {len(pool.skipped)} bad records of {pool.path} (first: {pool.skipped[0]})", file=sys.stderr)
     if merged is None:
-        print(f"rank {rank}: its share is done; the last rank to finish writes {args.out}")
+        writer = "rank 0 writes" if distributed else "the last rank to finish writes"
+        print(f"rank {rank}: its share is done; {writer} {args.out}")
     else:
         print(f"wrote {args.out} and {meta_path(args.out)}")
 
@@ -110,8 +112,13 @@ def _launch(device: str) -> tuple[int, int, torch.device]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         device = f"cuda:{local_rank}"
-    resolved = torch.device(device)
-    if world_size > 1 and "MASTER_ADDR" in os.environ and not torch.distributed.is_initialized():
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available")
+    if world_size > 1 and "MASTER_ADDR" in os.environ and not torch.distributed.is_initialized():  # torchrun
         torch.distributed.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
     return rank, world_size, resolved
 

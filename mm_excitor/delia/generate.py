@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 
 def derive_seed(*parts: object) -> int:
@@ -28,10 +28,10 @@ def nucleus_sampling(temperature: float, top_p: float, max_new_tokens: int, stop
 
 
 def sample_ids(model: Any, prompts: Sequence[Sequence[int]], generation_config: GenerationConfig, seed: int,
-               tokenizer: Any = None) -> list[list[int]]:
+               stop_text: tuple[Any, str] | None = None) -> list[list[int]]:
     """The new token ids for each prompt, sampled in one left-padded batch under `seed` (the caller's global RNG
-    state is left as it was). Pads and everything after an end-of-turn id are the caller's to cut. `tokenizer` is
-    needed when the config has `stop_strings`."""
+    state is left as it was). Pads and everything after an end-of-turn id are the caller's to cut.
+    `stop_text=(tokenizer, text)` also ends a row once its decoded sample contains `text`."""
     device = next(model.parameters()).device
     pad = generation_config.pad_token_id
     width = max(len(ids) for ids in prompts)
@@ -39,7 +39,20 @@ def sample_ids(model: Any, prompts: Sequence[Sequence[int]], generation_config: 
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
+        criteria = StoppingCriteriaList([_StopAtText(*stop_text, width)] if stop_text is not None else [])
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                generation_config=generation_config,
-                                **({"tokenizer": tokenizer} if tokenizer is not None else {}))
+                                generation_config=generation_config, stopping_criteria=criteria)
     return output[:, width:].tolist()
+
+
+class _StopAtText(StoppingCriteria):
+    """Ends each row whose decoded sample contains `text`. Unlike transformers' `stop_strings`, which needs to map
+    every vocabulary entry to its string, this works with any tokenizer that can decode."""
+
+    def __init__(self, tokenizer: Any, text: str, prompt_width: int) -> None:
+        self.tokenizer, self.text, self.prompt_width = tokenizer, text, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        samples = input_ids[:, self.prompt_width:].tolist()
+        return torch.tensor([self.text in self.tokenizer.decode(ids, skip_special_tokens=True) for ids in samples],
+                            dtype=torch.bool, device=input_ids.device)

@@ -5,8 +5,9 @@ No outside instruction data exists here, so the project brings a small hand-writ
 (yizhongw/self-instruct, ``bootstrap_instructions.py``):
 
 1. **Instructions.** Each prompt lists 8 instructions (6 random seeds, up to 2 already generated, shuffled) as
-   ``"Come up with a series of tasks:\\n1. ...\\n8. ...\\n9."``, and the model continues the list. The lines it
-   writes are new candidates (a last line cut by the token limit is dropped).
+   ``"Come up with a series of tasks:\\n1. ...\\n8. ...\\n9."``, and the model continues the list (temperature
+   0.7, top-p 0.9, until a blank line). The lines it writes are new candidates (a last line cut by the token limit
+   is dropped). Temperature 1.0 gave mostly statements rather than tasks with SmolLM2-135M.
 2. **Filters** (self-instruct's): fewer than ``min_words`` or more than ``max_words`` words; a keyword a text model
    cannot act on (image, graph, picture, file, map, draw, plot, go to, ...); "Write a program"; a first character
    that is punctuation or not ASCII; the same normalised text as, or ROUGE-L F1 above ``max_similarity`` with,
@@ -62,8 +63,8 @@ class PoolGenerationConfig:
     prompts_per_round: int = 8
     """Prompts sampled as one batch per round."""
     instruction_max_new_tokens: int = 96
-    instruction_temperature: float = 1.0
-    instruction_top_p: float = 0.95
+    instruction_temperature: float = 0.7
+    instruction_top_p: float = 0.9
     answer_max_new_tokens: int = 256
     answer_temperature: float = 0.7
     answer_top_p: float = 0.95
@@ -182,7 +183,6 @@ class _PoolGrower:
         pad_id = self.stop_ids[0] if pad is None else int(pad)
         self.instruction_sampling = nucleus_sampling(config.instruction_temperature, config.instruction_top_p,
                                                      config.instruction_max_new_tokens, self.stop_ids, pad_id)
-        self.instruction_sampling.stop_strings = [LIST_END]  # self-instruct's stop: the list ends at a blank line
         self.answer_sampling = nucleus_sampling(config.answer_temperature, config.answer_top_p,
                                                 config.answer_max_new_tokens, self.stop_ids, pad_id)
 
@@ -227,7 +227,8 @@ class _PoolGrower:
             rng.shuffle(examples)
             prompts.append(list(self.tokenizer(list_prompt(examples), add_special_tokens=True)["input_ids"]))
         samples = sample_ids(self.model, prompts, self.instruction_sampling,
-                             derive_seed("self-instruct instructions", self.config.seed, self.round), self.tokenizer)
+                             derive_seed("self-instruct instructions", self.config.seed, self.round),
+                             stop_text=(self.tokenizer, LIST_END))  # self-instruct's stop: a blank line
         candidates: list[str] = []
         batch_index = NearDuplicateIndex(threshold=self.config.max_similarity)
         for new_ids in samples:
