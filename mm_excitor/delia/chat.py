@@ -72,6 +72,12 @@ def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
     return ids
 
 
+def pad_token_id(tokenizer: Any, stop_ids: Sequence[int]) -> int:
+    """The tokenizer's pad id, else the first end-of-turn id (pads are cut from samples either way)."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return stop_ids[0] if pad is None else int(pad)
+
+
 def decode_answer(tokenizer: Any, new_ids: Sequence[int], stop_ids: Sequence[int]) -> tuple[str, str]:
     """(answer text, finish) from the generated ids: cut at the first end-of-turn id (finish ``"stop"``), else the
     whole sample (finish ``"length"``); special tokens and surrounding whitespace are dropped. Without a chat

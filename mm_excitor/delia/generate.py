@@ -32,6 +32,8 @@ def sample_ids(model: Any, prompts: Sequence[Sequence[int]], generation_config: 
     """The new token ids for each prompt, sampled in one left-padded batch under `seed` (the caller's global RNG
     state is left as it was). Pads and everything after an end-of-turn id are the caller's to cut.
     `stop_text=(tokenizer, text)` also ends a row once its decoded sample contains `text`."""
+    if model.training:
+        raise ValueError("the model is in training mode (dropout would change the samples): call model.eval() first")
     device = next(model.parameters()).device
     pad = generation_config.pad_token_id
     width = max(len(ids) for ids in prompts)

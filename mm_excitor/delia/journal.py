@@ -74,7 +74,8 @@ def _scan(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]
         except (json.JSONDecodeError, UnicodeDecodeError):
             if offset == len(data):
                 break  # a last line torn inside a multi-byte character or a number
-            raise ValueError(f"{path}:{number}: corrupt line inside the journal; delete the file to redo its work") from None
+            raise ValueError(f"{path}:{number}: corrupt line inside the journal; delete the file to redo its work"
+                             ) from None
         if header is None:
             if not isinstance(row, dict) or "header" not in row:
                 raise ValueError(f"{path}:1: not a journal header; delete the file or write to another output path")

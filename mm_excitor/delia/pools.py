@@ -71,7 +71,8 @@ def load_pool(path: str | Path, format: str = "auto", on_bad_record: str = "erro
         except BadRecord as error:
             message = f"{path}: {where}: {error}"
             if on_bad_record == "error":
-                raise ValueError(message + " (pass --on-bad-record skip to skip such records)") from None
+                hint = ' (--on-bad-record skip, or on_bad_record="skip", skips such records)'
+                raise ValueError(message + hint) from None
             skipped.append(message)
     if not records:
         detail = f" ({len(skipped)} bad records skipped, first: {skipped[0]})" if skipped else ""

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import language_model_identity
 from ..io import atomic_write_bytes, atomic_write_json
-from .chat import decode_answer, encode_chat_prompt, has_chat_template, one_shot_messages, stop_token_ids
+from .chat import (decode_answer, encode_chat_prompt, has_chat_template, one_shot_messages, pad_token_id,
+                   stop_token_ids)
 from .generate import derive_seed, nucleus_sampling, sample_ids
 from .journal import Journal, json_roundtrip, read_committed
 from .pools import PoolRecord
@@ -148,10 +149,8 @@ class _BatchSampler:
         self.model, self.tokenizer, self.records, self.config = model, tokenizer, records, config
         self.prompt_limit = prompt_limit
         self.stop_ids = stop_token_ids(tokenizer, model)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        self.pad_id = self.stop_ids[0] if pad is None else int(pad)
         self.generation_config = nucleus_sampling(config.temperature, config.top_p, config.max_new_tokens,
-                                                  self.stop_ids, self.pad_id)
+                                                  self.stop_ids, pad_token_id(tokenizer, self.stop_ids))
 
     def indices(self, batch: int) -> range:
         start = batch * self.config.batch_size
@@ -218,7 +217,7 @@ def read_samples(path: str | Path) -> list[dict[str, Any]]:
     """The records of a sampled file (`{"id", "messages", "finish"}`), checked: what the mixing stage reads."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: self-sampled file not found (make it with `python -m mm_excitor.delia sample`)")
+        raise FileNotFoundError(f"{path}: self-sampled file not found (`python -m mm_excitor.delia sample` makes it)")
     samples = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:
@@ -247,9 +246,12 @@ def _committed_batches(output: Path, header: dict, rank: int, own_rows: list[dic
 
 def _part_files(output: Path) -> list[Path]:
     """Every rank's journal, from this run or from an earlier one with another world size."""
-    prefix = f"{output.name}.rank"
-    found = [p for p in output.parent.glob(f"{output.name}.rank*.jsonl") if p.name[len(prefix):-6].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(prefix):-6]))
+    prefix, suffix = f"{output.name}.rank", ".jsonl"
+    if not output.parent.is_dir():
+        return []
+    ranks = {p: p.name[len(prefix):-len(suffix)] for p in output.parent.iterdir()
+             if p.name.startswith(prefix) and p.name.endswith(suffix)}
+    return sorted((p for p, rank in ranks.items() if rank.isdigit()), key=lambda p: int(ranks[p]))
 
 
 def _check_header(part: Path, found: dict | None, header: dict) -> None:

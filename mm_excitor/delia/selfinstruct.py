@@ -41,9 +41,10 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import language_model_identity
 from ..io import atomic_write_bytes, atomic_write_json
-from .chat import cut_at_stop, decode_answer, encode_chat_prompt, stop_token_ids
+from .chat import cut_at_stop, decode_answer, encode_chat_prompt, pad_token_id, stop_token_ids
 from .generate import derive_seed, nucleus_sampling, sample_ids
 from .journal import Journal, json_roundtrip
+from .sampling import meta_path
 from .similarity import NearDuplicateIndex, rouge_l, words
 
 UNSUITABLE_WORDS = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
@@ -85,10 +86,6 @@ class PoolGenerationConfig:
 
 def journal_path(output: str | Path) -> Path:
     return Path(output).with_name(f"{Path(output).name}.journal.jsonl")
-
-
-def meta_path(output: str | Path) -> Path:
-    return Path(output).with_name(f"{Path(output).stem}.meta.json")
 
 
 def list_prompt(instructions: Sequence[str]) -> str:
@@ -179,8 +176,7 @@ class _PoolGrower:
         self.round = 0
         self.index = NearDuplicateIndex(seeds, threshold=config.max_similarity)
         self.stop_ids = stop_token_ids(tokenizer, model)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        pad_id = self.stop_ids[0] if pad is None else int(pad)
+        pad_id = pad_token_id(tokenizer, self.stop_ids)
         self.instruction_sampling = nucleus_sampling(config.instruction_temperature, config.instruction_top_p,
                                                      config.instruction_max_new_tokens, self.stop_ids, pad_id)
         self.answer_sampling = nucleus_sampling(config.answer_temperature, config.answer_top_p,

@@ -86,8 +86,8 @@ def test_a_bad_record_names_file_and_line_from_the_command_line(tmp_path, lm_dir
     result = subprocess.run([sys.executable, "-m", "mm_excitor.delia", *sample_args(lm_dir, bad, tmp_path / "s.jsonl")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr == (f"error: {bad}: line 2: 'answer' is empty (pass --on-bad-record skip to skip such "
-                             "records)\n")
+    assert result.stderr == (f"error: {bad}: line 2: 'answer' is empty (--on-bad-record skip, or "
+                             'on_bad_record="skip", skips such records)\n')
 
 
 @pytest.mark.slow

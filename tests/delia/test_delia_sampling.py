@@ -211,3 +211,9 @@ def test_journal_keeps_only_whole_commits(tmp_path: Path) -> None:
         journal.commit([{"x": 4}])
     lines = path.read_text().splitlines()
     assert lines[-2:] == ['{"x": 4}', '{"commit": 1}'] and '{"x": 3}' not in lines
+
+
+def test_a_model_in_training_mode_is_refused(tmp_path: Path) -> None:
+    model = tiny_model().train()
+    with pytest.raises(ValueError, match="training mode"):
+        run(model, chat_tokenizer(), tmp_path / "s.jsonl")
