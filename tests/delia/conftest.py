@@ -1,23 +1,10 @@
-"""Tiny random LLaMA models and word-level tokenizers (tests/tiny_models.py), with and without a chat template."""
+"""Fixtures for the DELIA tests: a tiny random LLaMA (session-wide, never trained) and a tokenizer without a chat
+template."""
 from __future__ import annotations
 
 import pytest
 
-from mm_excitor.delia.pools import PoolRecord
 from tests.tiny_models import tiny_model, tiny_tokenizer
-
-# ChatML-like, in words the tiny tokenizer knows: "<s>question : ...</s>" for users, "<s>answer : ...</s>" else.
-TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}<s>{% if m['role'] == 'user' %}question{% elif m['role'] == 'system' %}context"
-    "{% else %}answer{% endif %} : {{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<s>answer :"
-    "{% endif %}"
-)
-
-
-def chat_tokenizer():
-    tokenizer = tiny_tokenizer()
-    tokenizer.chat_template = TINY_CHAT_TEMPLATE
-    return tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -26,18 +13,5 @@ def model():
 
 
 @pytest.fixture
-def tokenizer():
-    return chat_tokenizer()
-
-
-@pytest.fixture
 def plain_tokenizer():
     return tiny_tokenizer()
-
-
-def pool_records(n: int = 7) -> list[PoolRecord]:
-    """Queries of different lengths, so batches need padding."""
-    phrases = ["describe the red circle", "is the square blue ?", "two small green triangles left of a circle",
-               "what is the answer", "yes", "the large yellow square in the image", "three"]
-    return [PoolRecord(f"r{i}", phrases[i % len(phrases)] + (" one" * (i // len(phrases))),
-                       f"a {['red', 'blue', 'green'][i % 3]} circle") for i in range(n)]

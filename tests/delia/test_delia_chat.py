@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from mm_excitor.delia.chat import cut_at_stop, decode_answer, encode_chat_prompt, one_shot_messages, stop_token_ids
-from tests.delia.conftest import chat_tokenizer
+from tests.delia.helpers import chat_tokenizer
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 SMOLLM2 = Path(__file__).resolve().parents[2] / ".cache" / "smollm2-135m-instruct"

@@ -10,7 +10,7 @@ import pytest
 
 from mm_excitor.cli import run_cli
 from mm_excitor.delia.__main__ import main
-from tests.delia.conftest import chat_tokenizer
+from tests.delia.helpers import chat_tokenizer
 from tests.tiny_models import tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]

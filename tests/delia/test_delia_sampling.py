@@ -10,7 +10,7 @@ import torch
 from mm_excitor.delia.chat import encode_chat_prompt, one_shot_messages
 from mm_excitor.delia.journal import Journal
 from mm_excitor.delia.sampling import SamplingConfig, meta_path, part_path, read_samples, sample_answers
-from tests.delia.conftest import chat_tokenizer, pool_records
+from tests.delia.helpers import chat_tokenizer, pool_records
 from tests.tiny_models import tiny_model
 
 CONFIG = SamplingConfig(max_new_tokens=10, batch_size=3, seed=5)
