@@ -16,44 +16,19 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from eval.cli import add_generate_parser, generate
 from eval.files import read_json, write_jsonl_atomic
-from mm_excitor.checkpoint import adapter_fingerprint
-from eval.generation import Decoding, EvalDataset, GenerativeModel, generate_outputs, read_generation_meta
-from eval.loading import LoadedRun, add_generate_parser, generate_command
+from eval.generation import read_generation_meta
 from eval.report import subset_banner, write_scienceqa_report
 from eval.scienceqa_metrics import (
     ScienceQAInputError, extract_answer, format_official, score_scienceqa, write_official_results,
 )
+from mm_excitor.cli import run_cli
 
 
-def generate_answers(
-    model: GenerativeModel,
-    dataset: EvalDataset,
-    *,
-    batch_size: int,
-    num_beams: int,
-    max_new_tokens: int,
-    min_new_tokens: int,
-    output: Path,
-    resume: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
-    source: dict | None = None,
-) -> Path | None:
-    """Answer every item (`meta["pid"]`) into `output`, JSON lines `{"question_id", "prompt", "text"}`.
-
-    The raw text is kept and the letter is extracted at scoring time, so a better extractor needs no new run.
-    Returns `output` on the call that merged the shards, None on the others; see eval.generation (and
-    generate_captions for `source`).
-    """
-    return generate_outputs(
-        model, dataset, task="scienceqa", id_key="pid",
-        decoding=Decoding(batch_size, num_beams, max_new_tokens, min_new_tokens),
-        output=output, write_output=_write_answers, resume=resume, rank=rank, world_size=world_size, source=source,
-    )
-
-
-def _write_answers(records: list[dict], output: Path) -> None:
+def write_answers(records: list[dict], output: Path) -> None:
+    """LLaVA's answer file from merged generation records: JSON lines `{"question_id", "prompt", "text"}`. The raw
+    text is kept and the letter is extracted at scoring time, so a better extractor needs no new run."""
     write_jsonl_atomic(({"question_id": r["id"], "prompt": r["prompt"], "text": r["text"]} for r in records), output)
 
 
@@ -114,32 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--decoding", type=Path, default=None,
                        help="generation metadata JSON (default: P.meta.json next to the predictions, if present)")
     score.add_argument("--out", type=Path, required=True, help="report directory")
-    add_generate_parser(sub, "scienceqa", help="answer a split with a trained checkpoint (LLaVA-style answer file)")
+    add_generate_parser(sub, help="answer a split with a trained checkpoint (LLaVA-style answer file)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
-        return generate_command(args, "scienceqa", generate_answers, _score_generated)
-    try:
-        score_predictions_file(args.predictions, args.problems, args.out, split=args.split,
-                               allow_subset=args.allow_subset, decoding_file=args.decoding)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _score_generated(run: LoadedRun, predictions: Path, out_dir: Path, options: dict) -> int:
-    """`generate --score`: the problems.json of the run's data root, the split that was answered."""
-    try:
-        score_predictions_file(predictions, Path(run.config.data.root) / "problems.json", out_dir, split=run.split,
-                               allow_subset=options["allow_subset"])
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        generate("scienceqa", args)
+        return
+    score_predictions_file(args.predictions, args.problems, args.out, split=args.split,
+                           allow_subset=args.allow_subset, decoding_file=args.decoding)
 
 
 def score_predictions_file(predictions_path: Path, problems_path: Path, out_dir: Path, *, split: str = "test",
@@ -170,19 +130,5 @@ def score_predictions_file(predictions_path: Path, problems_path: Path, out_dir:
     return scores
 
 
-def evaluate_answerer(model, dataset, problems_path: Path, decoding, out_dir: Path, *, split: str = "test",
-                      rank: int = 0, world_size: int = 1, allow_subset: bool = False, source_images: bool = True):
-    """Answer `dataset`, then score it; returns the scores on the merging rank, None on the others.
-
-    Answers left by an earlier call are reused only if they came from the same adapter weights."""
-    predictions = out_dir / "answers.jsonl"
-    merged = generate_answers(model, dataset, batch_size=decoding.batch_size, num_beams=decoding.num_beams,
-                              max_new_tokens=decoding.max_new_tokens, min_new_tokens=decoding.min_new_tokens,
-                              output=predictions, rank=rank, world_size=world_size,
-                              source={"adapter": adapter_fingerprint(model), "images": source_images})
-    if merged is None:
-        return None
-    return score_predictions_file(merged, problems_path, out_dir, split=split, allow_subset=allow_subset)
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, sys.argv[1:]))

@@ -1,26 +1,34 @@
-"""mm-excitor: Excitor blocks on frozen LLaMA-family models, for language-only and visual instruction tuning."""
-from .checkpoint import load_adapter, save_adapter
-from .config import ExcitorConfig
-from .model import (
-    ParameterCount,
-    UnsupportedModelError,
-    apply_excitor,
-    count_parameters,
-    excitor_blocks,
-    gate_values,
-    set_visual_tokens,
-)
+"""mm-excitor: Excitor blocks on frozen LLaMA-family models, for language-only and visual instruction tuning.
 
-__all__ = [
-    "ExcitorConfig",
-    "ParameterCount",
-    "UnsupportedModelError",
-    "apply_excitor",
-    "count_parameters",
-    "excitor_blocks",
-    "gate_values",
-    "load_adapter",
-    "save_adapter",
-    "set_visual_tokens",
-]
+The public names load on first use (PEP 562), so light modules such as `mm_excitor.io` or `mm_excitor.cli` can be
+imported by scoring commands without importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "ExcitorConfig": "config",
+    "ParameterCount": "model",
+    "UnsupportedModelError": "model",
+    "apply_excitor": "model",
+    "count_parameters": "model",
+    "excitor_blocks": "model",
+    "gate_values": "model",
+    "visual_prompts": "model",
+    "load_adapter": "checkpoint",
+    "save_adapter": "checkpoint",
+}
+__all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'mm_excitor' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -17,11 +17,18 @@ import pytest
 
 from eval import caption_metrics
 from eval import spice as spice_module
-from eval.caption import main as caption_main
+from eval.caption import main as score_or_generate
 from eval.caption_files import load_references, write_results
 from eval.caption_metrics import METRICS, CaptionInputError, score_captions
 from eval.java import JavaNotFoundError, require_java
 from eval.spice import SpiceUnavailableError
+from mm_excitor.cli import run_cli
+
+
+def caption_main(argv: list[str]) -> int:
+    """`python -m eval.caption ...`: its exit status."""
+    return run_cli(score_or_generate, argv)
+
 
 PKG_DIR = Path(spice_module.SPICE_DIR).parent  # the pycocoevalcap install folder
 

@@ -7,10 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from eval.scienceqa import main as scienceqa_main
+from eval.scienceqa import main as score_or_generate
 from eval.scienceqa_metrics import (
     ScienceQAInputError, extract_answer, format_official, score_scienceqa, write_official_results,
 )
+from mm_excitor.cli import run_cli
+
+
+def scienceqa_main(argv: list[str]) -> int:
+    """`python -m eval.scienceqa ...`: its exit status."""
+    return run_cli(score_or_generate, argv)
 
 
 def _p(subject: str, hint: str, image: str | None, grade: int, topic: str, n: int, answer: int,
