@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.errors import DataError, LeakageError, read_json
+from data.errors import DataError, LeakageError, image_under_root, read_json
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def _parse_official(data: object, path: Path, image_root: Path, image_dir: str) 
         file_name = _str(_get(img, "file_name", path, rec), path, f"{rec} (id {image_id})", "file_name")
         if image_id in images:
             raise DataError(path, f"{rec} (id {image_id})", "duplicate image id")
-        key = f"{image_dir}/{file_name}"
-        images[image_id] = CaptionImage(image_root / key, key, image_id, [])
+        image_path = image_under_root(image_root, (image_dir, file_name), path, f"{rec} (id {image_id})")
+        images[image_id] = CaptionImage(image_path, f"{image_dir}/{file_name}", image_id, [])
     for i, ann in enumerate(_list(data, "annotations", path)):
         rec = f"annotations[{i}]" + (f" (id {ann['id']})" if isinstance(ann, dict) and "id" in ann else "")
         image_id = _int(_get(ann, "image_id", path, rec), path, rec, "image_id")
@@ -116,8 +116,9 @@ def _parse_karpathy(data: object, path: Path, image_root: Path, split: str) -> l
             continue
         image_id = _int(_get(img, "cocoid", path, rec), path, rec, "cocoid")
         rec = f"{rec} (cocoid {image_id})"
-        key = "{}/{}".format(_str(_get(img, "filepath", path, rec), path, rec, "filepath"),
-                             _str(_get(img, "filename", path, rec), path, rec, "filename"))
+        parts = (_str(_get(img, "filepath", path, rec), path, rec, "filepath"),
+                 _str(_get(img, "filename", path, rec), path, rec, "filename"))
+        image_path, key = image_under_root(image_root, parts, path, rec), "/".join(parts)
         sentences = _get(img, "sentences", path, rec)
         if not isinstance(sentences, list):
             raise DataError(path, rec, "'sentences' is not a list")
@@ -128,7 +129,7 @@ def _parse_karpathy(data: object, path: Path, image_root: Path, split: str) -> l
         if image_id in seen:
             raise DataError(path, rec, "duplicate cocoid")
         seen.add(image_id)
-        out.append(CaptionImage(image_root / key, key, image_id, refs))
+        out.append(CaptionImage(image_path, key, image_id, refs))
     return out
 
 
@@ -148,6 +149,7 @@ def _parse_lavis(data: object, path: Path, image_root: Path) -> list[CaptionImag
         rec = f"[{i}]"
         key = _str(_get(ann, "image", path, rec), path, rec, "image")
         rec = f"[{i}] ({key})"
+        image_path = image_under_root(image_root, (key,), path, rec)
         m = _ID_IN_NAME.search(key)
         if m is None:
             raise DataError(path, rec, "cannot read the COCO image id from the file name (expected ..._<id>.jpg)")
@@ -157,7 +159,7 @@ def _parse_lavis(data: object, path: Path, image_root: Path) -> list[CaptionImag
         if not refs:
             raise DataError(path, rec, "empty caption list")
         if key not in images:
-            images[key] = CaptionImage(image_root / key, key, int(m.group(1)), [])
+            images[key] = CaptionImage(image_path, key, int(m.group(1)), [])
         images[key].references.extend(refs)
     return _require_references(images.values(), path)
 

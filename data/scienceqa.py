@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.errors import DataError, read_json
+from data.errors import DataError, image_under_root, read_json
 from data.prompts import OPTION_LETTERS, SCIENCEQA_FORMATS, scienceqa_example
 
 SPLITS = ("train", "val", "test", "trainval", "minitrain", "minival", "minitest")
@@ -116,10 +116,11 @@ def parse_problem(pid: str, record: object, file: str | Path, image_root: str | 
     image = record["image"]
     if image is not None and not isinstance(image, str):
         raise DataError(file, rec, f"'image' must be a file name or null, got {image!r}")
-    key = f"{record['split']}/{pid}/{image}" if image else None
+    parts = (record["split"], pid, image) if image else None
     return ScienceQAProblem(
         pid=pid, question=record["question"], choices=list(choices), answer=answer, hint=record["hint"],
-        image_path=Path(image_root) / key if key else None, image_key=key,
+        image_path=image_under_root(image_root, parts, file, rec) if parts else None,
+        image_key="/".join(parts) if parts else None,
         subject=record["subject"], grade=record["grade"], topic=record["topic"], category=record["category"],
         lecture=record["lecture"], solution=record["solution"], split=record["split"],
     )
