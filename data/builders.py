@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from data.coco import CaptionImage, caption_samples, load_caption_images, load_caption_training
+from data.coco import caption_samples, load_caption_splits
 from data.datasets import CaptionEvalDataset, CaptionTrainDataset, ScienceQADataset
 from data.prompts import CaptionTemplate
 from data.scienceqa import load_scienceqa
@@ -29,17 +29,14 @@ def caption_data(
     visual = {"image_transform": image_transform, "visual_features": visual_features,
               "on_bad_image": config.on_bad_image}
     template = CaptionTemplate(prompt=config.prompt) if config.prompt else CaptionTemplate()
-    samples = load_caption_training(
-        config.train_annotations, config.image_root, config.train_split,
+    splits = load_caption_splits(
+        config.image_root, config.train_annotations, train_split=config.train_split,
+        val_annotations=config.val_annotations or None, val_split=config.val_split,
+        eval_annotations=config.eval_annotations or None, eval_split=config.eval_split,
         karpathy_test=config.karpathy_test, allow_test_overlap=config.allow_test_overlap,
         filter_test_overlap=config.filter_test_overlap,
     )
-    eval_file = config.eval_annotations or config.train_annotations
-
-    def eval_images(split: str | None) -> list[CaptionImage] | None:
-        return None if split is None else load_caption_images(eval_file, config.image_root, split)
-
-    val_images, test_images = eval_images(config.val_split), eval_images(config.eval_split)
+    samples, val_images, test_images = splits.train, splits.val, splits.eval
     val = None
     if val_images:
         # validation loss needs (prompt, target) pairs: one per reference caption

@@ -23,14 +23,19 @@ class CaptionDataConfig:
 
     train_annotations: str = ""
     """Karpathy dataset_coco.json, LAVIS coco_karpathy_train.json or an official captions_*.json."""
+    val_annotations: str = ""
+    """The file holding the validation split (defaults to eval_annotations, then train_annotations), e.g. LAVIS
+    coco_karpathy_val.json next to coco_karpathy_test.json."""
     eval_annotations: str = ""
-    """The file holding the evaluation split (defaults to train_annotations, e.g. for dataset_coco.json)."""
+    """The file holding the evaluation split (defaults to train_annotations, e.g. for dataset_coco.json). Neither
+    split is ever read from training data unless asked for by name (data.coco.load_caption_splits)."""
     image_root: str = ""
     train_split: str | None = "train"
     val_split: str | None = "val"
     eval_split: str | None = "test"
     karpathy_test: str | None = None
-    """A Karpathy/LAVIS test file to guard (or filter) a training set that could hold Karpathy test images."""
+    """A Karpathy/LAVIS test file to guard (or filter) a training set that could hold Karpathy test images; not
+    needed when train_annotations or eval_annotations is dataset_coco.json or eval_annotations a LAVIS test file."""
     allow_test_overlap: bool = False
     filter_test_overlap: bool = False
     feature_cache: str | None = None

@@ -116,7 +116,8 @@ def test_guard_refuses_with_the_count_and_the_fix():
         load_caption_training(VAL2014, COCO, karpathy_test=LAVIS["test"])
     msg = str(e.value)
     assert "2 of 4 training images are Karpathy test images" in msg
-    assert "train on the Karpathy split" in msg and "filter_test_overlap=True" in msg
+    assert "train on the Karpathy split" in msg and "data.filter_test_overlap=true" in msg
+    assert "data.allow_test_overlap=true" in msg and "=True" not in msg  # the override users type, not Python
 
 
 def test_guard_filters_and_reports_the_count(caplog):
