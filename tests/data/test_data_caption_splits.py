@@ -3,7 +3,6 @@ validation and test files are set separately, and the leakage guard uses every h
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -34,21 +33,6 @@ def lavis_renamed(tmp_path: Path) -> Path:
     """LAVIS training data under a name that does not say which split it holds."""
     path = tmp_path / "coco_train.json"
     shutil.copy(LAVIS["train"], path)
-    return path
-
-
-@pytest.fixture
-def train2017(coco_copy: Path) -> Path:
-    """captions_train2017.json holds val2014 images under new names; here: all four val2014 images (Karpathy test
-    900001 and 900002, restval 900004, val 900005)."""
-    ann = json.loads((coco_copy / "annotations" / "captions_val2014.json").read_text())
-    (coco_copy / "train2017").mkdir()
-    for im in ann["images"]:
-        new = f"{im['id']:012d}.jpg"
-        shutil.copy(coco_copy / "val2014" / im["file_name"], coco_copy / "train2017" / new)
-        im["file_name"] = new
-    path = coco_copy / "annotations" / "captions_train2017.json"
-    path.write_text(json.dumps(ann))
     return path
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -135,16 +134,9 @@ def test_guard_allows_only_when_asked_and_warns():
         load_caption_training(VAL2014, COCO, allow_test_overlap=True)
 
 
-def test_guard_on_train2017_style_file(coco_copy: Path):
+def test_guard_on_train2017_style_file(coco_copy: Path, train2017: Path):
     """train2017 holds val2014 images under new names; ids, not names, find the overlap."""
-    ann = _read(coco_copy / "annotations" / "captions_val2014.json")
-    (coco_copy / "train2017").mkdir()
-    for im in ann["images"]:
-        new = f"{im['id']:012d}.jpg"
-        shutil.copy(coco_copy / "val2014" / im["file_name"], coco_copy / "train2017" / new)
-        im["file_name"] = new
-    path = coco_copy / "annotations" / "captions_train2017.json"
-    _write(path, ann)
+    path = train2017
     with pytest.raises(LeakageError, match="Karpathy test file"):
         load_caption_training(path, coco_copy)
     with pytest.raises(LeakageError, match="2 of 4"):
