@@ -367,7 +367,8 @@ def load_caption_splits(
             _warn(f"{path}: {role} on the training split {split!r}, because {split_setting}={split} asks for it")
         else:
             held_out[f"{role} images of {path} split {split!r}"] = {im.image_id for im in images}
-    if val_split is not None and eval_split is not None and val_split != eval_split and _same_file(val_path, eval_path):
+    both = val_split is not None and eval_split is not None and val_split != eval_split
+    if both and _same_file(val_path, eval_path):
         fmt = detect_format(files.read(val_path), val_path)
         if fmt != "karpathy":
             raise DataError(val_path, None, f"a {fmt} file holds one split, so validation ({val_split!r}) and "
