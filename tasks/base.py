@@ -8,6 +8,7 @@ entry point is `run_cli(lambda argv: train(get_task(name), argv), ...)` and its 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
@@ -89,6 +90,10 @@ class Task(abc.ABC):
               allow_subset: bool = False) -> dict[str, float]:
         """Score an output file of the eval split, write the report into `out_dir`, return the headline metrics on
         the scale papers report them (CIDEr 146.1, accuracy 88.4)."""
+
+    def for_split(self, config: Any, split: str) -> Any:
+        """The run config that evaluates `split` (its data section's eval split set to it)."""
+        return dataclasses.replace(config, data=dataclasses.replace(config.data, eval_split=split))
 
     def collator(self, tokenizer: Any, config: Any, data: TaskData) -> Collator:
         return Collator(tokenizer, config.data.max_length, blank=data.blank)

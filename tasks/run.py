@@ -217,7 +217,7 @@ def load_run(
     split = split or config.data.eval_split
     if not split:
         raise ValueError("no split: pass --split (the config's data.eval_split is empty)")
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, eval_split=split))
+    config = task.for_split(config, split)
     dist = init_distributed(device or config.train.device)
     model, data = build(task, config, dist.device, ("eval",))
     load_adapter(model, checkpoint)
