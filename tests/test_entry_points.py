@@ -83,18 +83,35 @@ def test_truncation_and_skips_are_counted_in_the_run_summary(assets, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["data"] == data
 
 
-def test_bad_input_ends_in_a_one_line_error_not_a_traceback(tmp_path):
+BAD_COMMANDS = {
+    "missing LM": (["train_caption.py", "--config", "configs/demo.yaml", "model.language_model={tmp}/missing-lm",
+                    "train.output_dir={tmp}/run"], "no language model at {tmp}/missing-lm"),
+    "missing feature cache": (["train_caption.py", "--config", "configs/demo.yaml", "data.feature_cache={tmp}/none",
+                               "train.output_dir={tmp}/run"], "{tmp}/none"),
+    "bad method": (["train_scienceqa.py", "--config", "configs/shapes_scienceqa.yaml", "model.method=lorra"],
+                   "unknown model.method 'lorra'"),
+    "bad value": (["train_scienceqa.py", "--config", "configs/shapes_scienceqa.yaml", "train.batch_size=two"],
+                  "train.batch_size"),
+    "missing results": (["-m", "eval.caption", "score", "--results", "{tmp}/R.json", "--annotations", "{tmp}/GT.json",
+                         "--out", "{tmp}/report"], "{tmp}/"),
+    "missing problems": (["-m", "eval.scienceqa", "score", "--predictions", "{tmp}/P.jsonl", "--problems",
+                          "{tmp}/problems.json", "--out", "{tmp}/report"], "{tmp}/"),
+    "bad shapes option": (["-m", "data.shapes", "--out", "{tmp}/shapes", "--image-size", "8"], "image_size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COMMANDS))
+def test_bad_input_ends_in_a_one_line_error_not_a_traceback(tmp_path, case):
     import subprocess
     import sys
 
-    result = subprocess.run(
-        [sys.executable, "train_caption.py", "--config", "configs/demo.yaml",
-         f"model.language_model={tmp_path / 'missing-lm'}", f"train.output_dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert f"error: no language model at {tmp_path / 'missing-lm'}" in result.stderr
+    args, expected = BAD_COMMANDS[case]
+    result = subprocess.run([sys.executable, *(a.format(tmp=tmp_path) for a in args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and len(errors) == 1
+    assert expected.format(tmp=tmp_path) in errors[0]
 
 
 # --- reliability through the real commands (subprocesses, DataLoader workers, torchrun with gloo) -------------------
