@@ -11,15 +11,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eval.caption_files import write_results
-from mm_excitor.checkpoint import adapter_fingerprint
 from eval.caption_metrics import score_captions
-from eval.generation import Decoding, EvalDataset, GenerativeModel, generate_outputs, read_generation_meta
+from eval.generation import read_generation_meta
 from eval.java import JavaNotFoundError
-from eval.loading import LoadedRun, add_generate_parser, generate_command
+from eval.loading import add_generate_parser
 from eval.report import write_caption_report
 from eval.spice import SpiceUnavailableError
+
+if TYPE_CHECKING:
+    from eval.generation import EvalDataset, GenerativeModel
+    from eval.loading import LoadedRun
+# The model stack is imported on the generate path only, so that `score` starts fast. (Until eval.generation and
+# eval.loading import torch lazily, the two imports above still bring it in.)
 
 
 def generate_captions(
@@ -42,6 +48,8 @@ def generate_captions(
     included, which would break PTB tokenisation) is collapsed to single spaces. `source` (e.g. the adapter's
     fingerprint) is recorded, and resuming parts made from another source is refused.
     """
+    from eval.generation import Decoding, generate_outputs
+
     return generate_outputs(
         model, dataset, task="caption", id_key="image_id",
         decoding=Decoding(batch_size, num_beams, max_new_tokens, min_new_tokens),
@@ -74,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
+        from eval.loading import generate_command
+
         return generate_command(args, "caption", generate_captions, _score_generated)
     sources = {"results": str(args.results), "annotations": str(args.annotations)}
     return _score_and_report(args.results, args.annotations, args.out, sources, decoding_file=args.decoding,
@@ -114,6 +124,7 @@ def evaluate_captioner(model, dataset, references, decoding, out_dir: Path, *, r
     `out_dir` by an interrupted call are reused only if they came from the same adapter weights.
     """
     from data.datasets import ImageBlind
+    from mm_excitor.checkpoint import adapter_fingerprint
 
     out_dir = Path(out_dir)
     table = {}
