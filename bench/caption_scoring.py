@@ -156,8 +156,9 @@ def _without_spice() -> Iterator[None]:
         coco_eval.Spice = original
 
 
-def run_cocoevalcap(gt: Path, results: Path, workdir: Path) -> Scores:
-    """pycocoevalcap's own evaluation, as its README runs it (its progress printout swallowed)."""
+def run_cocoevalcap(gt: Path, results: Path, workdir: Path | None = None) -> Scores:
+    """pycocoevalcap's own evaluation, as its README runs it (its progress printout swallowed; `workdir` unused:
+    its tokenizer writes into its install folder)."""
     from pycocoevalcap.eval import COCOEvalCap
     from pycocotools.coco import COCO
 

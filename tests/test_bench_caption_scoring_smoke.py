@@ -12,6 +12,7 @@ import pytest
 
 from bench import caption_scoring as bench
 from eval.caption_metrics import METRICS
+from tests.meteor_stand_in import StandInMeteor
 
 
 class _TheirMeteor:
@@ -22,27 +23,6 @@ class _TheirMeteor:
 
     def method(self) -> str:
         return "METEOR"
-
-
-class _OurMeteor:
-    """Stands in for eval.meteor.MeteorProcess inside score_captions."""
-
-    value = 0.25
-
-    def __init__(self, workdir=None) -> None:
-        self.n_images = 0
-
-    def __enter__(self) -> _OurMeteor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def submit(self, gts: dict, res: dict) -> None:
-        self.n_images = len(gts)
-
-    def result(self) -> tuple[float, list[float]]:
-        return self.value, [self.value] * self.n_images
 
 
 def test_synthetic_set_is_deterministic_coco_format() -> None:
@@ -61,7 +41,8 @@ def test_benchmark_writes_json_and_catches_a_difference(tmp_path, monkeypatch) -
     from eval import caption_metrics
 
     monkeypatch.setattr(coco_eval, "Meteor", _TheirMeteor)
-    monkeypatch.setattr(caption_metrics, "MeteorProcess", _OurMeteor)
+    monkeypatch.setattr(caption_metrics, "MeteorProcess", StandInMeteor)
+    monkeypatch.setattr(StandInMeteor, "value", 0.25)
     out = tmp_path / "caption_scoring.json"
     argv = ["--images", "12", "--repeats", "1", "--sides", "cocoevalcap,score_captions", "--workdir",
             str(tmp_path / "work"), "--out", str(out), "--quiet"]
@@ -84,7 +65,7 @@ def test_benchmark_writes_json_and_catches_a_difference(tmp_path, monkeypatch) -
     assert "| `score_captions` |" in results["table"] and "equal to COCOEvalCap's within 1e-06: yes" in results["table"]
     assert list((tmp_path / "work").iterdir()) == []  # the synthetic files and reports are removed
 
-    monkeypatch.setattr(_OurMeteor, "value", 0.2500011)  # just over the tolerance
+    monkeypatch.setattr(StandInMeteor, "value", 0.2500011)  # just over the tolerance
     mismatch = bench.main(argv)
     assert mismatch["equal_to_cocoevalcap"] is False
     assert mismatch["largest_difference_from_cocoevalcap"]["score_captions"]["METEOR"]["corpus"] == pytest.approx(1.1e-6)

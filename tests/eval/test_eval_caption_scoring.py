@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.caption_scoring import synthetic_coco
+from bench.caption_scoring import run_cocoevalcap, synthetic_coco
 from eval import caption_metrics
 from eval import spice as spice_module
 from eval.caption import main as caption_main
@@ -25,6 +25,7 @@ from eval.caption_metrics import METRICS, CaptionInputError, score_captions
 from eval.java import JavaNotFoundError, require_java
 from eval.meteor import score_line
 from eval.spice import SpiceUnavailableError
+from tests.meteor_stand_in import StandInMeteor
 
 PKG_DIR = Path(spice_module.SPICE_DIR).parent  # the pycocoevalcap install folder
 
@@ -112,24 +113,10 @@ def ours(files: dict[str, Path]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(files: dict[str, Path]) -> object:
-    """pycocoevalcap's COCOEvalCap run directly; only SPICE (which downloads CoreNLP) is stubbed out."""
-    from pycocoevalcap import eval as coco_eval
-    from pycocotools.coco import COCO
-
-    class NoSpice:
-        def compute_score(self, gts: dict, res: dict) -> tuple[float, list[float]]:
-            return 0.0, [0.0] * len(gts)
-
-        def method(self) -> str:
-            return "SPICE"
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(coco_eval, "Spice", NoSpice)
-        coco = COCO(str(files["parity_gt"]))
-        evaluator = coco_eval.COCOEvalCap(coco, coco.loadRes(str(files["parity_res"])))
-        evaluator.evaluate()
-    return evaluator
+def reference(files: dict[str, Path]) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+    """pycocoevalcap's COCOEvalCap run directly (metrics, per-image scores); only SPICE (which downloads CoreNLP)
+    is stubbed out."""
+    return run_cocoevalcap(files["parity_gt"], files["parity_res"])
 
 
 @pytest.fixture(scope="module")
@@ -147,23 +134,23 @@ def cli(files: dict[str, Path]) -> dict:
             "per_image": json.loads((out / "caption_per_image.json").read_text())["images"]}
 
 
-def test_corpus_scores_equal_cocoevalcap(ours: dict, reference: object) -> None:
+def test_corpus_scores_equal_cocoevalcap(ours: dict, reference: tuple) -> None:
     scores = ours["scores"]
     assert list(scores.metrics) == list(METRICS)
     for name in METRICS:
         if name == "METEOR":
-            assert scores.metrics[name] == pytest.approx(reference.eval[name], abs=1e-6)
+            assert scores.metrics[name] == pytest.approx(reference[0][name], abs=1e-6)
         else:
-            assert scores.metrics[name] == reference.eval[name], name
+            assert scores.metrics[name] == reference[0][name], name
     assert scores.metrics["CIDEr"] > 0.1  # a real score, not an all-zero degenerate case
 
 
-def test_per_image_scores_equal_cocoevalcap(ours: dict, reference: object) -> None:
+def test_per_image_scores_equal_cocoevalcap(ours: dict, reference: tuple) -> None:
     scores = ours["scores"]
     assert list(scores.per_image) == list(PARITY_REFERENCES)
     for image_id, per in scores.per_image.items():
         for name in METRICS:
-            assert per[name] == pytest.approx(reference.imgToEval[image_id][name], abs=1e-6 if name == "METEOR" else 0)
+            assert per[name] == pytest.approx(reference[1][image_id][name], abs=1e-6 if name == "METEOR" else 0)
     assert scores.captions[7] == ""
     assert (scores.subset, scores.coverage, scores.n_images) == (False, "1004/1004", 1004)
 
@@ -176,14 +163,14 @@ def test_the_parity_set_overflows_the_meteor_pipes() -> None:
     assert len(PARITY_REFERENCES) * 90 > PIPE_CAPACITY  # METEOR answers each request with ~90 bytes of statistics
 
 
-def test_the_score_command_equals_cocoevalcap(cli: dict, reference: object) -> None:
+def test_the_score_command_equals_cocoevalcap(cli: dict, reference: tuple) -> None:
     assert cli["report"]["metrics"].keys() == set(METRICS)
     for name in METRICS:
-        assert cli["report"]["metrics"][name] == pytest.approx(reference.eval[name], abs=1e-6)
+        assert cli["report"]["metrics"][name] == pytest.approx(reference[0][name], abs=1e-6)
     assert [row["image_id"] for row in cli["per_image"]] == list(PARITY_REFERENCES)
     for row in cli["per_image"]:
         for name in METRICS:
-            assert row[name] == pytest.approx(reference.imgToEval[row["image_id"]][name], abs=1e-6)
+            assert row[name] == pytest.approx(reference[1][row["image_id"]][name], abs=1e-6)
 
 
 @pytest.mark.xfail(strict=True, reason="eval.generation (read_generation_meta) and eval.loading (add_generate_parser) "
@@ -202,27 +189,40 @@ def test_nothing_is_written_into_the_pycocoevalcap_folder_or_left_running(ours: 
     assert list(ours["workdir"].iterdir()) == []
 
 
-class _FastMeteor:
-    """METEOR's Java start-up takes seconds; its parity is covered above, so the report tests use this stand-in."""
+def test_meteor_starts_first_and_works_while_the_other_scorers_run(files: dict[str, Path], monkeypatch) -> None:
+    """The order that makes scoring as fast as COCOEvalCap: METEOR's JVM loads its tables during tokenisation, and
+    its answer is awaited only after BLEU, ROUGE-L and CIDEr (bench/caption_scoring.py measures the time)."""
+    events: list[str] = []
 
-    def __init__(self, workdir: Path | None = None) -> None:
-        self.n_images = 0
+    class RecordingMeteor(StandInMeteor):
+        def __init__(self, workdir: Path | None = None) -> None:
+            events.append("METEOR started")
+            super().__init__(workdir)
 
-    def __enter__(self) -> _FastMeteor:
-        return self
+        def submit(self, gts: dict, res: dict) -> None:
+            events.append("METEOR submitted")
+            super().submit(gts, res)
 
-    def __exit__(self, *exc: object) -> None:
-        pass
+        def result(self) -> tuple[float, list[float]]:
+            events.append("METEOR awaited")
+            return super().result()
 
-    def submit(self, gts: dict, res: dict) -> None:
-        self.n_images = len(gts)
+    def recording(name: str, function):
+        def wrapper(*args, **kwargs):
+            events.append(name)
+            return function(*args, **kwargs)
+        return wrapper
 
-    def result(self) -> tuple[float, list[float]]:
-        return 0.5, [0.5] * self.n_images
+    monkeypatch.setattr(caption_metrics, "MeteorProcess", RecordingMeteor)
+    monkeypatch.setattr(caption_metrics, "ptb_tokenize", recording("tokenize", caption_metrics.ptb_tokenize))
+    for scorer in (caption_metrics.Bleu, caption_metrics.Rouge, caption_metrics.Cider):
+        monkeypatch.setattr(scorer, "compute_score", recording(scorer.__name__, scorer.compute_score))
+    score_captions(files["res"], files["gt"])
+    assert events == ["METEOR started", "tokenize", "METEOR submitted", "Bleu", "Rouge", "Cider", "METEOR awaited"]
 
 
 def test_subset_is_allowed_only_when_asked_and_marked_everywhere(files: dict[str, Path], capsys, monkeypatch) -> None:
-    monkeypatch.setattr(caption_metrics, "MeteorProcess", _FastMeteor)
+    monkeypatch.setattr(caption_metrics, "MeteorProcess", StandInMeteor)
     partial = files["dir"] / "partial.json"
     partial.write_text(json.dumps(RESULTS[:3]))
     (files["dir"] / "partial.meta.json").write_text(json.dumps({"decoding": {"batch_size": 8, "num_beams": 3,

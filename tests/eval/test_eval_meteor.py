@@ -3,12 +3,15 @@ overflows the pipes) and its threads' clean-up are tested in tests/eval/test_eva
 
 from __future__ import annotations
 
+import io
+import threading
 from pathlib import Path
 
 import pytest
+from pycocoevalcap.meteor.meteor import Meteor
 
 from eval import meteor as meteor_module
-from eval.meteor import MeteorError, MeteorProcess
+from eval.meteor import MeteorError, MeteorProcess, score_line
 
 
 def test_meteor_process_stops_its_jvm(tmp_path: Path) -> None:
@@ -33,3 +36,29 @@ def test_submit_checks_its_input() -> None:
             process.submit({1: ["a"], 2: ["b"]}, {1: ["a"], 2: ["b", "c"]})
         with pytest.raises(RuntimeError, match="nothing was submitted"):
             process.result()
+
+
+class _RecordingPipe:
+    """What pycocoevalcap's Meteor._stat writes, captured without a JVM; answers every request with one line."""
+
+    def __init__(self) -> None:
+        self.stdin = io.BytesIO()
+        self.stdout = io.BytesIO(b"stats\n")
+
+    def kill(self) -> None:  # what Meteor.__del__ calls
+        pass
+
+    def wait(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("hypothesis", "references"), [
+    ("a dog runs", ["a dog running", "the dog runs on grass"]),
+    ("a ||| b  c", ["x ||| y", "two  spaces"]),  # the separator and double spaces, which _stat rewrites
+    ("", ["an empty candidate"]),
+])
+def test_score_line_is_byte_for_byte_pycocoevalcap_request(hypothesis: str, references: list[str]) -> None:
+    theirs = Meteor.__new__(Meteor)  # no JVM: only the request formatting is compared
+    theirs.meteor_p, theirs.lock = _RecordingPipe(), threading.Lock()
+    theirs._stat(hypothesis, references)
+    assert theirs.meteor_p.stdin.getvalue() == (score_line(hypothesis, references) + "\n").encode()
