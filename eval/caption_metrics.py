@@ -6,9 +6,9 @@ individually on the same PTB tokens: BLEU-1..4, METEOR, ROUGE-L and CIDEr (pycoc
 SPICE only on request. A results file must cover every reference image unless `allow_subset` is given, because
 CIDEr's IDF is computed over the scored images: a subset score is a different number, and is marked as one.
 
-Order of work, so that scoring takes no longer than `COCOEvalCap` itself: METEOR's JVM (seconds to load its
-paraphrase table) starts first, the two tokenizer processes run side by side, and METEOR scores in its process
-while BLEU, ROUGE-L and CIDEr run here.
+Order of work, so that scoring takes no longer than `COCOEvalCap` itself: METEOR's JVM, the critical path (seconds
+to load its paraphrase table, then seconds to score), starts first and loads while the captions are tokenised, then
+scores them in its process while BLEU, ROUGE-L and CIDEr run here.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def score_captions(
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="caption-eval-", dir=workdir) as tmp, MeteorProcess(Path(tmp)) as meteor:
-        gts, res = ptb_tokenize([{i: refs[i] for i in image_ids}, {i: [captions[i]] for i in image_ids}], Path(tmp))
+        gts = ptb_tokenize({i: refs[i] for i in image_ids}, Path(tmp))
+        res = ptb_tokenize({i: [captions[i]] for i in image_ids}, Path(tmp))
         meteor.submit(gts, res)
         metrics, per_image = _run_scorers(gts, res, meteor, spice=spice, workdir=Path(tmp))
     return CaptionScores(
