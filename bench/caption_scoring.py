@@ -47,7 +47,6 @@ sys.path.insert(0, str(REPO))  # run from anywhere without installing
 from eval.caption_metrics import METRICS, score_captions  # noqa: E402
 from eval.files import write_json_atomic  # noqa: E402
 from eval.java import require_java  # noqa: E402
-from eval.meteor import METEOR_DIR  # noqa: E402
 from eval.ptb_tokenizer import CORENLP_JAR  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "caption_scoring.json"
@@ -206,7 +205,10 @@ def _cpu_seconds() -> float:
 def _warm_file_cache() -> None:
     """Read the jars and METEOR's paraphrase table once, so that the first side timed is not the one that loads them
     from disk."""
-    for path in [CORENLP_JAR, *METEOR_DIR.rglob("*.jar"), *METEOR_DIR.rglob("*.gz")]:
+    from pycocoevalcap.meteor import meteor
+
+    meteor_dir = Path(meteor.__file__).resolve().parent
+    for path in [CORENLP_JAR, *meteor_dir.rglob("*.jar"), *meteor_dir.rglob("*.gz")]:
         with open(path, "rb") as f:
             while f.read(1 << 20):
                 pass

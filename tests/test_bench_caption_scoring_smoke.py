@@ -12,7 +12,7 @@ import pytest
 
 from bench import caption_scoring as bench
 from eval.caption_metrics import METRICS
-from tests.meteor_stand_in import StandInMeteor
+from tests.meteor_helpers import StandInMeteor
 
 
 class _TheirMeteor:

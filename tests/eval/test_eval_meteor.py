@@ -1,32 +1,33 @@
-"""The streamed METEOR process stops cleanly and fails loudly. Its scores (equal to pycocoevalcap's on a set that
-overflows the pipes) and its threads' clean-up are tested in tests/eval/test_eval_caption_scoring.py."""
+"""The METEOR helper process stops cleanly and fails loudly. Its scores (equal to pycocoevalcap's on 1,004 images)
+and the stopping of its JVM after a whole scoring run are tested in tests/eval/test_eval_caption_scoring.py."""
 
 from __future__ import annotations
 
-import io
-import threading
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from pycocoevalcap.meteor.meteor import Meteor
 
 from eval import meteor as meteor_module
-from eval.meteor import MeteorError, MeteorProcess, score_line
+from eval.meteor import MeteorError, MeteorProcess
+from tests.meteor_helpers import process_group_is_gone
 
 
-def test_meteor_process_stops_its_jvm(tmp_path: Path) -> None:
+def test_closing_before_scoring_stops_the_helper_and_its_jvm(tmp_path: Path) -> None:
     with MeteorProcess(tmp_path) as process:
-        proc = process._proc
-    assert proc.poll() is not None
+        time.sleep(0.5)  # long enough for the helper to have started its JVM
+        pgid = process._proc.pid
+    assert process._proc.returncode is not None
+    assert process_group_is_gone(pgid)
     assert list(tmp_path.iterdir()) == []  # its stderr file was anonymous
 
 
-def test_a_failed_meteor_process_is_an_error_naming_its_command(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(meteor_module, "METEOR_COMMAND", ("java", "-jar", str(tmp_path / "missing.jar")))
+def test_a_failed_helper_is_an_error_with_its_stderr(monkeypatch) -> None:
+    monkeypatch.setattr(meteor_module, "HELPER_COMMAND", (sys.executable, "-c", "import sys; sys.exit('no JVM here')"))
     with MeteorProcess() as process:
-        process.submit({1: ["a dog"]}, {1: ["a dog"]})
-        with pytest.raises(MeteorError, match=r"METEOR process \(java -jar .*missing\.jar\) exited with code 1: .*"
-                                              r"missing\.jar"):
+        with pytest.raises(MeteorError, match=r"METEOR helper .* exited with code 1: no JVM here"):
+            process.submit({1: ["a dog"]}, {1: ["a dog"]})  # raises here if the helper has already exited
             process.result()
 
 
@@ -36,29 +37,3 @@ def test_submit_checks_its_input() -> None:
             process.submit({1: ["a"], 2: ["b"]}, {1: ["a"], 2: ["b", "c"]})
         with pytest.raises(RuntimeError, match="nothing was submitted"):
             process.result()
-
-
-class _RecordingPipe:
-    """What pycocoevalcap's Meteor._stat writes, captured without a JVM; answers every request with one line."""
-
-    def __init__(self) -> None:
-        self.stdin = io.BytesIO()
-        self.stdout = io.BytesIO(b"stats\n")
-
-    def kill(self) -> None:  # what Meteor.__del__ calls
-        pass
-
-    def wait(self) -> None:
-        pass
-
-
-@pytest.mark.parametrize(("hypothesis", "references"), [
-    ("a dog runs", ["a dog running", "the dog runs on grass"]),
-    ("a ||| b  c", ["x ||| y", "two  spaces"]),  # the separator and double spaces, which _stat rewrites
-    ("", ["an empty candidate"]),
-])
-def test_score_line_is_byte_for_byte_pycocoevalcap_request(hypothesis: str, references: list[str]) -> None:
-    theirs = Meteor.__new__(Meteor)  # no JVM: only the request formatting is compared
-    theirs.meteor_p, theirs.lock = _RecordingPipe(), threading.Lock()
-    theirs._stat(hypothesis, references)
-    assert theirs.meteor_p.stdin.getvalue() == (score_line(hypothesis, references) + "\n").encode()
