@@ -7,9 +7,9 @@ on the same files, side by side in one run, with every score checked for equalit
 - Data: a synthetic COCO-format set written here (nothing is downloaded): `--images` images (default 5,000, the
   Karpathy test split's size) with `--refs` reference captions each (default 5) and one candidate caption. Each
   image gets a scene (subject, action, place, adjectives, an extra phrase); its captions describe the scene in
-  different words (synonyms, plurals, six sentence patterns, ~10 words, mixed case and punctuation), and 20% of
-  the candidates describe a partly different scene, so every metric has matches and misses to work through. The
-  same `--seed` gives the same files.
+  different words (synonyms, plurals, six sentence patterns, ~11 words, mixed case and punctuation; ~440 distinct
+  words in all, far fewer than real COCO captions have), and 20% of the candidates describe a partly different
+  scene, so every metric has matches and misses to work through. The same `--seed` gives the same files.
 - Sides: `cocoevalcap` is `COCO(gt)`, `coco.loadRes(results)`, `COCOEvalCap(...).evaluate()` as its README
   shows; `score_captions` is the project's function on the same two paths; `cli` is
   `python -m eval.caption score --results ... --annotations ... --out ...` in a fresh process (interpreter start,
@@ -65,31 +65,65 @@ SUBJECTS = [  # synonym groups of (singular, plural)
     [("skateboarder", "skateboarders")], [("player", "players"), ("athlete", "athletes")], [("cow", "cows")],
     [("sheep", "sheep")], [("motorcycle", "motorcycles"), ("motorbike", "motorbikes")],
     [("plane", "planes"), ("airplane", "airplanes"), ("jet", "jets")], [("bear", "bears")], [("person", "people")],
-    [("truck", "trucks")], [("boat", "boats")], [("teddy bear", "teddy bears")],
+    [("truck", "trucks")], [("boat", "boats")], [("teddy bear", "teddy bears")], [("baby", "babies")],
+    [("tennis player", "tennis players")], [("baseball player", "baseball players")], [("chef", "chefs"),
+    ("cook", "cooks")], [("police officer", "police officers")], [("student", "students")], [("couple", "couples")],
+    [("duck", "ducks")], [("goose", "geese")], [("seagull", "seagulls")], [("pigeon", "pigeons")],
+    [("bicycle", "bicycles"), ("bike", "bikes")], [("van", "vans")], [("taxi", "taxis"), ("cab", "cabs")],
+    [("tractor", "tractors")], [("kite", "kites")], [("clock tower", "clock towers")], [("umbrella", "umbrellas")],
+    [("laptop", "laptops"), ("computer", "computers")], [("sandwich", "sandwiches")], [("pizza", "pizzas")],
+    [("cake", "cakes")], [("donut", "donuts")], [("banana", "bananas")], [("vase", "vases")],
+    [("fire hydrant", "fire hydrants")], [("stop sign", "stop signs")], [("bench", "benches")],
 ]
 ACTIONS = [("runs", "running"), ("sits", "sitting"), ("stands", "standing"), ("walks", "walking"),
            ("rides", "riding"), ("plays", "playing"), ("looks", "looking"), ("eats", "eating"), ("rests", "resting"),
            ("waits", "waiting"), ("drives", "driving"), ("flies", "flying"), ("jumps", "jumping"), ("lies", "lying"),
            ("grazes", "grazing"), ("poses", "posing"), ("travels", "traveling"), ("moves", "moving"),
-           ("crosses", "crossing"), ("sleeps", "sleeping")]
+           ("crosses", "crossing"), ("sleeps", "sleeping"), ("swims", "swimming"), ("climbs", "climbing"),
+           ("carries", "carrying"), ("holds", "holding"), ("throws", "throwing"), ("catches", "catching"),
+           ("swings", "swinging"), ("leans", "leaning"), ("hangs", "hanging"), ("floats", "floating"),
+           ("sails", "sailing"), ("skates", "skating"), ("surfs", "surfing"), ("hides", "hiding"),
+           ("smiles", "smiling"), ("watches", "watching"), ("drinks", "drinking"), ("cooks", "cooking"),
+           ("cuts", "cutting"), ("displays", "displaying")]
 PLACES = [["street", "road"], ["field", "meadow", "pasture"], ["beach", "shore"], ["couch", "sofa"], ["table"],
           ["kitchen"], ["park"], ["snow", "slope", "hill"], ["water", "ocean", "lake"], ["sidewalk"],
           ["grass", "lawn"], ["building"], ["runway"], ["track", "tracks"], ["city"], ["room", "living room"],
           ["fence"], ["forest", "woods"], ["airport"], ["bed"], ["wave"], ["ramp"], ["dirt road", "path"],
-          ["harbor", "dock"]]
+          ["harbor", "dock"], ["bathroom"], ["restaurant", "diner"], ["counter", "countertop"], ["desk"],
+          ["parking lot"], ["train station", "platform"], ["river", "stream"], ["mountain", "mountainside"],
+          ["zoo", "enclosure"], ["tennis court", "court"], ["baseball field", "ballpark"], ["skate park"],
+          ["market", "stand"], ["intersection", "corner"], ["bridge"], ["garden", "yard"], ["window"],
+          ["plate", "dish"], ["bowl"], ["stage"], ["alley"], ["highway", "freeway"], ["pier"], ["barn"]]
 PREPOSITIONS = ["on", "in", "near", "across", "beside", "along", "through", "by", "next to", "in front of", "down",
-                "over"]
+                "over", "under", "behind", "inside", "outside", "at", "toward", "around", "past"]
 ADJECTIVES = ["brown", "black", "white", "red", "blue", "small", "large", "big", "little", "young", "old", "green",
-              "yellow", "tall", "grassy", "busy", "empty", "wooden", "snowy", "sandy", "crowded", "colorful"]
-EXTRAS = ["on a sunny day", "near some trees", "with a frisbee", "while holding an umbrella", "at night",
-          "in the rain", "next to a building", "with other people", "during the day", "behind a fence",
-          "under a blue sky", "with a kite", "in the background", "", "", ""]
-COUNTS = ["two", "three", "several", "a group of", "a few", "many"]
+              "yellow", "tall", "grassy", "busy", "empty", "wooden", "snowy", "sandy", "crowded", "colorful",
+              "orange", "purple", "pink", "gray", "dark", "bright", "shiny", "dirty", "clean", "huge", "tiny",
+              "narrow", "wide", "quiet", "rocky", "muddy", "wet", "dry", "fluffy", "furry", "striped", "spotted",
+              "modern", "antique", "rusty", "metal", "plastic", "glass", "cozy", "sunny", "cloudy", "foggy"]
+OBJECTS = ["frisbee", "kite", "umbrella", "ball", "bat", "racket", "surfboard", "skateboard", "backpack", "suitcase",
+           "bottle", "cup", "bag", "hat", "helmet", "phone", "book", "newspaper", "camera", "leash", "tree", "pole",
+           "sign", "lamp", "flag", "crowd", "fountain", "statue", "truck", "tent", "wall", "mirror", "sink",
+           "refrigerator", "oven", "microwave", "toilet", "chair", "pillow", "blanket", "basket", "box", "bucket",
+           "fence", "gate", "ladder", "rope", "bowl of fruit", "plate of food", "cup of coffee"]
+EXTRAS = ["with {}", "near {}", "next to {}", "holding {}", "beside {}", "under {}", "in front of {}",
+          "behind {}", "on a sunny day", "at night", "in the rain", "during the day", "under a blue sky",
+          "in the background", "", "", ""]
+COUNTS = ["two", "three", "four", "several", "a group of", "a few", "many", "a pair of", "a couple of"]
+
+
+def _a(word: str) -> str:
+    """`a dog`, `an old dog`."""
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
+def _extra(rng: random.Random) -> str:
+    return rng.choice(EXTRAS).format(_a(rng.choice(OBJECTS)))
 
 
 def _scene(rng: random.Random) -> dict[str, Any]:
     return {"subject": rng.choice(SUBJECTS), "action": rng.choice(ACTIONS), "place": rng.choice(PLACES),
-            "adjectives": rng.sample(ADJECTIVES, 3), "plural": rng.random() < 0.25, "extra": rng.choice(EXTRAS)}
+            "adjectives": rng.sample(ADJECTIVES, 3), "plural": rng.random() < 0.25, "extra": _extra(rng)}
 
 
 def _caption(rng: random.Random, scene: dict[str, Any]) -> str:
@@ -97,18 +131,17 @@ def _caption(rng: random.Random, scene: dict[str, Any]) -> str:
     present, gerund = scene["action"]
     place, preposition = rng.choice(scene["place"]), rng.choice(PREPOSITIONS)
     adjective, adjective2 = rng.choice(scene["adjectives"]), rng.choice(scene["adjectives"])
-    extra = scene["extra"] if rng.random() < 0.6 else rng.choice(EXTRAS)
-    article = "an" if adjective[0] in "aeiou" else "a"
+    extra = scene["extra"] if rng.random() < 0.6 else _extra(rng)
     if scene["plural"]:
         words = [rng.choice(COUNTS), adjective, plural, rng.choice(["are", ""]), gerund, preposition, "the", place,
                  extra]
     else:
         words = [
-            [article, adjective, singular, "is", gerund, preposition, "a", adjective2, place],
-            ["a", singular, "that is", gerund, preposition, "the", place, extra],
-            ["there is", article, adjective, singular, gerund, preposition, "a", place],
+            [_a(adjective), singular, "is", gerund, preposition, _a(adjective2), place],
+            [_a(singular), "that is", gerund, preposition, "the", place, extra],
+            ["there is", _a(adjective), singular, gerund, preposition, _a(place)],
             ["the", singular, present, preposition, "the", adjective2, place, extra],
-            ["a", adjective2, place, "with", article, adjective, singular, gerund, extra],
+            [_a(adjective2), place, "with", _a(adjective), singular, gerund, extra],
         ][rng.randrange(5)]
     text = " ".join(w for w in words if w)
     if rng.random() < 0.7:

@@ -6,9 +6,10 @@ individually on the same PTB tokens: BLEU-1..4, METEOR, ROUGE-L and CIDEr (pycoc
 SPICE only on request. A results file must cover every reference image unless `allow_subset` is given, because
 CIDEr's IDF is computed over the scored images: a subset score is a different number, and is marked as one.
 
-Order of work, so that scoring takes no longer than `COCOEvalCap` itself: METEOR's JVM, the critical path (seconds
-to load its paraphrase table, then seconds to score), starts first and loads while the captions are tokenised, then
-scores them in its process while BLEU, ROUGE-L and CIDEr run here.
+Order of work, so that scoring takes no longer than `COCOEvalCap` itself: METEOR, the critical path (seconds to load
+its paraphrase table, then seconds to score), starts first in a helper process (eval/meteor.py) and loads while the
+captions are tokenised, then scores them while BLEU, ROUGE-L and CIDEr run here. `COCOEvalCap` starts it after
+tokenising and runs every scorer in turn.
 """
 
 from __future__ import annotations
