@@ -12,7 +12,7 @@ from pathlib import Path
 
 from eval.caption_metrics import CaptionScores
 from eval.files import write_json_atomic, write_text_atomic
-from eval.scienceqa_metrics import ScienceQAScores, format_percent
+from eval.scienceqa_metrics import ScienceQAScores, format_percent, unparsed_note
 
 CIDER_NOTE = "CIDEr is pycocoevalcap's CIDEr-D (sigma 6, clipped, IDF over the scored images)"
 
@@ -69,6 +69,7 @@ def write_scienceqa_report(
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"scienceqa_{name}" for name in ("scores.json", "scores.md")}
     banner = subset_banner(scores.subset, scores.coverage, "questions")
+    note = unparsed_note(scores.unparsed_policy, scores.seed)
     write_json_atomic({
         "subset": scores.subset,
         "coverage": scores.coverage,
@@ -78,14 +79,18 @@ def write_scienceqa_report(
         "counts": {k: {"correct": a.correct, "n": a.n} for k, a in scores.categories.items()},
         "topics": {k: {"accuracy": a.percent, "correct": a.correct, "n": a.n} for k, a in scores.topics.items()},
         "n_unparsed": scores.n_unparsed,
+        "unparsed": {"policy": scores.unparsed_policy, "seed": scores.seed, "n": scores.n_unparsed, "note": note},
+        "split_size": {"n": scores.n_split, "from": scores.split_file or "problems.json split field (unchecked)"},
+        "warnings": list(scores.warnings),
         "decoding": dict(decoding) if decoding is not None else None,
         "sources": dict(sources),
     }, paths["scores.json"])
     title = f"ScienceQA {scores.split} accuracy" + (f" (SUBSET {scores.coverage})" if scores.subset else "")
     write_text_atomic("\n".join([
         f"# {title}", "", f"**{banner}.**", "",
-        f"Unparsed answers (counted wrong): {scores.n_unparsed}. TXT and IMG overlap: a question with both a hint "
-        "and an image counts in each.", "",
+        *(f"**Warning: {w}.**\n" for w in scores.warnings),
+        f"Unparsed answers: {scores.n_unparsed}. {note} TXT and IMG overlap: a question with both a hint and an "
+        "image counts in each.", "",
         "| " + " | ".join(scores.categories) + " |",
         "|" + " --- |" * len(scores.categories),
         "| " + " | ".join(format_percent(a.percent) for a in scores.categories.values()) + " |",

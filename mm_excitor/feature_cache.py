@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .io import _fsync_dir, atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, fsync_dir
 
 if TYPE_CHECKING:  # open_clip is slow to import: readers (DataLoader workers) never need it
     from .vision import VisionEncoder
@@ -142,7 +142,7 @@ class _ShardWriter:
         with open(self.tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(self.tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return True
 
     def abort(self) -> None:

@@ -57,11 +57,8 @@ class ExcitorKeyProjection(nn.Module):
         )
 
     def set_visual_tokens(self, tokens: torch.Tensor | None, has_image: torch.Tensor | None = None) -> None:
-        """Per-sample visual prompts for the following forward calls (None: learnable prompts only).
-
-        `tokens` are the projected visual tokens (B x N_v x C); `has_image` (B, bool) masks out samples without
-        an image so that they see the learnable prompts alone.
-        """
+        """Per-sample visual prompts for the following forward calls (None: learnable prompts only); set them
+        through `mm_excitor.model.visual_prompts`, which always clears them again."""
         if tokens is None:
             self._visual = None
             return
@@ -73,6 +70,9 @@ class ExcitorKeyProjection(nn.Module):
             )
         if has_image is None:
             has_image = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        if tuple(has_image.shape) != (tokens.shape[0],):
+            raise ValueError(f"has_image has shape {tuple(has_image.shape)}, expected ({tokens.shape[0]},): one flag "
+                             "per set of visual tokens")
         self._visual = (tokens, has_image.to(device=tokens.device, dtype=torch.bool))
 
     def gate_values(self) -> torch.Tensor:
@@ -81,16 +81,9 @@ class ExcitorKeyProjection(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         key = self.base(hidden_states)
         prompt_keys, prompt_affinity, prompt_mask = self._prompt_terms()
-        batch = hidden_states.shape[0]
-        if prompt_keys.dim() == 3 and prompt_keys.shape[0] != batch:
-            # generate() expands each sample to num_beams rows with repeat_interleave; follow it.
-            if batch % prompt_keys.shape[0]:
-                raise ValueError(f"batch of {batch} rows does not expand the {prompt_keys.shape[0]} visual prompt sets")
-            repeats = batch // prompt_keys.shape[0]
-            prompt_keys = prompt_keys.repeat_interleave(repeats, dim=0)
-            prompt_affinity = prompt_affinity.repeat_interleave(repeats, dim=0)
-            if prompt_mask is not None:
-                prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
+        if prompt_keys.dim() == 3 and prompt_keys.shape[0] != hidden_states.shape[0]:
+            raise ValueError(f"a batch of {hidden_states.shape[0]} rows was given {prompt_keys.shape[0]} visual prompt "
+                             "sets: pass one image (or visual tokens) per row")
         dtype = self._compute_dtype()
         gate = self.gate_values().repeat_interleave(self.head_dim)
         recompute = None

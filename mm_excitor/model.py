@@ -1,6 +1,8 @@
 """Adding Excitor blocks to a Hugging Face LLaMA-family causal LM, and inspecting the result."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -58,10 +60,25 @@ def apply_excitor(model: nn.Module, config: ExcitorConfig) -> nn.Module:
     return model
 
 
-def set_visual_tokens(model: nn.Module, tokens: torch.Tensor | None, has_image: torch.Tensor | None = None) -> None:
-    """Give every Excitor block the projected visual tokens for the following forward/generate calls."""
-    for block in excitor_blocks(model):
-        block.set_visual_tokens(tokens, has_image)
+@contextlib.contextmanager
+def visual_prompts(
+    model: nn.Module, tokens: torch.Tensor | None, has_image: torch.Tensor | None = None
+) -> Iterator[None]:
+    """Give every Excitor block per-sample visual prompts for the forward calls inside the block; they are cleared
+    on exit, whatever happens, so a later call never reuses another batch's images.
+
+    `tokens` are the projected visual tokens (B x N_v x C); `has_image` (B, bool) masks out samples without an
+    image, which then see the learnable prompts alone. B must be the batch of every forward call inside: a caller
+    that expands its batch (beam search) expands the tokens the same way first.
+    """
+    blocks = excitor_blocks(model)
+    try:
+        for block in blocks:
+            block.set_visual_tokens(tokens, has_image)
+        yield
+    finally:
+        for block in blocks:
+            block.set_visual_tokens(None)
 
 
 def gate_values(model: nn.Module) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""What both task entry points share: the model (online encoder or feature cache) and its visual inputs."""
+"""The model of a run and where its visual inputs come from: an online encoder, or a feature cache."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 
 from .factory import ModelConfig, create_model
-from .multimodal import MultimodalExcitor
+from .multimodal import VisionLanguageModel
 
 
 def build_model(
     config: ModelConfig, feature_cache: str | None = None, device: str | torch.device = "cpu"
-) -> tuple[MultimodalExcitor, Callable | None, Mapping[str, torch.Tensor] | None]:
+) -> tuple[VisionLanguageModel, Callable | None, Mapping[str, torch.Tensor] | None]:
     """(model, image_transform, visual_features): with a feature cache no encoder is built and the cache's
     encoder identity becomes the model's (so adapters record what really made the features)."""
     if feature_cache is None:

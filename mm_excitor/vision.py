@@ -10,7 +10,10 @@ from typing import Any, Callable
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.model import resize_pos_embed
 from torch import nn
+
+from mm_excitor.torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +25,8 @@ class VisionConfig:
     model_name: str = "ViT-L-14-quickgelu"
     """Any open_clip model name (the paper's era: ViT-L-14 with OpenAI weights, which use QuickGELU)."""
     pretrained: str | None = None
-    """A local checkpoint file (open_clip or OpenAI format). None: random init, features carry no meaning."""
+    """A local checkpoint file: open_clip's (.safetensors/.bin/.pt, loaded weights_only) or OpenAI's original
+    TorchScript archive (ViT-L-14.pt, read without executing it). None: random init, features carry no meaning."""
     model_config_file: str | None = None
     """An open_clip model-config JSON to register first, for encoders open_clip does not ship (tests, demos)."""
     token_grid: int | None = None
@@ -49,11 +53,16 @@ class VisionEncoder(nn.Module):
                 f"CLIP checkpoint not found: {config.pretrained} (mm_excitor never downloads weights; "
                 f"pass a local open_clip/OpenAI checkpoint file, or none for a random-init encoder)"
             )
+        # OpenAI's original checkpoints are TorchScript archives, which open_clip's weights_only load refuses:
+        # their weights are read without executing the archive and loaded into the open_clip model here.
+        archive = config.pretrained is not None and is_torchscript_archive(config.pretrained)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.init_seed)
             clip, _, preprocess = open_clip.create_model_and_transforms(
-                config.model_name, pretrained=config.pretrained, **config.extra
+                config.model_name, pretrained=None if archive else config.pretrained, **config.extra
             )
+        if archive:
+            load_torchscript_clip(clip, config.pretrained, config.model_name)
         if config.pretrained is None:
             logger.warning(
                 "CLIP encoder %s is RANDOM-INIT (no pretrained checkpoint given): its visual features carry no "
@@ -109,3 +118,30 @@ class VisionEncoder(nn.Module):
                 "width": self.width,
             }
         return dict(self._identity)
+
+
+# Entries of OpenAI's archives that are sizes, not weights (open_clip's load_state_dict drops the same ones).
+_OPENAI_SIZES = ("input_resolution", "context_length", "vocab_size")
+
+
+def load_torchscript_clip(clip: nn.Module, path: str | Path, model_name: str) -> None:
+    """Load an OpenAI TorchScript CLIP checkpoint into an open_clip model, strictly, as open_clip loads a state dict.
+
+    Weights that do not fit the model (another architecture) are an error naming the file and the first keys.
+    """
+    state = read_torchscript_state_dict(path)
+    for key in _OPENAI_SIZES:
+        state.pop(key, None)
+    resize_pos_embed(state, clip)
+    expected = clip.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [f"{k} is {tuple(state[k].shape)}, {model_name} has {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        raise ValueError(f"{path}: these weights do not fit {model_name} ({len(problems)} problems: "
+                         f"{'; '.join(problems[:3])}); pick the matching model_name, e.g. ViT-L-14-quickgelu for "
+                         "OpenAI's ViT-L-14.pt")
+    clip.load_state_dict(state)
+    logger.info("%s: OpenAI TorchScript checkpoint loaded into %s (weights read without executing the archive)",
+                path, model_name)

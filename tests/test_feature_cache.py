@@ -22,7 +22,7 @@ from mm_excitor.feature_cache import (
     build_feature_cache,
     discover_images,
 )
-from mm_excitor.multimodal import MultimodalExcitor
+from mm_excitor.methods.excitor import MultimodalExcitor
 from mm_excitor.vision import VisionEncoder
 from tests.tiny_models import tiny_model, tiny_tokenizer, tiny_vision_config
 
@@ -271,8 +271,8 @@ def test_cache_is_a_mapping_that_dataloader_workers_read(setup, tmp_path):
     loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=Collator(tiny_tokenizer(), 32))
     seen = []
     for batch in loader:
-        batch_keys = [m["image_key"] for m in batch["meta"]]
-        assert torch.equal(batch["visual_tokens"], cache.stack(batch_keys))
+        batch_keys = [m["image_key"] for m in batch.meta]
+        assert torch.equal(batch.inputs["visual_tokens"], cache.stack(batch_keys))
         seen += batch_keys
     assert seen == keys
 
