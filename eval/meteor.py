@@ -20,15 +20,27 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-# The helper imports nothing from this project, so it runs the same from any checkout or working directory.
+# The helper imports nothing from this project, so it runs the same from any checkout or working directory. If the
+# JVM dies, `compute_score` raises with its lock held and `Meteor.__del__` would wait for that lock forever, so the
+# helper stops the JVM, reports the JVM's last words on one line and exits without running finalizers.
 HELPER_SOURCE = """
-import json, sys
+import json, os, sys
 from pycocoevalcap.meteor.meteor import Meteor
 meteor = Meteor()  # starts the JVM, which loads its paraphrase table while the request is prepared
 request = json.load(sys.stdin)
 gts = dict(enumerate(request["references"]))
 res = {k: [caption] for k, caption in enumerate(request["candidates"])}
-json.dump(meteor.compute_score(gts, res), sys.stdout)
+try:
+    result = meteor.compute_score(gts, res)
+except Exception as error:
+    meteor.meteor_p.kill()
+    meteor.meteor_p.wait()
+    jvm = meteor.meteor_p.stderr.read().decode(errors="replace").split(chr(10))
+    last_words = " / ".join(line.strip() for line in jvm if line.strip())[-1000:]
+    sys.stderr.write(f"{type(error).__name__}: {error}; the JVM said: {last_words or 'nothing'}" + chr(10))
+    sys.stderr.flush()
+    os._exit(1)
+json.dump(result, sys.stdout)
 """
 HELPER_COMMAND = (sys.executable, "-c", HELPER_SOURCE)
 
@@ -76,11 +88,12 @@ class MeteorProcess:
         return float(score), [float(s) for s in scores]
 
     def _failed(self) -> MeteorError:
+        """The helper's last stderr line (its one-line report, or a traceback's last line), as one line."""
         code = self._proc.wait()
         self._stderr.seek(0)
-        stderr = self._stderr.read().decode(errors="replace").strip()[-2000:]
+        lines = [line.strip() for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
         return MeteorError(f"the METEOR helper (pycocoevalcap's Meteor, `java -jar meteor-1.5.jar`) exited with "
-                           f"code {code}: {stderr}")
+                           f"code {code}: {lines[-1] if lines else 'no message'}")
 
     def close(self) -> None:
         """Stop the helper and its JVM; safe to call twice. A helper that finished has stopped its JVM itself

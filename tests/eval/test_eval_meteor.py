@@ -3,6 +3,7 @@ and the stopping of its JVM after a whole scoring run are tested in tests/eval/t
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,3 +38,17 @@ def test_submit_checks_its_input() -> None:
             process.submit({1: ["a"], 2: ["b"]}, {1: ["a"], 2: ["b", "c"]})
         with pytest.raises(RuntimeError, match="nothing was submitted"):
             process.result()
+
+
+def test_a_dying_jvm_is_reported_in_one_line_with_its_last_words(tmp_path: Path, monkeypatch) -> None:
+    fake_java = tmp_path / "bin" / "java"
+    fake_java.parent.mkdir()
+    fake_java.write_text("#!/bin/sh\necho 'Error: Unable to access jarfile meteor-1.5.jar' >&2\nexit 1\n")
+    fake_java.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_java.parent}{os.pathsep}{os.environ['PATH']}")
+    with MeteorProcess() as process:
+        process.submit({1: ["a dog"]}, {1: ["a dog"]})
+        with pytest.raises(MeteorError, match=r"exited with code 1: \w+Error: .*the JVM said: Error: Unable to access "
+                                              r"jarfile meteor-1\.5\.jar$") as error:
+            process.result()
+    assert "\n" not in str(error.value)
