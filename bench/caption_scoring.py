@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
 from eval.caption_metrics import METRICS, score_captions  # noqa: E402
-from eval.files import write_json_atomic  # noqa: E402
+from mm_excitor.io import atomic_write_json  # noqa: E402
 from eval.java import require_java  # noqa: E402
 from eval.ptb_tokenizer import CORENLP_JAR  # noqa: E402
 
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["environment"]["load_average_at_end"] = os.getloadavg()
     results["environment"]["wall_s"] = time.perf_counter() - start
     results["table"] = format_table(results)
-    write_json_atomic(results, args.out)
+    atomic_write_json(args.out, results)
     if not args.quiet:
         print(results["table"])
         print(f"wrote {args.out} ({results['environment']['wall_s']:.0f}s)")

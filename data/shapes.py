@@ -20,12 +20,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.shapes_formats import (SPLITS, CaptionedImage, coco_image_dir, write_coco, write_json_atomic,
+from data.shapes_formats import (SPLITS, CaptionedImage, coco_image_dir, write_coco,
                                  write_scienceqa)
 from data.shapes_questions import AnswerSlots, knowledge_question, scene_question, to_problem
 from data.shapes_scene import (PALETTE, SHAPES, SIZES, ShapesConfig, caption_scene, count_phrase, describe_scene,
                                item_rng, render_scene, sample_scene)
 from mm_excitor.cli import run_cli
+from mm_excitor.io import atomic_write_json
 
 __all__ = ["ShapesConfig", "ShapesManifest", "generate_shapes_dataset", "main"]
 
@@ -81,7 +82,7 @@ def generate_shapes_dataset(out_dir: Path | str, config: ShapesConfig, *, overwr
         coco = _generate_coco(root / "coco", config, bar)
         scienceqa = _generate_scienceqa(root / "scienceqa", config, bar)
     manifest = ShapesManifest(root=root, config=config, **coco, **scienceqa)
-    write_json_atomic(root / "manifest.json", manifest.to_json(), indent=2)
+    atomic_write_json(root / "manifest.json", manifest.to_json())
     return manifest
 
 

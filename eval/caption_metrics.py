@@ -24,7 +24,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
 from eval.caption_files import load_references, load_results
-from eval.files import format_ids
+from mm_excitor.cli import format_ids
 from eval.java import require_java
 from eval.meteor import MeteorProcess
 from eval.ptb_tokenizer import ptb_tokenize

@@ -32,6 +32,12 @@ def error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {message} (set {TRACEBACK_VARIABLE}=1 for the stack)"
 
 
+def format_ids(ids: Sequence[object], limit: int = 10) -> str:
+    """`1, 2, 3 (+7 more)`: error messages name the offending ids without flooding the terminal."""
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
+
+
 def run_cli(main: Callable[[Sequence[str]], Any], argv: Sequence[str]) -> int:
     """Run `main(argv)` under the contract above; returns the exit status (SystemExit passes through)."""
     try:
