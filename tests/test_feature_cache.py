@@ -1,6 +1,8 @@
 """The feature cache: same loss as the online encoder, resumable, refuses another encoder, readable as a Mapping."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import pickle
 import subprocess
@@ -104,7 +106,7 @@ def counting(encoder, fail_at: int | None = None) -> list[int]:
 
 
 def test_cached_features_give_the_online_loss(setup, tmp_path):
-    root, keys, encoder, _ = setup
+    root, keys, encoder, tmp = setup
     cache32 = build_feature_cache(encoder, root, keys, tmp_path / "f32", batch_size=4, shard_size=4,
                                   num_workers=0, dtype="float32", progress=False)
     cache16 = build_feature_cache(encoder, root, keys, tmp_path / "f16", batch_size=4, shard_size=4,
@@ -133,6 +135,14 @@ def test_cached_features_give_the_online_loss(setup, tmp_path):
     assert from_cache.vision_identity == encoder.identity()
     with torch.no_grad():
         assert torch.equal(from_cache(ids, mask, labels, visual_tokens=cache32.stack(batch_keys)).loss, online.loss)
+
+    # An adapter trained from the cache loads on the online encoder when it is the same encoder, and only then.
+    from mm_excitor import load_adapter, save_adapter
+
+    save_adapter(from_cache, tmp_path / "adapter")
+    load_adapter(multimodal(vision=encoder), tmp_path / "adapter")
+    with pytest.raises(ValueError, match="vision.init_seed: adapter was trained on 0, this model has 1"):
+        load_adapter(multimodal(vision=VisionEncoder(tiny_vision_config(tmp, init_seed=1))), tmp_path / "adapter")
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -300,12 +310,79 @@ def test_cli_builds_a_cache(setup, tmp_path):
     torch.testing.assert_close(cache.stack(keys[:2]), encoder(images), rtol=1e-5, atol=1e-5)
 
 
-def test_a_cache_from_another_encoder_than_the_config_names_is_refused():
+def write_checkpoint(path: Path, config, seed: int) -> Path:
+    """An open_clip checkpoint (safetensors) of the tiny CLIP, random weights drawn with `seed`."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    open_clip.add_model_config(config.model_config_file)
+    torch.manual_seed(seed)
+    clip = open_clip.create_model(config.model_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
+    return path
+
+
+def test_the_config_check_compares_the_weights_not_just_the_name(setup, tmp_path, monkeypatch):
     from mm_excitor.factory import ModelConfig
     from mm_excitor.pipeline import check_cache_matches_config
-    from mm_excitor.vision import VisionConfig
 
-    identity = {"model_name": "Tiny-ViT", "pretrained": None, "token_grid": None}
-    check_cache_matches_config(identity, ModelConfig(vision=VisionConfig(model_name="Tiny-ViT")))
-    with pytest.raises(ValueError, match="model_name: cache='Tiny-ViT', config='ViT-L-14-quickgelu'"):
-        check_cache_matches_config(identity, ModelConfig())
+    root, keys, encoder, tmp = setup
+    check = lambda cache, **vision: check_cache_matches_config(  # noqa: E731
+        cache.identity, ModelConfig(vision=tiny_vision_config(tmp, **vision)))
+    seed0 = build_feature_cache(encoder, root, keys[:4], tmp_path / "seed0", num_workers=0, progress=False)
+    # Two checkpoints with the same basename (the way every open_clip download is named) and other weights.
+    file_a = write_checkpoint(tmp_path / "a" / "open_clip_model.safetensors", tiny_vision_config(tmp), seed=11)
+    file_b = write_checkpoint(tmp_path / "b" / "open_clip_model.safetensors", tiny_vision_config(tmp), seed=12)
+    from_a = build_feature_cache(VisionEncoder(tiny_vision_config(tmp, pretrained=str(file_a))), root, keys[:4],
+                                 tmp_path / "from_a", num_workers=0, progress=False)
+
+    # The config check never builds the encoder: it hashes the checkpoint file instead (~1 s for ViT-L/14).
+    monkeypatch.setattr(VisionEncoder, "__init__", lambda *a, **k: pytest.fail("the check built an encoder"))
+    check(seed0)
+    with pytest.raises(FeatureCacheMismatch, match="init_seed: cache=0, config=1"):
+        check(seed0, init_seed=1)
+    check(from_a, pretrained=str(file_a))
+    moved = tmp_path / "elsewhere" / "renamed.safetensors"
+    moved.parent.mkdir()
+    moved.write_bytes(file_a.read_bytes())
+    check(from_a, pretrained=str(moved))  # the same bytes at another path are the same encoder
+    with pytest.raises(FeatureCacheMismatch, match="checkpoint_sha256: cache='[0-9a-f]{64}', config='[0-9a-f]{64}'") \
+            as error:
+        check(from_a, pretrained=str(file_b))
+    assert str(file_b) in str(error.value)
+    with pytest.raises(FeatureCacheMismatch, match="checkpoint_sha256: cache=None") as error:
+        check(seed0, pretrained=str(file_a))
+    assert "init_seed: cache=0, config=None" in str(error.value)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        check(from_a, pretrained=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(FeatureCacheMismatch, match="token_grid: cache=None, config=2"):
+        check(seed0, token_grid=2)
+    # Another architecture registered under the same name (a model-config file with 3 layers instead of 2).
+    other = json.loads(Path(tiny_vision_config(tmp).model_config_file).read_text())
+    other["vision_cfg"]["layers"] = 3
+    (tmp_path / "deeper").mkdir()
+    (tmp_path / "deeper" / "TinyTestViT.json").write_text(json.dumps(other))
+    deeper = dataclasses.replace(tiny_vision_config(tmp), model_config_file=str(tmp_path / "deeper" / "TinyTestViT.json"))
+    with pytest.raises(FeatureCacheMismatch, match="model_config_sha256"):
+        check_cache_matches_config(seed0.identity, ModelConfig(vision=deeper))
+    with pytest.raises(FeatureCacheMismatch, match="model_name: cache='TinyTestViT', config='ViT-L-14-quickgelu'"):
+        check_cache_matches_config(seed0.identity, ModelConfig())
+
+
+def test_the_identity_records_the_checkpoint_bytes_and_the_init_seed(setup, tmp_path):
+    """One identity: the config's fields (what the check compares) are the built encoder's, plus its weights."""
+    from mm_excitor.vision import config_identity
+
+    _, _, encoder, tmp = setup
+    path = write_checkpoint(tmp_path / "clip.safetensors", tiny_vision_config(tmp), seed=3)
+    loaded = VisionEncoder(tiny_vision_config(tmp, pretrained=str(path)))
+    assert loaded.identity()["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert loaded.identity()["init_seed"] is None and encoder.identity()["init_seed"] == 0
+    assert encoder.identity()["checkpoint_sha256"] is None
+    for built in (encoder, loaded):
+        fields = config_identity(built.config)
+        assert {k: built.identity()[k] for k in fields} == fields
+    # A random init of another seed really is another encoder, and its weights hash says so too.
+    assert VisionEncoder(tiny_vision_config(tmp, init_seed=1)).identity()["weights_sha256"] != \
+        encoder.identity()["weights_sha256"]
