@@ -160,13 +160,16 @@ def test_resume_after_a_kill_recomputes_only_unfinished_shards(setup, tmp_path):
                             dtype="float32", progress=False)
     assert len(calls) == 5
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["cache.json", "keys.txt", "shard-00000.keys.json", "shard-00000.npy",
+    assert names == ["cache.json", "keys.npy", "shard-00000.keys.json", "shard-00000.npy",
                      "shard-00001.keys.json", "shard-00001.npy"]  # no half-written shard, no temp file
     assert json.loads((out / "cache.json").read_text())["complete"] is False
     with pytest.raises(FeatureCacheError, match="incomplete"):
         FeatureCache(out)
     partial = FeatureCache(out, allow_incomplete=True)
     assert len(partial) == 8 and keys[8] not in partial and keys[7] in partial
+    assert list(partial) == keys[:8] and torch.equal(partial[keys[7]], reference[keys[7]])
+    with pytest.raises(KeyError):
+        partial[keys[8]]
 
     encoder = VisionEncoder(tiny_vision_config(tmp))
     calls = counting(encoder)
@@ -249,6 +252,64 @@ def test_missing_and_corrupt_images_are_named(setup, tmp_path):
         build_feature_cache(encoder, root, ["../escape.png"], tmp_path / "c", progress=False)
 
 
+def truncate(path: Path, by: int = 10) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size - by)
+
+
+DAMAGES = {  # what is done to a cache, what the error says, whether rerunning the build repairs it
+    "truncated shard": (lambda out: truncate(out / "shard-00001.npy"),
+                        r"shard-00001\.npy has \d+ bytes where \(5, 17, 48\) float32 needs \d+ \(truncated\?\)", True),
+    "missing shard": (lambda out: (out / "shard-00001.npy").unlink(), r"shard-00001\.npy is missing", True),
+    "shard of another shape": (lambda out: np.save(out / "shard-00000.npy", np.zeros((5, 17, 4), np.float32)),
+                               r"shard-00000\.npy holds \(5, 17, 4\) float32, expected \(5, 17, 48\)", True),
+    "edited key list": (lambda out: np.save(out / "keys.npy", np.sort(np.load(out / "keys.npy"))[::-1].copy()),
+                        r"keys\.npy: its keys' sha256 is not the manifest's", True),
+    "truncated key list": (lambda out: truncate(out / "keys.npy"), r"keys\.npy has \d+ bytes", True),
+    "corrupt manifest": (lambda out: (out / "cache.json").write_text('{"format": "mm_excitor.feature_'),
+                         r"cache\.json: not valid JSON", False),
+    "manifest without a field": (
+        lambda out: (out / "cache.json").write_text(json.dumps(
+            {k: v for k, v in json.loads((out / "cache.json").read_text()).items() if k != "num_keys"})),
+        r"cache\.json: field 'num_keys' missing", False),
+    "old format": (lambda out: (out / "cache.json").write_text('{"format": "mm_excitor.feature_cache/1"}'),
+                   r"format 'mm_excitor.feature_cache/1', this version reads 'mm_excitor.feature_cache/2'", False),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_cache_is_refused_naming_the_file_and_the_build_repairs_it(setup, tmp_path, damage):
+    root, keys, _, tmp = setup
+    out = tmp_path / "cache"
+    build_feature_cache(VisionEncoder(tiny_vision_config(tmp)), root, keys, out, batch_size=4, shard_size=5,
+                        num_workers=0, dtype="float32", progress=False)
+    original = {p.name: p.read_bytes() for p in out.iterdir()}
+    damage_fn, message, repairable = DAMAGES[damage]
+    damage_fn(out)
+    with pytest.raises(FeatureCacheError, match=message) as error:
+        FeatureCache(out)
+    assert isinstance(error.value, ValueError) and "\n" not in str(error.value)  # the entry points' one-line error
+    encoder = VisionEncoder(tiny_vision_config(tmp))
+    calls = counting(encoder)
+    if not repairable:
+        with pytest.raises(FeatureCacheError, match=message):
+            build_feature_cache(encoder, root, keys, out, batch_size=4, shard_size=5, num_workers=0,
+                                dtype="float32", progress=False)
+        return
+    build_feature_cache(encoder, root, keys, out, batch_size=4, shard_size=5, num_workers=0, dtype="float32",
+                        progress=False)
+    assert sum(calls) == (5 if "shard" in damage else 0)  # only the damaged shard is computed again
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == original
+
+
+def test_a_missing_cache_is_named(tmp_path):
+    with pytest.raises(FeatureCacheError, match=f"no feature cache at {tmp_path / 'nowhere'}: not a directory"):
+        FeatureCache(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FeatureCacheError, match=r"missing cache\.json\); build one with"):
+        FeatureCache(tmp_path / "empty")
+
+
 # ------------------------------------------------------------------------------------------------ reading
 
 
@@ -272,9 +333,12 @@ def test_cache_is_a_mapping_that_dataloader_workers_read(setup, tmp_path):
     assert cache.identity == encoder.identity() and cache.num_tokens == 17 and cache.width == 48
 
     blob = pickle.dumps(cache)
-    assert len(blob) < 4000 and b"img_00" not in blob  # no key index, no memory maps
+    assert len(blob) < 4000 and b"img_00" not in blob  # no key index, no memory maps, no open files
     clone = pickle.loads(blob)
     assert torch.equal(clone[keys[7]], cache[keys[7]]) and clone.keys() == keys
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # features are read with positioned reads, never memory-mapped (RSS stays flat)
+        assert ".npy" in maps.read_text() and "shard-" not in maps.read_text()  # (keys.npy is mapped)
 
     samples = [CaptionSample(root / k, k, i, CAPTIONS[i % 4]) for i, k in enumerate(keys)]
     dataset = CaptionTrainDataset(samples, visual_features=cache)
@@ -285,6 +349,25 @@ def test_cache_is_a_mapping_that_dataloader_workers_read(setup, tmp_path):
         assert torch.equal(batch.inputs["visual_tokens"], cache.stack(batch_keys))
         seen += batch_keys
     assert seen == keys
+
+
+def test_keys_are_binary_searched_as_utf8_bytes(setup, tmp_path):
+    root, _, encoder, _ = setup
+    names = ["z.png", "a/b.png", "a.png", "\u00e9/\u00fc.png", "\u00e4.png", "\u65e5\u672c.png", "a b.png", "a-c.png"]
+    for i, name in enumerate(names):
+        (tmp_path / "img" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20 + i, 20), (30 * i, 0, 255 - 30 * i)).save(tmp_path / "img" / name)
+    cache = build_feature_cache(encoder, tmp_path / "img", names, tmp_path / "cache", batch_size=8,
+                                shard_size=3, num_workers=0, dtype="float32", progress=False)
+    assert list(cache) == sorted(names) and len(cache) == len(names)
+    torch.testing.assert_close(cache.stack(names), encoder(preprocessed(encoder, tmp_path / "img", names)),
+                               rtol=1e-5, atol=1e-5)
+    for absent in ["", "a", "a/b.pn", "a/b.png ", "zz.png", "\u00e9", "x" * 1000, "\udcff.png", 3, None, b"a.png"]:
+        assert absent not in cache
+    with pytest.raises(KeyError, match="zz.png"):
+        cache["zz.png"]
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        build_feature_cache(encoder, tmp_path / "img", ["\udcff.png"], tmp_path / "bad", progress=False)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
