@@ -141,7 +141,7 @@ def test_cached_features_give_the_online_loss(setup, tmp_path):
 
     save_adapter(from_cache, tmp_path / "adapter")
     load_adapter(multimodal(vision=encoder), tmp_path / "adapter")
-    with pytest.raises(ValueError, match="vision.init_seed: adapter was trained on 0, this model has 1"):
+    with pytest.raises(ValueError, match="vision.init_seed: adapter 0, model 1"):
         load_adapter(multimodal(vision=VisionEncoder(tiny_vision_config(tmp, init_seed=1))), tmp_path / "adapter")
 
 
