@@ -13,6 +13,7 @@ def test_twenty_thousand_images_in_bounded_memory_resumable_and_read_at_memory_s
 
     out = tmp_path / "scale.json"
     results = bench.main(["--scratch", str(tmp_path / "scratch"), "--out", str(out), "--quiet"])
+    print(results["table"])  # shown when an assertion fails: the load of a shared machine moves these numbers
     assert json.loads(out.read_text())["targets_met"] == results["targets_met"]
     memory, resume, throughput = results["memory"], results["resume"], results["throughput"]
     assert memory["large"]["images"] == 20000 and memory["small"]["images"] == 2000
