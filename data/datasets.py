@@ -27,6 +27,7 @@ from data.coco import CaptionImage, CaptionSample
 from data.errors import ImageError
 from data.prompts import SCIENCEQA_FORMATS, CaptionTemplate, caption_example
 from data.scienceqa import ScienceQAProblem, build_example, problem_meta
+from mm_excitor.images import ImageReadError, open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,11 @@ class SkippedItem:
 
 
 def load_rgb(path: str | Path, record: str) -> Image.Image:
-    """Open an image fully and convert it to RGB (COCO has grayscale and CMYK files); errors name file and record."""
+    """The image as RGB (mm_excitor.vision.open_rgb); errors name the file and the record that refers to it."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise ImageError(path, record, "image file not found") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(path, record, f"cannot read image: {e}") from e
+        return open_rgb(path)
+    except ImageReadError as error:
+        raise ImageError(path, record, str(error)) from None
 
 
 class _VisualDataset(Dataset):

@@ -80,8 +80,9 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 (16 hex digits) of named tensors (full, on any device): what generated outputs depend on besides the
-    frozen base and the decoding settings, so resumable evaluation can refuse outputs made by other weights."""
+    """sha256 (16 hex digits) of named tensors (full, on any device): an adapter's (what generated outputs depend on
+    besides the frozen base and the decoding settings, so resumable evaluation refuses outputs of other weights) or
+    an encoder's (its identity)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(state.items()):
         digest.update(name.encode())

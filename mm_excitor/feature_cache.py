@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .cli import run_cli
+from .images import ImageReadError, open_rgb
 from .io import atomic_write_bytes, atomic_write_json, fsync_dir
 
 if TYPE_CHECKING:  # open_clip is slow to import: readers (DataLoader workers) never need it
@@ -400,17 +401,11 @@ class _ImageFiles(Dataset):
         return len(self.keys)
 
     def __getitem__(self, position: int) -> tuple[int, torch.Tensor]:
-        from PIL import Image
-
         path = self.image_root / self.keys[position]
         try:
-            with Image.open(path) as image:
-                image.load()
-                rgb = image.convert("RGB")
-        except FileNotFoundError:
-            raise FeatureCacheError(f"image file not found: {path} (key {self.keys[position]!r})") from None
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise FeatureCacheError(f"cannot read image {path} (key {self.keys[position]!r}): {error}") from None
+            rgb = open_rgb(path)
+        except ImageReadError as error:
+            raise FeatureCacheError(f"{path} (key {self.keys[position]!r}): {error}") from None
         return position, self.preprocess(rgb)
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from open_clip.model import resize_pos_embed
 from torch import nn
 
+from mm_excitor.checkpoint import state_fingerprint
 from mm_excitor.torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 logger = logging.getLogger(__name__)
@@ -104,14 +105,10 @@ class VisionEncoder(nn.Module):
         A feature cache and an adapter record it, so that features or adapters from another encoder are refused.
         """
         if self._identity is None:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(self.visual.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             preprocess = getattr(self.visual, "preprocess_cfg", {}) or {}
             self._identity = {
                 **config_identity(self.config),
-                "weights_sha256": digest.hexdigest()[:16],
+                "weights_sha256": state_fingerprint(self.visual.state_dict()),
                 "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()},
                 "image_size": list(self.visual.image_size),
                 "num_tokens": self.num_tokens,
