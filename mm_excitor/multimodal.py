@@ -53,6 +53,8 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
         self.tokenizer = tokenizer
         self.vision = vision
         self.vision_identity = vision.identity() if vision is not None else dict(vision_identity)
+        # Taken before a method wraps any of the LM's layers (e.g. LoRA on k_proj), which the identity reads.
+        self.language_identity = language_model_identity(language_model)
 
     @property
     def vision_width(self) -> int:
@@ -63,7 +65,7 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
         return self.language_model.get_input_embeddings().weight.device
 
     def adapter_identity(self) -> dict[str, Any]:
-        return {"language_model": language_model_identity(self.language_model), "vision": self.vision_identity}
+        return {"language_model": dict(self.language_identity), "vision": dict(self.vision_identity)}
 
     @classmethod
     @abc.abstractmethod
