@@ -91,3 +91,27 @@ def test_bad_input_ends_in_a_one_line_error_not_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"error: no language model at {tmp_path / 'missing-lm'}" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["lora", "llama_adapter", "prefix"])
+def test_every_method_trains_checkpoints_and_evaluates_through_the_same_entry_point(assets, tmp_path, method):
+    from tasks.run import load_run
+
+    run = tmp_path / "run"
+    summary = train_scienceqa.main(common(assets, run) + [
+        f"data.root={assets / 'shapes' / 'scienceqa'}", "data.max_length=256", f"model.method={method}",
+        "model.lora.r=4", "model.llama_adapter.adapter_layers=2", "model.llama_adapter.adapter_len=3",
+    ])
+    assert set(summary["eval"]) == {"image", "blind"} and "IMG" in summary["eval"]["image"]
+    assert json.loads((run / "checkpoints" / "step-3" / "adapter_config.json").read_text())["method"] == method
+    assert load_run("scienceqa", run).model.method == method  # what `python -m eval.scienceqa generate` builds
+    with pytest.raises(ValueError, match=f"holds a '{method}' adapter; this model uses the 'excitor' method"):
+        load_run("scienceqa", run, overrides=["model.method=excitor"])
+
+
+def test_a_bad_method_name_is_a_one_line_config_error(assets, tmp_path):
+    from mm_excitor.recipe import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown model.method 'lora_adapter'; one of excitor, llama_adapter") as e:
+        train_scienceqa.main(common(assets, tmp_path) + ["model.method=lora_adapter"])
+    assert "\n" not in str(e.value)
