@@ -358,6 +358,27 @@ def test_generation_with_images_does_not_depend_on_the_batch(method, encoder):
     assert model.generate(**prompts.inputs, decoding=greedy)[1] == blind[1]
 
 
+def test_llama_adapter_projects_its_prompts_once_per_generate_call_and_never_reuses_stale_ones(monkeypatch):
+    from mm_excitor.methods.llama_adapter import AdaptionPrompts
+
+    calls = []
+    original = AdaptionPrompts._keys_values
+    monkeypatch.setattr(AdaptionPrompts, "_keys_values", lambda self, attention: calls.append(1) or original(
+        self, attention))
+    model = perturb(build("llama_adapter"), std=0.1)
+    batch = collator().prompts(items(targets=False))
+    model.generate(**batch.inputs, decoding=Decoding(max_new_tokens=6, min_new_tokens=6))
+    assert len(calls) == CONFIG.llama_adapter.adapter_layers  # not once per layer and new token
+    text = text_only(batch.inputs)  # the same prompt tensors in every call: only their version can tell
+    with torch.no_grad():
+        before = model(**text).logits
+        for prompts in adaption_prompts(model.language_model):
+            prompts.prompts.add_(1.0)  # what an optimiser step does between evaluations
+        after = model(**text).logits
+    assert not torch.equal(after, before)
+    assert torch.equal(after, model(**text).logits.detach())  # grad enabled: computed afresh
+
+
 # --- errors ------------------------------------------------------------------------------------------------------
 
 def test_a_bad_method_name_lists_the_valid_ones():
