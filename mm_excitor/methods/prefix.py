@@ -132,24 +132,14 @@ class VisualPrefixModel(VisionLanguageModel):
         embeds = self.language_model.get_input_embeddings()(input_ids)
         return insert_prefix(embeds, attention_mask, self.projector(tokens), has_image, labels)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        images: torch.Tensor | None = None,
-        visual_tokens: torch.Tensor | None = None,
-        has_image: torch.Tensor | None = None,
-        num_items_in_batch: torch.Tensor | float | None = None,
+    def forward_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
+        tokens: torch.Tensor | None, has_image: torch.Tensor, loss_kwargs: dict[str, Any],
     ):
-        batch = input_ids.shape[0]
-        tokens = self.visual_tokens(batch, images, visual_tokens)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        inputs = self.language_model_inputs(input_ids, attention_mask, tokens,
-                                            self.image_flags(batch, has_image, self.device), labels)
-        extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
-        return self.language_model(**inputs, **extra)
+        inputs = self.language_model_inputs(input_ids, attention_mask, tokens, has_image, labels)
+        return self.language_model(**inputs, **loss_kwargs)
 
     def generate_ids(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: torch.Tensor | None,

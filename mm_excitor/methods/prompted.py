@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from typing import Any
 
 import torch
 
@@ -27,24 +28,16 @@ class PromptedModel(VisionLanguageModel):
             return visual_prompts(self.language_model, None)
         return visual_prompts(self.language_model, self.prompt_tokens(tokens), has_image)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        images: torch.Tensor | None = None,
-        visual_tokens: torch.Tensor | None = None,
-        has_image: torch.Tensor | None = None,
-        num_items_in_batch: torch.Tensor | float | None = None,
+    def forward_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
+        tokens: torch.Tensor | None, has_image: torch.Tensor, loss_kwargs: dict[str, Any],
     ):
         if self.training and getattr(self.language_model, "is_activation_checkpointing", False):
             raise ValueError(f"activation checkpointing recomputes the layers after the visual prompts are cleared; "
                              f"it is not supported for the {self.method!r} method")
-        batch = input_ids.shape[0]
-        tokens = self.visual_tokens(batch, images, visual_tokens)
-        extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
-        with self._prompts(tokens, self.image_flags(batch, has_image, self.device)):
-            return self.language_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra)
+        with self._prompts(tokens, has_image):
+            return self.language_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                       **loss_kwargs)
 
     def generate_ids(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: torch.Tensor | None,
