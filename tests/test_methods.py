@@ -92,7 +92,7 @@ def encoder(tmp_path_factory):
 
 # --- the base model at init -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("family", ["llama-gqa", "llama-mha", "qwen2"])
+@pytest.mark.parametrize("family", ["llama-gqa", "llama-mha", "mistral", "qwen2"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("method", ALL)
 def test_at_init_text_is_the_unmodified_model_bit_for_bit(method, attn, family):
@@ -208,6 +208,23 @@ def test_the_prefix_is_the_projected_tokens_prepended_to_each_rows_text(padding)
             expected = base(inputs_embeds=joined).logits[0]
             start = int((~real).sum()) if padding == "left" else 0
             torch.testing.assert_close(logits[row, start:start + len(expected)], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_layout_positions_and_labels():
+    """Right padding: [prefix, text, pad]; left padding: [pad, prefix, prompt]. Positions count the attended slots
+    (what `generate` derives from the mask); a masked prefix gives the text the positions it has alone; the first
+    text token is no target (nothing before it predicts it in the text-only LM), so the collator's count holds."""
+    from mm_excitor.methods.prefix import insert_prefix
+
+    embeds = torch.arange(1.0, 9.0).view(2, 4, 1)
+    prefix = -torch.arange(1.0, 5.0).view(2, 2, 1)
+    mask = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1]])
+    labels = torch.tensor([[5, 6, 7, -100], [-100, -100, 8, 9]])
+    out = insert_prefix(embeds, mask, prefix, torch.tensor([True, False]), labels)
+    assert out["inputs_embeds"][..., 0].tolist() == [[-1, -2, 1, 2, 3, 4], [5, 6, -3, -4, 7, 8]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1]]
+    assert out["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0], [0, 0, 0, 0, 0, 1]]
+    assert out["labels"].tolist() == [[-100, -100, -100, 6, 7, -100], [-100, -100, -100, -100, -100, 9]]
 
 
 def test_lora_is_the_base_model_with_merged_low_rank_updates_on_q_and_v():
