@@ -354,8 +354,6 @@ def test_the_trainer_stops_and_resumes_exactly(method, tmp_path):
     reference, resumed = (adapter_tensors(tmp_path / d / "checkpoints" / "step-6") for d in ("reference", "run"))
     assert reference.keys() == resumed.keys()
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
-    first = losses(tmp_path / "reference")
-    assert first[6] < first[1]
 
 
 # --- generation --------------------------------------------------------------------------------------------------
