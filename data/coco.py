@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.errors import DataError, LeakageError, image_under_root, read_json
+from data.errors import DataError, LeakageError, image_under_root
+from mm_excitor.io import read_json
 
 log = logging.getLogger(__name__)
 

@@ -43,19 +43,3 @@ def image_under_root(image_root: str | Path, parts: tuple[str, ...], file: str |
         raise UnsafePathError(file, record, f"image path {key!r} is outside the image root {image_root}; "
                               "annotation paths must be relative and stay under the root")
     return Path(image_root) / key
-
-
-def read_json(path: str | Path) -> object:
-    """Load a JSON file, turning a missing file or a syntax error into a DataError that names the file."""
-    import json
-
-    path = Path(path)
-    try:
-        with path.open("r", encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"line {e.lineno} column {e.colno}", f"malformed JSON: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"byte {e.start}", "not UTF-8 text") from None

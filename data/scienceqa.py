@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.errors import DataError, image_under_root, read_json
+from data.errors import DataError, image_under_root
 from data.prompts import OPTION_LETTERS, SCIENCEQA_FORMATS, scienceqa_example
+from mm_excitor.io import read_json
 
 SPLITS = ("train", "val", "test", "trainval", "minitrain", "minival", "minitest")
 # The problem-level ``split`` field each split name may contain; images live under that folder.

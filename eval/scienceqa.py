@@ -19,7 +19,7 @@ from pathlib import Path
 
 from data.scienceqa import read_split_ids
 from eval.cli import add_generate_parser, generate
-from eval.files import read_json, write_jsonl_atomic
+from mm_excitor.io import atomic_write_jsonl, read_json
 from eval.generation import read_generation_meta
 from eval.report import subset_banner, write_scienceqa_report
 from eval.scienceqa_metrics import (
@@ -32,7 +32,7 @@ from mm_excitor.cli import run_cli
 def write_answers(records: list[dict], output: Path) -> None:
     """LLaVA's answer file from merged generation records: JSON lines `{"question_id", "prompt", "text"}`. The raw
     text is kept and the letter is extracted at scoring time, so a better extractor needs no new run."""
-    write_jsonl_atomic(({"question_id": r["id"], "prompt": r["prompt"], "text": r["text"]} for r in records), output)
+    atomic_write_jsonl(output, ({"question_id": r["id"], "prompt": r["prompt"], "text": r["text"]} for r in records))
 
 
 def load_predictions(path: Path, problems: Mapping[str, Mapping]) -> tuple[dict[str, int], dict[str, str | None]]:
@@ -137,7 +137,7 @@ def score_predictions_file(predictions_path: Path, problems_path: Path, out_dir:
     official = out_dir / "scienceqa_results.json"
     write_official_results(scores.predictions, official, subset_note=banner if scores.subset else None)
     unparsed_path = out_dir / "scienceqa_unparsed.jsonl"
-    write_jsonl_atomic(({"question_id": pid, "text": t} for pid, t in unparsed_texts.items()), unparsed_path)
+    atomic_write_jsonl(unparsed_path, ({"question_id": pid, "text": t} for pid, t in unparsed_texts.items()))
     sources = {"predictions": str(predictions_path), "problems": str(problems_path)}
     if pid_splits is not None:
         sources["pid_splits"] = str(pid_splits)

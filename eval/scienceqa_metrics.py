@@ -25,7 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.files import format_ids, write_json_atomic
+from mm_excitor.cli import format_ids
+from mm_excitor.io import atomic_write_json
 
 UNPARSED_POLICIES = ("wrong", "random")
 CATEGORIES = ("Avg", "NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
@@ -244,7 +245,7 @@ def write_official_results(predictions: Mapping[str, int], path: Path, *, subset
     payload: dict[str, object] = {"results": dict(predictions)}
     if subset_note is not None:
         payload["subset"] = subset_note
-    write_json_atomic(payload, path)
+    atomic_write_json(path, payload)
 
 
 def format_official(scores: ScienceQAScores) -> str:

@@ -6,7 +6,14 @@ imported by scoring commands without importing torch.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# CPU threads that wait for work sleep instead of spinning. With spinning (OpenMP's default) torch's threads
+# collapse as soon as another process shares the cores: a demo training step took 27-55 s instead of 5-7 s with
+# 2 threads on a busy 2-core machine (bench/README.md). It only takes effect when this package is imported before
+# torch, as every command of the project does; OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _PUBLIC = {
     "ExcitorConfig": "config",

@@ -10,11 +10,13 @@ holds the worker's whole traceback; its last line, the original error, is what t
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 TRACEBACK_VARIABLE = "MM_EXCITOR_TRACEBACK"
+_EXCEPTION_PREFIX = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception): ")
 
 
 def error_line(error: BaseException) -> str:
@@ -22,11 +24,18 @@ def error_line(error: BaseException) -> str:
     message = str(error)
     if "Original Traceback" in message:  # torch's ExceptionWrapper: "Caught X in DataLoader worker process N..."
         lines = [line for line in message.splitlines() if line.strip()]
-        where = lines[0].rstrip(".").replace("Caught ", "", 1)
-        return f"{lines[-1].strip()} (in {where.split(' in ', 1)[-1]})"
+        where = lines[0].rstrip(".").split(" in ", 1)[-1]
+        original = _EXCEPTION_PREFIX.sub("", lines[-1].strip(), count=1)
+        return f"{original} (in {where})"
     if isinstance(error, (ValueError, OSError)):
         return message or type(error).__name__
     return f"{type(error).__name__}: {message} (set {TRACEBACK_VARIABLE}=1 for the stack)"
+
+
+def format_ids(ids: Sequence[object], limit: int = 10) -> str:
+    """`1, 2, 3 (+7 more)`: error messages name the offending ids without flooding the terminal."""
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
 
 
 def run_cli(main: Callable[[Sequence[str]], Any], argv: Sequence[str]) -> int:

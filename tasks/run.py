@@ -25,13 +25,14 @@ from data.sampler import ResumableSampler
 from eval.cli import DECODING_OPTIONS
 from eval.generation import generate_outputs
 from mm_excitor.checkpoint import ADAPTER_CONFIG_NAME, load_adapter, state_fingerprint, trainable_state_dict
-from mm_excitor.io import read_json
+from mm_excitor.io import atomic_write_json, read_json
 from mm_excitor.multimodal import VisionLanguageModel
 from mm_excitor.pipeline import build_model
 from mm_excitor.recipe import ConfigError, from_dict, load_config, parse_args, to_dict
 from mm_excitor.train import DistInfo, Trainer, cleanup_distributed, init_distributed, seed_everything
 from mm_excitor.train.checkpoints import CHECKPOINTS, find_latest
 from mm_excitor.train.distributed import unsharded
+from mm_excitor.train.reporting import SUMMARY_FILE
 from mm_excitor.train.state import STATE_JSON
 from mm_excitor.train.trainer import RUN_FILE
 from tasks import TASKS, get_task
@@ -76,6 +77,7 @@ def train(task: Task, argv: Sequence[str]) -> dict[str, Any]:
                                   world_size=dist.world_size)
         if table is not None:
             summary["eval"] = table
+            atomic_write_json(Path(config.train.output_dir) / SUMMARY_FILE, summary)
             clip = config.model.vision.pretrained or "RANDOM-INIT"
             print(f"\n{task.name} scores on the {config.data.eval_split} split (CLIP: {clip}):")
             print(format_comparison(table))

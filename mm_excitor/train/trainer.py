@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..checkpoint import adapter_metadata, load_adapter, state_fingerprint
+from ..checkpoint import adapter_metadata, load_adapter, state_fingerprint, trainable_state_dict
 from ..io import atomic_write_json
 from . import checkpoints as ckpt
 from .batches import Batch, MicroBatches, ResumableSamplerProtocol
@@ -318,7 +318,8 @@ class Trainer:
             say(self.dist, f"resuming from {path} with changed settings that leave the trajectory alone:"
                 + "".join(f"\n  {line}" for line in check.allowed))
         load_adapter(self.model, path)
-        self.resumed_from = path
+        self.resumed_from = self.last_checkpoint = path
+        self.adapter_fingerprint = state_fingerprint(trainable_state_dict(self.model))
         return state
 
     def _restore(self, state: ResumeState) -> None:
