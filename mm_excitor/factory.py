@@ -10,6 +10,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .config import ExcitorConfig
 from .methods import method_class
+from .methods.llama_adapter import LlamaAdapterSettings
+from .methods.lora import LoraSettings
+from .methods.prefix import PrefixSettings
 from .multimodal import VisionLanguageModel
 from .vision import VisionConfig, VisionEncoder
 
@@ -27,8 +30,12 @@ class ModelConfig:
     """dtype of the frozen LM: float32 | bfloat16 | float16 (trainable tensors are always fp32)."""
     attn_implementation: str = "sdpa"
     method: str = "excitor"
-    """How the frozen LM is adapted: see mm_excitor.methods.METHODS."""
+    """How the frozen LM is adapted: excitor | lora | llama_adapter | prefix (mm_excitor.methods.METHODS); each
+    reads its own section below (lora reads `lora` and `prefix`)."""
     excitor: ExcitorConfig = field(default_factory=lambda: ExcitorConfig(visual_prompt_mode="concat"))
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    llama_adapter: LlamaAdapterSettings = field(default_factory=LlamaAdapterSettings)
+    prefix: PrefixSettings = field(default_factory=PrefixSettings)
     vision: VisionConfig = field(default_factory=VisionConfig)
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from .bypass import gated_prompt_bypass
 from .config import ExcitorConfig
+from .memo import InferenceMemo
 
 
 class ExcitorKeyProjection(nn.Module):
@@ -48,7 +49,7 @@ class ExcitorKeyProjection(nn.Module):
         )
         nn.init.normal_(self.prompts, std=config.prompt_init_std)
         self._visual: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._inference_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = None
+        self._memo: InferenceMemo[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = InferenceMemo()
 
     def extra_repr(self) -> str:
         return (
@@ -135,30 +136,11 @@ class ExcitorKeyProjection(nn.Module):
         Decoding calls the block once per new token with the same prompts; the memo makes that cost one
         matrix-vector product instead of K' x C x C_kv work per token.
         """
-        if torch.is_grad_enabled():
-            self._inference_cache = None
-            return self._compute_prompt_terms()
-        key = self._inference_cache_key()
-        if self._inference_cache is None or not _same_key(self._inference_cache[0], key):
-            self._inference_cache = (key, self._compute_prompt_terms())
-        return self._inference_cache[1]
+        visual = self._visual or (None, None)
+        return self._memo.get((*visual, *self.parameters()), self._compute_prompt_terms)
 
     def _compute_prompt_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         prompts, mask = self._prompt_set()
         prompt_keys = self._keys_of(prompts)
         prompt_affinity = torch.matmul(prompts, self.up.weight)
         return prompt_keys, prompt_affinity, mask
-
-    def _inference_cache_key(self) -> tuple:
-        visual = self._visual or (None, None)
-        tensors = (*visual, *self.parameters())
-        return (
-            tuple(id(t) for t in tensors),
-            tuple(t._version if t is not None else None for t in tensors),
-            torch.is_autocast_enabled(self.prompts.device.type),
-            tensors,  # hold references so that ids cannot be reused while the memo lives
-        )
-
-
-def _same_key(a: tuple, b: tuple) -> bool:
-    return a[0] == b[0] and a[1] == b[1] and a[2] == b[2]

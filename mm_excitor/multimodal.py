@@ -6,9 +6,9 @@ Trainer, the Tasks and evaluation use whatever the method:
     model.generate(input_ids, attention_mask, images | visual_tokens, has_image, decoding) -> list[str]
     model.adapter_config(), model.adapter_identity()        (what an adapter checkpoint records and checks)
 
-A method subclasses `VisionLanguageModel`, implements `build` (from a ModelConfig), `forward`, `generate_ids` and
-`adapter_config`, and is registered in `mm_excitor.methods.METHODS`; its trainable tensors are the parameters with
-requires_grad.
+A method subclasses `VisionLanguageModel`, implements `build` (from a ModelConfig), `forward_ids`, `generate_ids`
+and `adapter_config` (`forward` and `generate` check the inputs and encode the images, once for every method),
+and is registered in `mm_excitor.methods.METHODS`; its trainable tensors are the parameters with requires_grad.
 """
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
         self.tokenizer = tokenizer
         self.vision = vision
         self.vision_identity = vision.identity() if vision is not None else dict(vision_identity)
+        # Taken before a method wraps any of the LM's layers (e.g. LoRA on k_proj), which the identity reads.
+        self.language_identity = language_model_identity(language_model)
 
     @property
     def vision_width(self) -> int:
@@ -63,7 +65,7 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
         return self.language_model.get_input_embeddings().weight.device
 
     def adapter_identity(self) -> dict[str, Any]:
-        return {"language_model": language_model_identity(self.language_model), "vision": self.vision_identity}
+        return {"language_model": dict(self.language_identity), "vision": dict(self.vision_identity)}
 
     @classmethod
     @abc.abstractmethod
@@ -108,7 +110,6 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
             raise ValueError(f"has_image has shape {tuple(has_image.shape)}, expected ({batch_size},)")
         return has_image.to(device=device, dtype=torch.bool)
 
-    @abc.abstractmethod
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -121,6 +122,19 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
     ):
         """A Hugging Face CausalLMOutput; with labels, `.loss` is the mean over label tokens, or their sum divided
         by `num_items_in_batch` when given (how the Trainer normalises over ranks and accumulation steps)."""
+        batch = input_ids.shape[0]
+        tokens = self.visual_tokens(batch, images, visual_tokens)
+        loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+        flags = self.image_flags(batch, has_image, self.device)
+        return self.forward_ids(input_ids, attention_mask, labels, tokens, flags, loss_kwargs)
+
+    @abc.abstractmethod
+    def forward_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
+        tokens: torch.Tensor | None, has_image: torch.Tensor, loss_kwargs: dict[str, Any],
+    ):
+        """The method's forward of checked inputs: the batch's visual tokens (B x N_v x D, or None), one image flag
+        per row, and the loss's keyword arguments for the language model (`num_items_in_batch`)."""
 
     @abc.abstractmethod
     def generate_ids(

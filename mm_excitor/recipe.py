@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -156,8 +157,10 @@ def _leaf_type(cls: type, key: str) -> Any:
         hints = typing.get_type_hints(schema)
         if part not in hints:
             return None
-        arms = [a for a in typing.get_args(hints[part]) if a is not type(None)] or [hints[part]]
-        schema = arms[0] if len(arms) == 1 else hints[part]
+        schema = hints[part]
+        if typing.get_origin(schema) in (typing.Union, types.UnionType):  # X | None: X (list[str] stays a list)
+            arms = [a for a in typing.get_args(schema) if a is not type(None)]
+            schema = arms[0] if len(arms) == 1 else schema
     return schema
 
 

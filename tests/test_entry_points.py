@@ -158,6 +158,30 @@ def test_a_crash_in_a_dataloader_worker_ends_the_run_with_one_line(assets, tmp_p
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("method", ["lora", "llama_adapter", "prefix"])
+def test_every_method_trains_checkpoints_and_evaluates_through_the_same_entry_point(assets, tmp_path, method):
+    from tasks.run import load_run
+
+    run = tmp_path / "run"
+    summary = train_scienceqa.main(common(assets, run) + [
+        f"data.root={assets / 'shapes' / 'scienceqa'}", "data.max_length=256", f"model.method={method}",
+        "model.lora.r=4", "model.llama_adapter.adapter_layers=2", "model.llama_adapter.adapter_len=3",
+    ])
+    assert set(summary["eval"]) == {"image", "blind"} and "IMG" in summary["eval"]["image"]
+    assert json.loads((run / "checkpoints" / "step-3" / "adapter_config.json").read_text())["method"] == method
+    assert load_run("scienceqa", run).model.method == method  # what `python -m eval.scienceqa generate` builds
+    with pytest.raises(ValueError, match=f"holds a '{method}' adapter; this model uses the 'excitor' method"):
+        load_run("scienceqa", run, overrides=["model.method=excitor"])
+
+
+def test_a_bad_method_name_is_a_one_line_config_error(assets, tmp_path):
+    from mm_excitor.recipe import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown model.method 'lora_adapter'; one of excitor, llama_adapter") as e:
+        train_scienceqa.main(common(assets, tmp_path) + ["model.method=lora_adapter"])
+    assert "\n" not in str(e.value)
+
+
 def test_the_same_command_and_seed_gives_the_same_adapter(assets, tmp_path):
     """train.seed fixes everything random, the initial prompts, projections and low-rank weights included."""
     runs = {}

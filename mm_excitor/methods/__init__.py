@@ -3,8 +3,16 @@ from __future__ import annotations
 
 from ..multimodal import VisionLanguageModel
 from .excitor import MultimodalExcitor
+from .llama_adapter import LlamaAdapterModel
+from .lora import LoraPrefixModel
+from .prefix import VisualPrefixModel
 
-METHODS: dict[str, type[VisionLanguageModel]] = {"excitor": MultimodalExcitor}
+METHODS: dict[str, type[VisionLanguageModel]] = {
+    "excitor": MultimodalExcitor,
+    "lora": LoraPrefixModel,
+    "llama_adapter": LlamaAdapterModel,
+    "prefix": VisualPrefixModel,
+}
 
 
 def method_class(name: str) -> type[VisionLanguageModel]:

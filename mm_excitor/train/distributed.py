@@ -178,14 +178,16 @@ def _decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def _trainable_subtrees(model: nn.Module, skip: set[int]) -> list[nn.Module]:
-    """Maximal submodules outside `skip` whose parameters all train (and have any)."""
+    """Maximal submodules outside `skip` whose parameters all train (and have any). A container without a forward
+    (peft keeps LoRA's A and B in ModuleDicts) is not a unit: FSDP hooks a module's forward, so its children are."""
     found = []
 
     def visit(module: nn.Module) -> None:
         if id(module) in skip:
             return
         params = list(module.parameters())
-        if module is not model and params and all(p.requires_grad for p in params):
+        container = isinstance(module, (nn.ModuleDict, nn.ModuleList))
+        if module is not model and params and all(p.requires_grad for p in params) and not container:
             found.append(module)
             return
         for child in module.children():
