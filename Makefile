@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/adapter_cost.py
 	$(PY) bench/adapter_cost.py --shape smollm2-135m --out bench/results/adapter_cost_smollm2.json
 	$(PY) bench/multimodal_speed.py
+	$(PY) bench/method_params.py
 	$(PY) bench/feature_cache_scale.py
 	$(PY) bench/vision_identity_cost.py
 	$(PY) bench/caption_scoring.py

@@ -21,6 +21,7 @@ def tiny_overrides(assets) -> list[str]:
         f"model.language_model={assets / 'lm'}", f"model.vision.model_name={TINY_ASSETS_CLIP}",
         f"model.vision.model_config_file={assets / (TINY_ASSETS_CLIP + '.json')}", "model.vision.token_grid=null",
         "model.excitor.num_layers=2", "model.excitor.num_prompts=4", "model.excitor.rank=4",
+        "model.llama_adapter.adapter_layers=2", "model.llama_adapter.adapter_len=4",
         f"data.train_annotations={coco / 'dataset_coco.json'}", f"data.image_root={coco / 'images'}",
         "data.max_length=32", "train.batch_size=4", "train.warmup_steps=1", "train.num_workers=0",
         "train.save_every_steps=2", "train.eval_every_steps=2", "train.tensorboard=false", "train.device=cpu",
@@ -30,19 +31,23 @@ def tiny_overrides(assets) -> list[str]:
 
 
 def test_compare_trains_each_method_once_and_writes_the_table(assets, tmp_path, capsys):
-    argv = ["--task", "shapes-caption", "--methods", "excitor", "--steps", "2", "--out", str(tmp_path),
+    methods = ["excitor", "lora", "llama_adapter", "prefix"]
+    argv = ["--task", "shapes-caption", "--methods", ",".join(methods), "--steps", "2", "--out", str(tmp_path),
             "--gen-prompts", "2", "--gen-tokens", "2", *tiny_overrides(assets)]
     results = compare.main(argv)
-    row = results["rows"][0]
-    assert row["method"] == "excitor" and row["trainable_parameters"] > 0 and row["step_s"] > 0
-    assert set(row["image"]) >= {"CIDEr", "Bleu_4"} and set(row["blind"]) >= {"CIDEr"}
-    assert row["generation_tokens_per_s"] > 0 and row["peak_memory_bytes"] > 0
-    assert json.loads((tmp_path / "compare.json").read_text())["rows"][0]["method"] == "excitor"
-    assert "| excitor |" in (tmp_path / "compare.md").read_text()
+    assert [row["method"] for row in results["rows"]] == methods
+    for row in results["rows"]:
+        assert row["trainable_parameters"] > 0 and row["step_s"] > 0 and row["peak_memory_bytes"] > 0
+        assert set(row["image"]) >= {"CIDEr", "Bleu_4"} and set(row["blind"]) >= {"CIDEr"}
+        assert row["generation_tokens_per_s"] > 0
+    assert [r["method"] for r in json.loads((tmp_path / "compare.json").read_text())["rows"]] == methods
+    table = (tmp_path / "compare.md").read_text()
+    assert all(f"| {method} |" in table for method in methods)
     assert (tmp_path / "compare.png").stat().st_size > 1000
     capsys.readouterr()
     compare.main(argv)  # a finished method is not trained again
-    assert "excitor: done before" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert all(f"{method}: done before" in again for method in methods)
 
 
 def test_an_unknown_method_is_a_one_line_error():

@@ -87,7 +87,11 @@ def test_vision_encoder_loads_the_openai_archive(archive):
         assert value.dtype == torch.float32 and torch.equal(value, saved[f"visual.{key}"].float()), key
     random_init = VisionEncoder(VisionConfig(MODEL, model_config_file=str(config_file))).visual.state_dict()
     assert not torch.equal(random_init["conv1.weight"], loaded["conv1.weight"])
-    assert encoder.identity()["pretrained"] == path.name
+    import hashlib
+
+    identity = encoder.identity()
+    assert identity["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert identity["init_seed"] is None
     assert encoder(torch.zeros(1, 3, 32, 32)).shape == (1, 17, 64)
 
 
