@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SMOLLM2 := .cache/smollm2-135m-instruct
+SHAPES := .cache/shapes-demo
 
 .PHONY: setup test test-slow demo bench clean
 
@@ -19,11 +21,8 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 	$(PY) -m pytest -q -m slow
-
-SMOLLM2 := .cache/smollm2-135m-instruct
-SHAPES := .cache/shapes-demo
 
 $(SMOLLM2)/config.json: $(STAMP)
 	$(PY) -m mm_excitor.smollm2 --out $(SMOLLM2)
@@ -41,6 +40,10 @@ bench: $(STAMP)
 	$(PY) bench/adapter_cost.py
 	$(PY) bench/adapter_cost.py --shape smollm2-135m --out bench/results/adapter_cost_smollm2.json
 	$(PY) bench/multimodal_speed.py
+	$(PY) bench/method_params.py
+	$(PY) bench/feature_cache_scale.py
+	$(PY) bench/vision_identity_cost.py
+	$(PY) bench/caption_scoring.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

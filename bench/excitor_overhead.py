@@ -18,6 +18,7 @@ of the base weights is resident. CPU runs fp32; CUDA runs the frozen model in bf
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -34,7 +35,7 @@ from bench.timing import (  # noqa: E402
     format_seconds, interleaved, runtime_environment, setup_device, share_frozen_copy, summary, synchronize,
     write_results,
 )
-from mm_excitor import ExcitorConfig, apply_excitor, count_parameters, excitor_blocks, set_visual_tokens  # noqa: E402
+from mm_excitor import ExcitorConfig, apply_excitor, count_parameters, excitor_blocks, visual_prompts  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "excitor_overhead.json"
 GATE_VALUE = 0.1
@@ -292,11 +293,13 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
     for model in (base, excitor):
         model.eval()
 
+    def images_for(model, tokens):
+        """The Excitor's visual prompts for the calls inside (new images: their prompt keys are not memoised)."""
+        return visual_prompts(model, tokens) if args.visual_tokens and model is excitor else contextlib.nullcontext()
+
     def forward(model):
         def run():
-            if args.visual_tokens and model is excitor:
-                set_visual_tokens(model, visual.detach().clone())  # new images: their prompt keys are not memoised
-            with torch.no_grad():
+            with images_for(model, visual.detach().clone() if args.visual_tokens else None), torch.no_grad():
                 model(input_ids=ids, use_cache=False)
         return run
 
@@ -306,8 +309,6 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
     log(f"forward median base {forward_stats['base']['median_s']:.3f}s excitor {forward_stats['excitor']['median_s']:.3f}s")
 
     # ---- training step: Excitor vs LoRA
-    if args.visual_tokens:
-        set_visual_tokens(excitor, visual)
     optimizers = {}
     steps = {}
     for key, model in (("excitor", excitor), ("lora", lora)):
@@ -319,7 +320,8 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
             optimizer.zero_grad(set_to_none=True)
             if args.visual_tokens:
                 visual.grad = None
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            with images_for(model, visual if args.visual_tokens else None):
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
             loss.backward()
             optimizer.step()
         steps[key] = step

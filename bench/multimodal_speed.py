@@ -47,7 +47,8 @@ from bench.timing import (  # noqa: E402
 )
 from mm_excitor import ExcitorConfig, count_parameters, excitor_blocks  # noqa: E402
 from mm_excitor.feature_cache import build_feature_cache  # noqa: E402
-from mm_excitor.multimodal import MultimodalExcitor  # noqa: E402
+from mm_excitor.generation import Decoding  # noqa: E402
+from mm_excitor.methods.excitor import MultimodalExcitor  # noqa: E402
 from mm_excitor.vision import VisionConfig, VisionEncoder  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "multimodal_speed.json"
@@ -265,12 +266,15 @@ def measure(args, device, bare, tokenizer, from_cache, online, cache, keys, pixe
                                 min_new_tokens=n_new, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
         lengths["bare_lm"] = out.shape[1] - encoded["input_ids"].shape[1]
 
+    decoding = Decoding(batch_size=gen_batch, max_new_tokens=n_new, min_new_tokens=n_new)
+
     def cached_generate():
-        from_cache.generate(prompts, visual_tokens=cache.stack(gen_keys), max_new_tokens=n_new,
-                            min_new_tokens=n_new)
+        encoded = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+        from_cache.generate(**encoded, visual_tokens=cache.stack(gen_keys), decoding=decoding)
 
     def online_generate():
-        online.generate(prompts, images=gen_pixels, max_new_tokens=n_new, min_new_tokens=n_new)
+        encoded = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+        online.generate(**encoded, images=gen_pixels, decoding=decoding)
 
     fns = {"bare_lm": bare_generate, "multimodal_from_cache": cached_generate,
            "multimodal_online_encoder": online_generate}

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.errors import DataError, LeakageError, read_json
+from data.errors import DataError, LeakageError, image_under_root
+from mm_excitor.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ def _parse_official(data: object, path: Path, image_root: Path, image_dir: str) 
         file_name = _str(_get(img, "file_name", path, rec), path, f"{rec} (id {image_id})", "file_name")
         if image_id in images:
             raise DataError(path, f"{rec} (id {image_id})", "duplicate image id")
-        key = f"{image_dir}/{file_name}"
-        images[image_id] = CaptionImage(image_root / key, key, image_id, [])
+        image_path = image_under_root(image_root, (image_dir, file_name), path, f"{rec} (id {image_id})")
+        images[image_id] = CaptionImage(image_path, f"{image_dir}/{file_name}", image_id, [])
     for i, ann in enumerate(_list(data, "annotations", path)):
         rec = f"annotations[{i}]" + (f" (id {ann['id']})" if isinstance(ann, dict) and "id" in ann else "")
         image_id = _int(_get(ann, "image_id", path, rec), path, rec, "image_id")
@@ -116,8 +117,9 @@ def _parse_karpathy(data: object, path: Path, image_root: Path, split: str) -> l
             continue
         image_id = _int(_get(img, "cocoid", path, rec), path, rec, "cocoid")
         rec = f"{rec} (cocoid {image_id})"
-        key = "{}/{}".format(_str(_get(img, "filepath", path, rec), path, rec, "filepath"),
-                             _str(_get(img, "filename", path, rec), path, rec, "filename"))
+        parts = (_str(_get(img, "filepath", path, rec), path, rec, "filepath"),
+                 _str(_get(img, "filename", path, rec), path, rec, "filename"))
+        image_path, key = image_under_root(image_root, parts, path, rec), "/".join(parts)
         sentences = _get(img, "sentences", path, rec)
         if not isinstance(sentences, list):
             raise DataError(path, rec, "'sentences' is not a list")
@@ -128,7 +130,7 @@ def _parse_karpathy(data: object, path: Path, image_root: Path, split: str) -> l
         if image_id in seen:
             raise DataError(path, rec, "duplicate cocoid")
         seen.add(image_id)
-        out.append(CaptionImage(image_root / key, key, image_id, refs))
+        out.append(CaptionImage(image_path, key, image_id, refs))
     return out
 
 
@@ -148,6 +150,7 @@ def _parse_lavis(data: object, path: Path, image_root: Path) -> list[CaptionImag
         rec = f"[{i}]"
         key = _str(_get(ann, "image", path, rec), path, rec, "image")
         rec = f"[{i}] ({key})"
+        image_path = image_under_root(image_root, (key,), path, rec)
         m = _ID_IN_NAME.search(key)
         if m is None:
             raise DataError(path, rec, "cannot read the COCO image id from the file name (expected ..._<id>.jpg)")
@@ -157,7 +160,7 @@ def _parse_lavis(data: object, path: Path, image_root: Path) -> list[CaptionImag
         if not refs:
             raise DataError(path, rec, "empty caption list")
         if key not in images:
-            images[key] = CaptionImage(image_root / key, key, int(m.group(1)), [])
+            images[key] = CaptionImage(image_path, key, int(m.group(1)), [])
         images[key].references.extend(refs)
     return _require_references(images.values(), path)
 
@@ -206,6 +209,12 @@ def coco_ground_truth(images: Iterable[CaptionImage]) -> dict:
 
 # --------------------------------------------------------------------------------------------------- leakage guard
 
+# Splits that name training data: evaluating on one of them is asked for by name, never a default.
+TRAINING_SPLITS = ("train", "restval")
+_FIX = ("Fix: train on the Karpathy split (dataset_coco.json with data.train_split=train, i.e. train + restval, or "
+        "LAVIS coco_karpathy_train.json), or drop those images with data.filter_test_overlap=true; "
+        "data.allow_test_overlap=true trains on them anyway (their scores are then not comparable).")
+
 
 def karpathy_test_ids(path: str | Path) -> set[int]:
     """COCO ids of the Karpathy test split, from ``dataset_coco.json`` (split == test), LAVIS
@@ -229,52 +238,51 @@ def guard_test_overlap(
     test_ids: set[int] | None,
     source: str | Path,
     *,
+    held_out: Mapping[str, set[int]] | None = None,
     known_disjoint: bool = False,
     allow_test_overlap: bool = False,
     filter_test_overlap: bool = False,
 ) -> tuple[list[CaptionImage], int]:
-    """Refuse, filter or (explicitly) allow training images that are Karpathy test images.
+    """Refuse, filter or (explicitly) allow training images that are held-out images.
 
-    Returns (kept images, number of overlapping images found). ``test_ids`` None means unknown: then the set is
-    refused unless ``known_disjoint`` (a Karpathy train split, or train2014, which has no val2014 image) or
-    ``allow_test_overlap``. Everything that is not refused is logged, so it is never silent.
+    Held out are the Karpathy test images (``test_ids``) and every set in ``held_out`` (a description such as
+    ``"validation images of dataset_coco.json split 'val'"`` -> its ids). Returns (kept images, number of
+    overlapping images found). ``test_ids`` None means unknown: then the set is refused unless ``known_disjoint``
+    (a Karpathy train split, or train2014, which has no val2014 image) or ``allow_test_overlap``. Everything that is
+    not refused is logged, so it is never silent. Messages give the command-line overrides (``data.*``).
     """
     if allow_test_overlap and filter_test_overlap:
         raise ValueError("allow_test_overlap and filter_test_overlap are exclusive")
-    fix = ("Fix: train on the Karpathy split (dataset_coco.json split='train', i.e. train + restval, or LAVIS "
-           "coco_karpathy_train.json), or pass karpathy_test=<dataset_coco.json or coco_karpathy_test.json> with "
-           "filter_test_overlap=True to drop those images; allow_test_overlap=True trains on them anyway "
-           "(test scores are then not comparable).")
-    if test_ids is None:
-        if known_disjoint:
-            return list(images), 0
-        if allow_test_overlap:
-            msg = (f"{source}: training on {len(images)} images that may include Karpathy test images "
-                   "(not checked: no Karpathy test file given), because allow_test_overlap=True")
-            log.warning(msg)
-            warnings.warn(msg, stacklevel=3)
-            return list(images), 0
-        raise LeakageError(
-            source, None,
-            f"{len(images)} training images, of which an unknown number are Karpathy test images: this COCO split "
-            "contains val2014 images and the Karpathy test split (5,000 images) is drawn from val2014. "
-            "It cannot be checked without a Karpathy test file. " + fix)
-    overlap = [im for im in images if im.image_id in test_ids]
-    n = len(overlap)
+    kept = list(images)
+    if test_ids is None and not known_disjoint:
+        if not allow_test_overlap:
+            raise LeakageError(
+                source, None,
+                f"{len(kept)} training images, of which an unknown number are Karpathy test images: this COCO split "
+                "contains val2014 images and the Karpathy test split (5,000 images) is drawn from val2014. It cannot "
+                "be checked without a Karpathy test file: pass data.karpathy_test=<dataset_coco.json or "
+                "coco_karpathy_test.json> (or name that file as data.eval_annotations). " + _FIX)
+        _warn(f"{source}: training on {len(kept)} images that may include Karpathy test images (not checked: no "
+              "Karpathy test file given), because data.allow_test_overlap=true")
+    sets = {"Karpathy test images": test_ids or set(), **(held_out or {})}
+    found: dict[str, list[int]] = {}
+    for im in kept:
+        what = next((name for name, ids in sets.items() if im.image_id in ids), None)
+        if what is not None:
+            found.setdefault(what, []).append(im.image_id)
+    n = sum(len(ids) for ids in found.values())
     if n == 0:
-        return list(images), 0
+        return kept, 0
+    what = " or ".join(f"{name} (e.g. ids {', '.join(map(str, ids[:5]))})" for name, ids in found.items())
     if filter_test_overlap:
-        log.warning("%s: dropped %d of %d training images that are Karpathy test images", source, n, len(images))
-        return [im for im in images if im.image_id not in test_ids], n
+        dropped = {i for ids in found.values() for i in ids}
+        log.warning("%s: dropped %d of %d training images that are %s", source, n, len(kept), what)
+        return [im for im in kept if im.image_id not in dropped], n
     if allow_test_overlap:
-        msg = (f"{source}: training on {n} of {len(images)} images that are Karpathy test images, because "
-               "allow_test_overlap=True; Karpathy test scores are not comparable")
-        log.warning(msg)
-        warnings.warn(msg, stacklevel=3)
-        return list(images), n
-    ex = ", ".join(str(im.image_id) for im in overlap[:5])
-    raise LeakageError(source, None, f"{n} of {len(images)} training images are Karpathy test images "
-                       f"(e.g. ids {ex}). " + fix)
+        _warn(f"{source}: training on {n} of {len(kept)} images that are {what}, because "
+              "data.allow_test_overlap=true; scores on those sets are not comparable")
+        return kept, n
+    raise LeakageError(source, None, f"{n} of {len(kept)} training images are {what}. " + _FIX)
 
 
 def load_caption_training(
@@ -292,26 +300,198 @@ def load_caption_training(
     The guard compares image ids with the Karpathy test ids: those of ``karpathy_test`` when given, else those of
     the file itself when it is ``dataset_coco.json``. Without ids, only sets that cannot contain test images
     (Karpathy/LAVIS train, official train2014) are accepted; others (train2017, val2014...) are refused.
+    A run that also validates and evaluates loads through ``load_caption_splits``, which checks those sets too.
     """
     path = Path(path)
-    data = read_json(path)
-    fmt = detect_format(data, path)
-    if fmt == "karpathy" and split is None:
-        split = "train"
-    images, _ = _load(data, path, Path(image_root), split, image_dir)
+    training = _Training.read(read_json(path), path, Path(image_root), split, image_dir)
+    test_ids = karpathy_test_ids(karpathy_test) if karpathy_test is not None else training.own_test_ids()
+    return training.samples(test_ids, {}, allow_test_overlap, filter_test_overlap)
+
+
+@dataclass(frozen=True)
+class CaptionSplits:
+    """What a caption run trains on (one sample per caption) and validates / evaluates on (one item per image)."""
+
+    train: list[CaptionSample] | None
+    val: list[CaptionImage] | None
+    eval: list[CaptionImage] | None
+
+
+def load_caption_splits(
+    image_root: str | Path,
+    train_annotations: str | Path,
+    *,
+    train_split: str | None = "train",
+    val_annotations: str | Path | None = None,
+    val_split: str | None = "val",
+    eval_annotations: str | Path | None = None,
+    eval_split: str | None = "test",
+    karpathy_test: str | Path | None = None,
+    allow_test_overlap: bool = False,
+    filter_test_overlap: bool = False,
+    with_training: bool = True,
+) -> CaptionSplits:
+    """The training samples and the validation / evaluation images of a run, checked against each other.
+
+    `with_training=False` (evaluation only) reads no training data: `train` is None and there is nothing to guard,
+    but a held-out split is still refused from a file that holds only training data.
+
+    Files: validation reads ``val_annotations``, else ``eval_annotations``, else the training file; evaluation
+    reads ``eval_annotations``, else the training file (Karpathy's dataset_coco.json holds every split). A split
+    of None is not loaded.
+
+    Evaluation and validation never come from training data unless asked for by name (a split ``train`` or
+    ``restval``):
+    - a LAVIS or official file holds one split: asking it for another (``test`` from LAVIS training data, from
+      ``*karpathy_train*.json`` or ``captions_train2017.json``), reading a held-out split from the training file
+      itself, or validation and evaluation under two names from one such file is an error naming the setting to
+      pass (``data.val_annotations``, ``data.eval_annotations``);
+    - the training set is guarded against the validation and evaluation images and the Karpathy test images (ids
+      from ``karpathy_test``, else the training file if it is dataset_coco.json, else the evaluation file if it is
+      dataset_coco.json or a LAVIS file read as ``test``): overlap is refused, dropped
+      (``data.filter_test_overlap=true``) or kept with a warning (``data.allow_test_overlap=true``). This also
+      catches Karpathy val images inside train2017 when validating on Karpathy val.
+    """
+    root, train_path = Path(image_root), Path(train_annotations)
+    files = _JsonFiles()
+    eval_path = Path(eval_annotations) if eval_annotations else train_path
+    val_path = Path(val_annotations) if val_annotations else eval_path
+    roles = [("evaluation", "data.eval_annotations", "data.eval_split", eval_path, eval_split),
+             ("validation", "data.val_annotations", "data.val_split", val_path, val_split)]
+    loaded: dict[str, list[CaptionImage] | None] = {}
+    held_out: dict[str, set[int]] = {}
+    for role, setting, split_setting, path, split in roles:
+        if split is None:
+            loaded[role] = None
+            continue
+        data = files.read(path)
+        _check_held_out_source(data, path, split, train_path, setting, split_setting)
+        images = loaded[role] = _load(data, path, root, split, None)[0]
+        if split in TRAINING_SPLITS:
+            _warn(f"{path}: {role} on the training split {split!r}, because {split_setting}={split} asks for it")
+        else:
+            held_out[f"{role} images of {path} split {split!r}"] = {im.image_id for im in images}
+    both = val_split is not None and eval_split is not None and val_split != eval_split
+    if both and _same_file(val_path, eval_path):
+        fmt = detect_format(files.read(val_path), val_path)
+        if fmt != "karpathy":
+            raise DataError(val_path, None, f"a {fmt} file holds one split, so validation ({val_split!r}) and "
+                            f"evaluation ({eval_split!r}) cannot both come from it: pass the validation file as "
+                            "data.val_annotations (e.g. coco_karpathy_val.json), or set data.val_split=null")
+    if not with_training:
+        return CaptionSplits(None, loaded["validation"], loaded["evaluation"])
+    training = _Training.read(files.read(train_path), train_path, root, train_split, None)
     if karpathy_test is not None:
-        test_ids: set[int] | None = karpathy_test_ids(karpathy_test)
-    elif fmt == "karpathy":
-        test_ids = {im.image_id for im in _parse_karpathy(data, path, Path(image_root), "test")}
+        test_ids = karpathy_test_ids(karpathy_test)
+    elif (own := training.own_test_ids()) is not None:
+        test_ids = own
     else:
-        test_ids = None
-    known_disjoint = (fmt == "lavis" and "karpathy_train" in path.name) or (
-        fmt == "official" and _image_dir(path, image_dir) == "train2014")
-    kept, _ = guard_test_overlap(images, test_ids, path, known_disjoint=known_disjoint,
-                                 allow_test_overlap=allow_test_overlap, filter_test_overlap=filter_test_overlap)
-    samples = caption_samples(kept)
-    log.info("%s: %d training images, %d captions", path, len(kept), len(samples))
-    return samples
+        test_ids = _eval_file_test_ids(files, eval_annotations, eval_split, loaded["evaluation"])
+    samples = training.samples(test_ids, held_out, allow_test_overlap, filter_test_overlap)
+    return CaptionSplits(samples, loaded["validation"], loaded["evaluation"])
+
+
+@dataclass(frozen=True)
+class _Training:
+    """A training file read once: its images and what the guard needs to know about it."""
+
+    path: Path
+    images: list[CaptionImage]
+    data: object
+    fmt: str
+    known_disjoint: bool
+
+    @classmethod
+    def read(cls, data: object, path: Path, image_root: Path, split: str | None, image_dir: str | None) -> _Training:
+        fmt = detect_format(data, path)
+        if fmt == "karpathy" and split is None:
+            split = "train"
+        images, _ = _load(data, path, image_root, split, image_dir)
+        known_disjoint = (fmt == "lavis" and "karpathy_train" in path.name) or (
+            fmt == "official" and _image_dir(path, image_dir) == "train2014")
+        return cls(path, images, data, fmt, known_disjoint)
+
+    def own_test_ids(self) -> set[int] | None:
+        """The Karpathy test ids when the training file is dataset_coco.json (it holds the test split too)."""
+        if self.fmt != "karpathy":
+            return None
+        return {im.image_id for im in _parse_karpathy(self.data, self.path, Path("."), "test")}
+
+    def samples(self, test_ids: set[int] | None, held_out: Mapping[str, set[int]], allow: bool,
+                filter_: bool) -> list[CaptionSample]:
+        kept, _ = guard_test_overlap(self.images, test_ids, self.path, held_out=held_out,
+                                     known_disjoint=self.known_disjoint, allow_test_overlap=allow,
+                                     filter_test_overlap=filter_)
+        samples = caption_samples(kept)
+        log.info("%s: %d training images, %d captions", self.path, len(kept), len(samples))
+        return samples
+
+
+class _JsonFiles:
+    """Each annotation file parsed once (dataset_coco.json is ~150 MB and may serve train, val and test)."""
+
+    def __init__(self) -> None:
+        self._data: dict[Path, object] = {}
+
+    def read(self, path: Path) -> object:
+        key = path.resolve()
+        if key not in self._data:
+            self._data[key] = read_json(path)
+        return self._data[key]
+
+
+def _check_held_out_source(
+    data: object, path: Path, split: str, train_path: Path, setting: str, split_setting: str
+) -> None:
+    """Refuse to read a held-out split from a single-split file that holds another split, or from the training file."""
+    fmt = detect_format(data, path)
+    if fmt == "karpathy" or split in TRAINING_SPLITS:
+        return
+    held = _single_split_held(data, fmt, path)
+    where = (f"pass the file holding {split!r} as {setting} (e.g. coco_karpathy_{split}.json, or dataset_coco.json), "
+             f"or set {split_setting}=null")
+    if held is not None and held != split:
+        raise LeakageError(path, None, f"holds the {held!r} split, not {split!r}: {where}")
+    if _same_file(path, train_path):
+        raise LeakageError(path, None, f"is the training file; the held-out split {split!r} cannot come from it: "
+                           + where)
+
+
+def _single_split_held(data: object, fmt: str, path: Path) -> str | None:
+    """The split a LAVIS or official file holds, from its name, or (LAVIS) 'train' when every entry is one caption
+    (LAVIS training data; its val/test files have one entry per image with a caption list); None if unknown."""
+    m = re.search(r"karpathy_(train|val|test)\b", path.name) or _OFFICIAL_NAME.search(path.name)
+    if m is not None:
+        return m.group(1)
+    if fmt == "lavis" and data and all(isinstance(ann, dict) and isinstance(ann.get("caption"), str) for ann in data):
+        return "train"
+    return None
+
+
+def _eval_file_test_ids(
+    files: _JsonFiles, eval_annotations: str | Path | None, eval_split: str | None,
+    eval_images: list[CaptionImage] | None,
+) -> set[int] | None:
+    """Karpathy test ids from the evaluation file the config names: dataset_coco.json, or a LAVIS test file."""
+    if not eval_annotations:
+        return None
+    path = Path(eval_annotations)
+    data = files.read(path)
+    fmt = detect_format(data, path)
+    if fmt == "karpathy":
+        return {im.image_id for im in _parse_karpathy(data, path, Path("."), "test")}
+    if fmt == "lavis" and eval_split == "test" and eval_images is not None:
+        return {im.image_id for im in eval_images}
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _warn(msg: str) -> None:
+    log.warning(msg)
+    warnings.warn(msg, stacklevel=4)
 
 
 # ------------------------------------------------------------------------------------------------------- internals

@@ -1,30 +1,38 @@
-"""The batch collator of docs/interfaces.md: tokenise, pad, stack images or visual tokens, count truncation.
+"""The collator of docs/interfaces.md: one per task, for training batches and generation batches alike.
 
-Training batches pad on the right (labels -100 on prompt and padding); generation batches (prompt only) pad on
-the **left**, so the last prompt token sits at the same place for every row and greedy output does not depend on
-the batch size. ``None`` items (images skipped under ``on_bad_image="skip"``) are dropped and counted.
+`collator(items)` builds a training batch: prompt + target tokens padded on the right, labels IGNORE_INDEX on the
+prompt and the padding. `collator.prompts(items)` builds a generation batch: the same prompt tokens (the same
+function, `data.text.encode_prompt`, with the same truncation policy) padded on the **left**, so the last prompt
+token sits at the same place for every row and greedy output does not depend on the batch size. Both return a
+`mm_excitor.train.Batch` whose `inputs` are the model's keyword arguments.
 
-Counts travel inside each batch (``batch["stats"]``) because a collator running in DataLoader worker processes
-cannot update a counter in the training process; ``Collator.totals`` is exact only with ``num_workers=0``.
+Images: `images` (B x 3 x H x W) or `visual_tokens` (B x N x D) with `has_image` (B, bool); a row without an image
+gets zeros (the dataset's, or `blank`, the zero image/tokens the task gives for items that carry none, e.g.
+text-only instruction data). `None` items (images skipped under `on_bad_image="skip"`) are dropped and counted.
+Counts travel inside each batch (`batch.stats`) because a collator running in DataLoader worker processes cannot
+update a counter in the training process.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from data.text import IGNORE_INDEX, encode_example, encode_prompt, pad_id
+from data.text import IGNORE_INDEX, Encoded, encode_example, encode_prompt, pad_id
+from mm_excitor.train.batches import Batch
 
 log = logging.getLogger(__name__)
+VISUAL_KEYS = {"image": "images", "visual_tokens": "visual_tokens"}
+"""Item key -> batch key."""
 
 
 @dataclass
 class CollateStats:
-    """Counts of one batch, or running totals (``add``); plain ints so they log and checkpoint as they are."""
+    """Counts of one batch, as plain ints so they log and checkpoint as they are."""
 
     examples: int = 0
     truncated: int = 0
@@ -32,72 +40,72 @@ class CollateStats:
     target_tokens_cut: int = 0
     skipped: int = 0
 
-    def add(self, other: "CollateStats | dict") -> None:
-        other = other if isinstance(other, dict) else other.as_dict()
-        for k, v in other.items():
-            setattr(self, k, getattr(self, k) + int(v))
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
 
 class Collator:
-    """``collate_fn`` for a DataLoader. ``generate=True`` builds left-padded prompt-only batches (no labels).
+    """`collate_fn` of a task: `collator(items)` for training, `collator.prompts(items)` for generation."""
 
-    The batch holds ``input_ids``, ``attention_mask``, ``labels`` (training only), ``images`` or
-    ``visual_tokens`` (zeros where ``has_image`` is False), ``has_image``, ``meta`` and ``stats`` (a dict of
-    CollateStats counts for this batch: add them up in the training loop to report truncation and skips).
-    A batch whose items were all skipped has only ``meta`` (empty) and ``stats``: count it, then skip it.
-    """
-
-    def __init__(self, tokenizer: Any, max_length: int = 512, *, generate: bool = False,
+    def __init__(self, tokenizer: Any, max_length: int = 512, *, blank: Mapping[str, torch.Tensor] | None = None,
                  pad_to_multiple_of: int | None = None) -> None:
+        if blank is not None and (len(blank) != 1 or next(iter(blank)) not in VISUAL_KEYS):
+            raise ValueError(f"blank must map one of {sorted(VISUAL_KEYS)} to a zero tensor, got {sorted(blank)}")
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.generate = generate
+        self.blank = dict(blank) if blank is not None else None
         self.pad_to_multiple_of = pad_to_multiple_of
         self.pad_id = pad_id(tokenizer)
-        self.totals = CollateStats()
 
-    def __call__(self, items: Sequence[dict | None]) -> dict:
+    def __call__(self, items: Sequence[dict | None]) -> Batch:
+        """A training batch (right-padded, with labels)."""
+        def encode(item: dict) -> Encoded:
+            if "target" not in item:
+                raise ValueError(f"training item without 'target' (meta {item.get('meta')}); use prompts() to generate")
+            return encode_example(self.tokenizer, item["prompt"], item["target"], self.max_length)
+
+        return self._batch(items, encode, left_pad=False)
+
+    def prompts(self, items: Sequence[dict | None]) -> Batch:
+        """A generation batch (left-padded prompts, no labels)."""
+        return self._batch(items, lambda item: encode_prompt(self.tokenizer, item["prompt"], self.max_length),
+                           left_pad=True)
+
+    def _batch(self, items: Sequence[dict | None], encode: Any, left_pad: bool) -> Batch:
         stats = CollateStats(skipped=sum(it is None for it in items))
-        items = [it for it in items if it is not None]
-        stats.examples = len(items)
+        kept = [it for it in items if it is not None]
+        stats.examples = len(kept)
         if stats.skipped:
             log.warning("batch: %d item(s) dropped (unreadable images, see earlier warnings)", stats.skipped)
-        if not items:
-            self.totals.add(stats)
-            return {"meta": [], "stats": stats.as_dict()}
-        if self.generate:
-            encoded = [encode_prompt(self.tokenizer, it["prompt"], self.max_length) for it in items]
-        else:
-            for it in items:
-                if "target" not in it:
-                    raise KeyError(f"training item without 'target' (meta {it.get('meta')}); use generate=True")
-            encoded = [encode_example(self.tokenizer, it["prompt"], it["target"], self.max_length) for it in items]
+        if not kept:
+            return Batch(inputs={}, num_items=0, stats=asdict(stats))
+        encoded = [encode(it) for it in kept]
         for e in encoded:
             stats.truncated += e.truncated
             stats.prompt_tokens_cut += e.prompt_tokens_cut
             stats.target_tokens_cut += e.target_tokens_cut
-        self.totals.add(stats)
-        batch = self._pad(encoded)
-        batch.update(stack_visual(items))
-        batch["meta"] = [it.get("meta", {}) for it in items]
-        batch["stats"] = stats.as_dict()
-        return batch
+        inputs = self._pad(encoded, left_pad)
+        inputs.update(stack_visual(kept, self.blank))
+        labels = inputs.get("labels")
+        return Batch(
+            inputs=inputs,
+            num_items=len(kept),
+            # the positions a causal LM loss covers: labels shifted by one, ignored ones left out
+            num_label_tokens=int((labels[:, 1:] != IGNORE_INDEX).sum()) if labels is not None else 0,
+            num_tokens=int(inputs["attention_mask"].sum()),
+            meta=[it.get("meta", {}) for it in kept],
+            stats=asdict(stats),
+        )
 
-    def _pad(self, encoded: list) -> dict[str, torch.Tensor]:
+    def _pad(self, encoded: list[Encoded], left_pad: bool) -> dict[str, torch.Tensor]:
         length = max(len(e.input_ids) for e in encoded)
         if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            length = -(-length // m) * m
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         n = len(encoded)
         input_ids = torch.full((n, length), self.pad_id, dtype=torch.long)
         attention = torch.zeros((n, length), dtype=torch.long)
-        labels = None if self.generate else torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+        with_labels = encoded[0].labels is not None
+        labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long) if with_labels else None
         for i, e in enumerate(encoded):
             k = len(e.input_ids)
-            cols = slice(length - k, length) if self.generate else slice(0, k)
+            cols = slice(length - k, length) if left_pad else slice(0, k)
             input_ids[i, cols] = torch.tensor(e.input_ids, dtype=torch.long)
             attention[i, cols] = 1
             if labels is not None:
@@ -108,35 +116,30 @@ class Collator:
         return out
 
 
-def stack_visual(items: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """``images`` (B×3×H×W) or ``visual_tokens`` (B×N×D) plus ``has_image`` (B bool); rows without an image are
-    zeros. A batch with no image at all has only ``has_image``."""
+def stack_visual(items: Sequence[dict], blank: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """`images` (B x 3 x H x W) or `visual_tokens` (B x N x D) plus `has_image` (B bool); rows without an image are
+    zeros (from `blank` when the item carries no tensor). A batch with neither images nor a blank has only
+    `has_image`."""
     has_image = torch.tensor([bool(it.get("has_image", False)) for it in items], dtype=torch.bool)
     out: dict[str, torch.Tensor] = {"has_image": has_image}
-    keys = [k for k in ("image", "visual_tokens") if any(k in it for it in items)]
+    keys = {k for k in VISUAL_KEYS if any(k in it for it in items)} | set(blank or {})
     if len(keys) > 1:
-        raise ValueError("a batch mixes 'image' and 'visual_tokens' items")
+        raise ValueError(f"a batch mixes {' and '.join(sorted(keys))} items")
     for it, flag in zip(items, has_image.tolist()):
-        if flag and not keys or flag and keys[0] not in it:
+        if flag and (not keys or next(iter(keys)) not in it):
             raise ValueError(f"item has has_image=True but no image or visual tokens (meta {it.get('meta')})")
     if not keys:
         return out
-    key = keys[0]
-    ref = next(it[key] for it in items if key in it)
+    key = next(iter(keys))
+    ref = blank[key] if blank else next(it[key] for it in items if key in it)
     rows = []
     for it, flag in zip(items, has_image.tolist()):
-        t = it.get(key)
-        if not flag or t is None:
-            t = torch.zeros_like(ref)
-        elif t.shape != ref.shape:
-            raise ValueError(f"{key} shapes differ in a batch: {tuple(t.shape)} vs {tuple(ref.shape)} "
+        tensor = it.get(key) if flag else None
+        if tensor is None:
+            tensor = torch.zeros_like(ref)
+        elif tensor.shape != ref.shape:
+            raise ValueError(f"{key} shapes differ in a batch: {tuple(tensor.shape)} vs {tuple(ref.shape)} "
                              f"(meta {it.get('meta')})")
-        rows.append(t)
-    out["images" if key == "image" else "visual_tokens"] = torch.stack(rows)
+        rows.append(tensor)
+    out[VISUAL_KEYS[key]] = torch.stack(rows)
     return out
-
-
-def collate(items: Sequence[dict | None], tokenizer: Any, max_length: int = 512, *,
-            generate: bool = False) -> dict:
-    """One-off functional form of ``Collator``."""
-    return Collator(tokenizer, max_length, generate=generate)(items)

@@ -27,6 +27,7 @@ from data.coco import CaptionImage, CaptionSample
 from data.errors import ImageError
 from data.prompts import SCIENCEQA_FORMATS, CaptionTemplate, caption_example
 from data.scienceqa import ScienceQAProblem, build_example, problem_meta
+from mm_excitor.images import ImageReadError, open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,11 @@ class SkippedItem:
 
 
 def load_rgb(path: str | Path, record: str) -> Image.Image:
-    """Open an image fully and convert it to RGB (COCO has grayscale and CMYK files); errors name file and record."""
+    """The image as RGB (mm_excitor.vision.open_rgb); errors name the file and the record that refers to it."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise ImageError(path, record, "image file not found") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(path, record, f"cannot read image: {e}") from e
+        return open_rgb(path)
+    except ImageReadError as error:
+        raise ImageError(path, record, str(error)) from None
 
 
 class _VisualDataset(Dataset):
@@ -68,7 +65,7 @@ class _VisualDataset(Dataset):
         self.visual_features = visual_features
         self.on_bad_image = on_bad_image
         self.skipped: list[SkippedItem] = []
-        self._blank: torch.Tensor | None = None
+        self._blank: dict[str, torch.Tensor] | None = None
 
     def _check(self, record: str, path: Path | None, key: str | None) -> bool:
         """Up-front check of one image reference; True if usable. Raises or records per the policy."""
@@ -92,13 +89,12 @@ class _VisualDataset(Dataset):
             log.warning("%s: skipped %d item(s) whose image is missing: %s%s", what, len(self.skipped), shown, more)
 
     def _visual(self, record: str, path: Path | None, key: str | None) -> dict | None:
-        """``{"image": ...}`` or ``{"visual_tokens": ...}`` (zeros for a text-only item); None if skipped."""
+        """``{"image": ...}`` or ``{"visual_tokens": ...}``, nothing for a text-only item (the collator fills in
+        `blank()`), None if the image is skipped."""
+        if key is None:
+            return {}
         if self.visual_features is not None:
-            if key is None:
-                return {"visual_tokens": torch.zeros_like(self._any_feature())}
             return {"visual_tokens": self.visual_features[key]}
-        if path is None:
-            return {"image": torch.zeros_like(self._blank_image())}
         try:
             image = load_rgb(path, record)
         except ImageError as e:
@@ -108,15 +104,17 @@ class _VisualDataset(Dataset):
             return None
         return {"image": self.image_transform(image)}
 
-    def _any_feature(self) -> torch.Tensor:
-        for value in self.visual_features.values():
-            return value
-        raise ValueError("visual_features is empty: no shape for the zero tokens of a text-only item")
-
-    def _blank_image(self) -> torch.Tensor:
-        """The transform's output shape, learned once from a black image, for text-only rows."""
+    def blank(self) -> dict[str, torch.Tensor]:
+        """The zero input of a row without an image: ``{"image": zeros}`` (the transform's output shape, learned
+        once from a black image) or ``{"visual_tokens": zeros}`` (the cache's token shape)."""
         if self._blank is None:
-            self._blank = self.image_transform(Image.new("RGB", (224, 224)))
+            if self.visual_features is not None:
+                first = next(iter(self.visual_features.values()), None)
+                if first is None:
+                    raise ValueError("visual_features is empty: no shape for the zero tokens of a text-only item")
+                self._blank = {"visual_tokens": torch.zeros_like(first)}
+            else:
+                self._blank = {"image": torch.zeros_like(self.image_transform(Image.new("RGB", (224, 224))))}
         return self._blank
 
 
@@ -176,7 +174,7 @@ class CaptionEvalDataset(_VisualDataset):
 
 
 class ScienceQADataset(_VisualDataset):
-    """ScienceQA items in prompt format ``fmt``; text-only questions get ``has_image=False`` and a zero image.
+    """ScienceQA items in prompt format ``fmt``; text-only questions get ``has_image=False`` and no image.
     ``target`` is always present (the trainer uses it; the evaluator may ignore it)."""
 
     def __init__(self, problems: Sequence[ScienceQAProblem], *, fmt: str = "QCM-A",
@@ -218,5 +216,4 @@ class ImageBlind(Dataset):
         item = self.dataset[index]
         if item is None:
             return None
-        visual = {k: torch.zeros_like(item[k]) for k in ("image", "visual_tokens") if k in item}
-        return {**item, **visual, "has_image": False}
+        return {**{k: v for k, v in item.items() if k not in ("image", "visual_tokens")}, "has_image": False}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 
 
@@ -21,20 +22,24 @@ class ImageError(DataError):
 
 
 class LeakageError(DataError):
-    """A training set contains images of the evaluation (Karpathy test) split."""
+    """A training set contains held-out images (Karpathy test, or the validation/evaluation sets in use), or an
+    evaluation set would come from training data."""
 
 
-def read_json(path: str | Path) -> object:
-    """Load a JSON file, turning a missing file or a syntax error into a DataError that names the file."""
-    import json
+class UnsafePathError(DataError):
+    """An image path in an annotation file that is absolute or leaves its image root (``../../etc/passwd``)."""
 
-    path = Path(path)
-    try:
-        with path.open("r", encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"line {e.lineno} column {e.colno}", f"malformed JSON: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"byte {e.start}", "not UTF-8 text") from None
+
+def image_under_root(image_root: str | Path, parts: tuple[str, ...], file: str | Path, record: object) -> Path:
+    """``image_root / parts[0] / parts[1] ...``, refused when a part is absolute or the path leaves the root.
+
+    The check is on the path the annotation file spells, normalised (``a/../..`` leaves, ``a/../b`` does not), not on
+    the resolved file: the annotation controls the string, while symlinks under the root are the user's own layout
+    (COCO folders linked in from a shared disk) and must keep working, as must a symlinked root.
+    """
+    key = "/".join(parts)
+    normal = posixpath.normpath(key)
+    if posixpath.isabs(key) or any(posixpath.isabs(p) for p in parts) or normal == ".." or normal.startswith("../"):
+        raise UnsafePathError(file, record, f"image path {key!r} is outside the image root {image_root}; "
+                              "annotation paths must be relative and stay under the root")
+    return Path(image_root) / key

@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.errors import DataError, read_json
+from data.errors import DataError
+from mm_excitor.io import read_json
 
 PARAPHRASE_DIR = Path(__file__).resolve().parent / "delia"
 SPLITS = ("train", "eval")

@@ -1,14 +1,10 @@
-"""A deterministic, rank-sharded sampler that resumes mid-epoch exactly.
+"""A deterministic, rank-sharded sampler whose epoch order can be restored exactly.
 
 Semantics follow ``torch.utils.data.DistributedSampler`` (permutation from ``seed + epoch``; padding by repeating
-the first indices, or dropping the tail with ``drop_last``; rank r takes every world_size-th index from r), plus a
-position inside the epoch that ``state_dict``/``load_state_dict`` carry, so the items after a resume are exactly
-those an uninterrupted run would have seen.
-
-Resuming needs the number of items the training loop has *consumed*, which is not what the sampler has yielded
-when a DataLoader prefetches: either take ``state_dict()`` when the epoch's iterator starts and skip the consumed
-indices on resume (what mm_excitor's trainer does), or pass ``state_dict(consumed=step_in_epoch * batch_size)``
-from the loop (per rank). Resume with ``set_epoch(e)`` (optional) then ``load_state_dict(state)``.
+the first indices, or dropping the tail with ``drop_last``; rank r takes every world_size-th index from r), plus
+a plain-type ``state_dict`` that a later process loads to get the same epoch's order. Resuming mid-epoch is the
+training loop's job (mm_excitor.train.batches): it records the state when the epoch starts and skips the indices
+it consumed, which stays exact when DataLoader workers prefetch ahead of the loop.
 """
 
 from __future__ import annotations
@@ -35,12 +31,10 @@ class ResumableSampler(Sampler[int]):
             self.num_samples = math.ceil(num_items / world_size)
         self.total_size = self.num_samples * world_size
         self.epoch = 0
-        self.position = 0  # items of this rank's epoch already yielded (or consumed, after load_state_dict)
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its beginning on the next ``__iter__`` (call ``load_state_dict`` after it to
-        resume mid-epoch), as the trainer's sampler protocol (mm_excitor/train/batches.py) expects."""
-        self.epoch, self.position = epoch, 0
+        """The epoch whose order the next ``__iter__`` yields from its beginning."""
+        self.epoch = epoch
 
     def indices(self, epoch: int | None = None) -> list[int]:
         """This rank's full index list for an epoch (default: the current one)."""
@@ -59,36 +53,21 @@ class ResumableSampler(Sampler[int]):
         return order[self.rank: self.total_size: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
-        if self.position >= self.num_samples:  # a finished epoch iterated again without set_epoch
-            self.position = 0
-        order = self.indices()
-        while self.position < self.num_samples:
-            i = order[self.position]
-            self.position += 1
-            yield i
+        return iter(self.indices())
 
     def __len__(self) -> int:
         """Items per rank in a full epoch (the DistributedSampler meaning)."""
         return self.num_samples
 
-    def state_dict(self, consumed: int | None = None) -> dict:
-        """Plain-type state. ``consumed``: items of the current epoch the loop has actually used on this rank;
-        defaults to what the sampler has yielded, which runs ahead under DataLoader prefetching."""
-        position = self.position if consumed is None else int(consumed)
-        if not 0 <= position <= self.num_samples:
-            raise ValueError(f"consumed={position} outside 0..{self.num_samples}")
-        return {"epoch": self.epoch, "position": position, "seed": self.seed, "num_items": self.num_items,
-                "world_size": self.world_size, "rank": self.rank, "shuffle": self.shuffle,
-                "drop_last": self.drop_last}
+    def state_dict(self) -> dict:
+        """Plain-type state: the epoch, and what must match for its order to be the same."""
+        return {"epoch": self.epoch, "seed": self.seed, "num_items": self.num_items, "world_size": self.world_size,
+                "rank": self.rank, "shuffle": self.shuffle, "drop_last": self.drop_last}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore epoch and position; refuses a state from a different data size, seed or sharding, which could
-        not resume exactly."""
+        """Restore the epoch; refuses a state from a different data size, seed or sharding, whose order differs."""
         for key in ("seed", "num_items", "world_size", "shuffle", "drop_last"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has "
                                  f"{getattr(self, key)!r}: cannot resume exactly")
-        position = int(state["position"])
-        if not 0 <= position <= self.num_samples:
-            raise ValueError(f"sampler state position {position} outside 0..{self.num_samples}")
-        self.epoch, self.position = int(state["epoch"]), position
+        self.epoch = int(state["epoch"])

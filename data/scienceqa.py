@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.errors import DataError, read_json
+from data.errors import DataError, image_under_root
 from data.prompts import OPTION_LETTERS, SCIENCEQA_FORMATS, scienceqa_example
+from mm_excitor.io import read_json
 
 SPLITS = ("train", "val", "test", "trainval", "minitrain", "minival", "minitest")
 # The problem-level ``split`` field each split name may contain; images live under that folder.
@@ -64,6 +65,24 @@ def load_scienceqa(root: str | Path, split: str, image_root: str | Path | None =
     root = Path(root)
     image_root = root / "images" if image_root is None else Path(image_root)
     splits_file, problems_file = root / "pid_splits.json", root / "problems.json"
+    pids = read_split_ids(splits_file, split)
+    problems = read_json(problems_file)
+    if not isinstance(problems, dict):
+        raise DataError(problems_file, None, "expected an object {pid: problem}")
+    out = []
+    for pid in pids:
+        if pid not in problems:
+            raise DataError(splits_file, f"split {split!r} pid {pid}", "pid is not in problems.json")
+        problem = parse_problem(pid, problems[pid], problems_file, image_root)
+        if split in _BASE_SPLITS and problem.split not in _BASE_SPLITS[split]:
+            raise DataError(problems_file, f"pid {pid}",
+                            f"listed in split {split!r} of pid_splits.json but its own split is {problem.split!r}")
+        out.append(problem)
+    return out
+
+
+def read_split_ids(splits_file: str | Path, split: str) -> list[str]:
+    """The problem ids of ``split`` in ``pid_splits.json``, in file order, as strings (the keys of problems.json)."""
     pid_splits = read_json(splits_file)
     if not isinstance(pid_splits, dict):
         raise DataError(splits_file, None, "expected an object {split: [pid, ...]}")
@@ -73,20 +92,7 @@ def load_scienceqa(root: str | Path, split: str, image_root: str | Path | None =
     pids = pid_splits[split]
     if not isinstance(pids, list):
         raise DataError(splits_file, f"split {split!r}", "expected a list of problem ids")
-    problems = read_json(problems_file)
-    if not isinstance(problems, dict):
-        raise DataError(problems_file, None, "expected an object {pid: problem}")
-    out = []
-    for pid in pids:
-        pid = str(pid)
-        if pid not in problems:
-            raise DataError(splits_file, f"split {split!r} pid {pid}", "pid is not in problems.json")
-        problem = parse_problem(pid, problems[pid], problems_file, image_root)
-        if split in _BASE_SPLITS and problem.split not in _BASE_SPLITS[split]:
-            raise DataError(problems_file, f"pid {pid}",
-                            f"listed in split {split!r} of pid_splits.json but its own split is {problem.split!r}")
-        out.append(problem)
-    return out
+    return [str(pid) for pid in pids]
 
 
 def parse_problem(pid: str, record: object, file: str | Path, image_root: str | Path) -> ScienceQAProblem:
@@ -116,10 +122,11 @@ def parse_problem(pid: str, record: object, file: str | Path, image_root: str | 
     image = record["image"]
     if image is not None and not isinstance(image, str):
         raise DataError(file, rec, f"'image' must be a file name or null, got {image!r}")
-    key = f"{record['split']}/{pid}/{image}" if image else None
+    parts = (record["split"], pid, image) if image else None
     return ScienceQAProblem(
         pid=pid, question=record["question"], choices=list(choices), answer=answer, hint=record["hint"],
-        image_path=Path(image_root) / key if key else None, image_key=key,
+        image_path=image_under_root(image_root, parts, file, rec) if parts else None,
+        image_key="/".join(parts) if parts else None,
         subject=record["subject"], grade=record["grade"], topic=record["topic"], category=record["category"],
         lecture=record["lecture"], solution=record["solution"], split=record["split"],
     )
@@ -141,5 +148,5 @@ def problem_meta(problem: ScienceQAProblem) -> dict:
     }
 
 
-__all__ = ["SPLITS", "SCIENCEQA_FORMATS", "ScienceQAProblem", "load_scienceqa", "parse_problem", "build_example",
-           "problem_meta"]
+__all__ = ["SPLITS", "SCIENCEQA_FORMATS", "ScienceQAProblem", "load_scienceqa", "read_split_ids", "parse_problem",
+           "build_example", "problem_meta"]

@@ -13,17 +13,20 @@ import argparse
 import dataclasses
 import random
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from data.shapes_formats import (SPLITS, CaptionedImage, coco_image_dir, write_coco, write_json_atomic,
+from data.shapes_formats import (SPLITS, CaptionedImage, coco_image_dir, write_coco,
                                  write_scienceqa)
 from data.shapes_questions import AnswerSlots, knowledge_question, scene_question, to_problem
 from data.shapes_scene import (PALETTE, SHAPES, SIZES, ShapesConfig, caption_scene, count_phrase, describe_scene,
                                item_rng, render_scene, sample_scene)
+from mm_excitor.cli import run_cli
+from mm_excitor.io import atomic_write_json
 
 __all__ = ["ShapesConfig", "ShapesManifest", "generate_shapes_dataset", "main"]
 
@@ -79,7 +82,7 @@ def generate_shapes_dataset(out_dir: Path | str, config: ShapesConfig, *, overwr
         coco = _generate_coco(root / "coco", config, bar)
         scienceqa = _generate_scienceqa(root / "scienceqa", config, bar)
     manifest = ShapesManifest(root=root, config=config, **coco, **scienceqa)
-    write_json_atomic(root / "manifest.json", manifest.to_json(), indent=2)
+    atomic_write_json(root / "manifest.json", manifest.to_json())
     return manifest
 
 
@@ -183,21 +186,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        config = ShapesConfig(
-            num_images=args.num_images, seed=args.seed, image_size=args.image_size,
-            captions_per_image=args.captions_per_image, num_questions=args.num_questions,
-            val_fraction=args.val_fraction, test_fraction=args.test_fraction, difficulty=args.difficulty,
-            max_objects=args.max_objects, colours=tuple(args.colours.split(",")),
-            shapes=tuple(args.shapes.split(",")), sizes=tuple(args.sizes.split(",")),
-            background_noise=args.background_noise)
-        manifest = generate_shapes_dataset(args.out, config, overwrite=args.overwrite, progress=not args.no_progress)
-    except (ValueError, FileExistsError) as error:
-        parser.error(str(error))
+    config = ShapesConfig(
+        num_images=args.num_images, seed=args.seed, image_size=args.image_size,
+        captions_per_image=args.captions_per_image, num_questions=args.num_questions,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, difficulty=args.difficulty,
+        max_objects=args.max_objects, colours=tuple(args.colours.split(",")),
+        shapes=tuple(args.shapes.split(",")), sizes=tuple(args.sizes.split(",")),
+        background_noise=args.background_noise)
+    manifest = generate_shapes_dataset(args.out, config, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"wrote {manifest.root}: {sum(manifest.images_per_split.values())} caption images "
           f"({manifest.captions} captions), {sum(manifest.questions_per_split.values())} questions; "
           f"see {manifest.root / 'manifest.json'}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, sys.argv[1:]))

@@ -7,13 +7,12 @@ file behind for a reader to trip over.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from mm_excitor.io import atomic_write_json
 
 SPLITS = ("train", "val", "test")
 # The official files are named like COCO 2014 (captions_val2014.json, images in val2014/), the convention that
@@ -31,19 +30,6 @@ class CaptionedImage:
 
 def coco_image_dir(split: str) -> str:
     return f"{split}{COCO_YEAR}"
-
-
-def write_json_atomic(path: Path, value: object, indent: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(value, handle, indent=indent, separators=(",", ": ") if indent else (",", ":"))
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def karpathy_tokens(caption: str) -> list[str]:
@@ -76,11 +62,11 @@ def write_coco(root: Path, images: Sequence[CaptionedImage], image_size: int) ->
                                       for i, raw in zip(sentids, image.captions)]
         sentid += len(image.captions)
     karpathy_path = root / "dataset_coco.json"
-    write_json_atomic(karpathy_path, {"images": karpathy, "dataset": "coco"})
+    atomic_write_json(karpathy_path, {"images": karpathy, "dataset": "coco"}, indent=None)
     official_paths = {}
     for split, content in official.items():
         official_paths[split] = root / "annotations" / f"captions_{coco_image_dir(split)}.json"
-        write_json_atomic(official_paths[split], content)
+        atomic_write_json(official_paths[split], content, indent=None)
     return karpathy_path, official_paths
 
 
@@ -97,6 +83,6 @@ def pid_splits(splits: dict[str, list[str]], mini_fraction: float = 0.1) -> dict
 def write_scienceqa(root: Path, problems: dict[str, dict], splits: dict[str, list[str]]) -> tuple[Path, Path]:
     """Write ``problems.json`` and ``pid_splits.json``; return their paths."""
     problems_path, splits_path = root / "problems.json", root / "pid_splits.json"
-    write_json_atomic(problems_path, problems)
-    write_json_atomic(splits_path, pid_splits(splits))
+    atomic_write_json(problems_path, problems, indent=None)
+    atomic_write_json(splits_path, pid_splits(splits), indent=None)
     return problems_path, splits_path

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.files import format_ids, read_json, write_json_atomic
+from mm_excitor.cli import format_ids
+from mm_excitor.io import atomic_write_json, read_json
 
 
 def load_references(path: Path) -> dict[int, list[str]]:
@@ -61,5 +62,5 @@ def write_results(results: Sequence[dict], path: Path) -> None:
             raise ValueError(f"duplicate image_id {image_id} in the results")
         seen.add(image_id)
         rows.append({"image_id": image_id, "caption": caption})
-    write_json_atomic(rows, path, indent=None)
+    atomic_write_json(path, rows, indent=None)
 

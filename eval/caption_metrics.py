@@ -5,24 +5,28 @@ its install folder and, with `params['image_id']` narrowed, silently scores a su
 individually on the same PTB tokens: BLEU-1..4, METEOR, ROUGE-L and CIDEr (pycocoevalcap's CIDEr is CIDEr-D),
 SPICE only on request. A results file must cover every reference image unless `allow_subset` is given, because
 CIDEr's IDF is computed over the scored images: a subset score is a different number, and is marked as one.
+
+Order of work, so that scoring takes no longer than `COCOEvalCap` itself: METEOR, the critical path (seconds to load
+its paraphrase table, then seconds to score), starts first in a helper process (eval/meteor.py) and loads while the
+captions are tokenised, then scores them while BLEU, ROUGE-L and CIDEr run here. `COCOEvalCap` starts it after
+tokenising and runs every scorer in turn.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
-from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
 from eval.caption_files import load_references, load_results
-from eval.files import format_ids
+from mm_excitor.cli import format_ids
 from eval.java import require_java
+from eval.meteor import MeteorProcess
 from eval.ptb_tokenizer import ptb_tokenize
 from eval.spice import require_spice_jars, spice_score
 
@@ -63,7 +67,7 @@ def score_captions(
 
     Duplicated image ids are an error, not silently deduplicated: which of two captions to keep changes the score,
     and a duplicate usually means shards were concatenated twice. `workdir` (default: the system temp dir) holds
-    the tokenizer's and SPICE's temporary files; a fresh subdirectory is used and removed.
+    the tokenizer's, METEOR's and SPICE's temporary files; a fresh subdirectory is used and removed.
     """
     java = require_java()
     if spice:
@@ -74,10 +78,11 @@ def score_captions(
     image_ids = [i for i in refs if i in captions]  # the GT order, which is pycocoevalcap's order
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="caption-eval-", dir=workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="caption-eval-", dir=workdir) as tmp, MeteorProcess(Path(tmp)) as meteor:
         gts = ptb_tokenize({i: refs[i] for i in image_ids}, Path(tmp))
         res = ptb_tokenize({i: [captions[i]] for i in image_ids}, Path(tmp))
-        metrics, per_image = _run_scorers(gts, res, spice=spice, workdir=Path(tmp))
+        meteor.submit(gts, res)
+        metrics, per_image = _run_scorers(gts, res, meteor, spice=spice, workdir=Path(tmp))
     return CaptionScores(
         metrics=metrics,
         per_image=per_image,
@@ -90,43 +95,19 @@ def score_captions(
 
 
 def _run_scorers(
-    gts: dict[int, list[str]], res: dict[int, list[str]], *, spice: bool, workdir: Path
+    gts: dict[int, list[str]], res: dict[int, list[str]], meteor: MeteorProcess, *, spice: bool, workdir: Path
 ) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
-    """Run each pycocoevalcap scorer once on the tokenised captions, as COCOEvalCap.evaluate does."""
-    metrics: dict[str, float] = {}
-    per_image: dict[int, dict[str, float]] = {i: {} for i in gts}
-
-    def record(name: str, score: float, scores: Sequence[float]) -> None:
-        metrics[name] = float(score)
-        for image_id, s in zip(gts, scores):
-            per_image[image_id][name] = float(s)
-
+    """Run each pycocoevalcap scorer once on the tokenised captions, as COCOEvalCap.evaluate does, while `meteor`
+    (already submitted) works in its own process; results are recorded in COCOEvalCap's metric order."""
     bleu, bleu_per_image = Bleu(4).compute_score(gts, res, verbose=0)
-    for n in range(4):
-        record(f"Bleu_{n + 1}", bleu[n], bleu_per_image[n])
-    with _meteor() as meteor:
-        record("METEOR", *meteor.compute_score(gts, res))
-    record("ROUGE_L", *Rouge().compute_score(gts, res))
-    record("CIDEr", *Cider().compute_score(gts, res))
+    scored = [(f"Bleu_{n + 1}", bleu[n], bleu_per_image[n]) for n in range(4)]
+    rouge, cider = Rouge().compute_score(gts, res), Cider().compute_score(gts, res)
+    scored += [("METEOR", *meteor.result()), ("ROUGE_L", *rouge), ("CIDEr", *cider)]
     if spice:
-        record("SPICE", *spice_score(gts, res, workdir))
+        scored.append(("SPICE", *spice_score(gts, res, workdir)))
+    metrics = {name: float(score) for name, score, _ in scored}
+    per_image = {image_id: {name: float(scores[k]) for name, _, scores in scored} for k, image_id in enumerate(gts)}
     return metrics, per_image
-
-
-@contextmanager
-def _meteor() -> Iterator[Meteor]:
-    """pycocoevalcap's METEOR keeps a Java process alive until garbage collection; stop it when we are done."""
-    meteor = Meteor()
-    try:
-        yield meteor
-    finally:
-        proc = meteor.meteor_p
-        with meteor.lock:
-            proc.stdin.close()
-            proc.kill()
-            proc.wait()
-            proc.stdout.close()
-            proc.stderr.close()
 
 
 def _check_references(references: Mapping[int, Sequence[str]]) -> dict[int, list[str]]:

@@ -16,40 +16,24 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-import torch.distributed
+from mm_excitor.generation import Decoding
+from mm_excitor.io import atomic_write_json, read_json
 
-from data.collate import stack_visual
-from eval.files import read_json, write_json_atomic
+if TYPE_CHECKING:  # scoring imports this module for read_generation_meta: no torch at import time
+    import torch
 
-
-@dataclass(frozen=True)
-class Decoding:
-    """What the outputs depend on besides the model; reported with every score. Greedy output can change with
-    the batch size through padding, so it is part of the protocol."""
-
-    batch_size: int
-    num_beams: int
-    max_new_tokens: int
-    min_new_tokens: int
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.num_beams < 1 or self.max_new_tokens < 1:
-            raise ValueError(f"batch_size, num_beams and max_new_tokens must be >= 1: {self}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens]: {self}")
+    from data.collate import Collator
 
 
 class GenerativeModel(Protocol):
-    """The part of mm_excitor's multimodal model that evaluation uses (docs/interfaces.md)."""
+    """The part of a method's model that evaluation uses (mm_excitor.multimodal.VisionLanguageModel.generate)."""
 
-    def generate(self, prompts: list[str], images: torch.Tensor | None = None,
-                 visual_tokens: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                 max_new_tokens: int = 30, num_beams: int = 1, min_new_tokens: int = 0) -> list[str]: ...
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None = None,
+                 visual_tokens: torch.Tensor | None = None, has_image: torch.Tensor | None = None, *,
+                 decoding: Decoding) -> list[str]: ...
 
 
 class EvalDataset(Protocol):
@@ -77,6 +61,7 @@ def meta_path(output: Path) -> Path:
 def generate_outputs(
     model: GenerativeModel,
     dataset: EvalDataset,
+    collator: Collator,
     *,
     task: str,
     id_key: str,
@@ -90,7 +75,7 @@ def generate_outputs(
 ) -> Path | None:
     """Generate this rank's shard, then merge if this call completes the set; return `output` if it merged.
 
-    `id_key` names the id in `item["meta"]` (image_id, pid); `write_output` turns the merged records
+    Prompts are batched by `collator.prompts` (the task's own tokenisation and truncation, left-padded). `id_key` names the id in `item["meta"]` (image_id, pid); `write_output` turns the merged records
     (`{"index", "id", "prompt", "text"}`, in dataset order) into the task's official file. `source` (JSON-able:
     e.g. the adapter's fingerprint and the split) joins the decoding settings in the part header, so resuming
     from parts made by another checkpoint is refused like resuming with other settings; it is copied to the meta.
@@ -102,7 +87,7 @@ def generate_outputs(
     done.unlink(missing_ok=True)
     if not resume:
         part.unlink(missing_ok=True)
-    header = {"task": task, "decoding": asdict(decoding)}
+    header = {"task": task, "decoding": decoding.as_dict()}
     if source is not None:
         header["source"] = dict(source)
     finished = _resume_part(part, header)
@@ -124,11 +109,11 @@ def generate_outputs(
             finished.add(item_id)
             batch.append((index, item))
             if len(batch) == decoding.batch_size:
-                _append(f, _generate_batch(model, batch, id_key, decoding))
+                _append(f, _generate_batch(model, collator, batch, id_key, decoding))
                 batch = []
         if batch:
-            _append(f, _generate_batch(model, batch, id_key, decoding))
-    write_json_atomic({"world_size": world_size, "n_items": len(dataset), "n_skipped": skipped}, done)
+            _append(f, _generate_batch(model, collator, batch, id_key, decoding))
+    atomic_write_json(done, {"world_size": world_size, "n_items": len(dataset), "n_skipped": skipped})
     if dist is not None:
         dist.barrier()
         if rank != 0:
@@ -139,12 +124,6 @@ def generate_outputs(
                        write_output=write_output, source=source)
 
 
-def eval_dir(output_dir: str | Path, step: int) -> Path:
-    """Where a training run's own evaluation of its step-`step` weights goes: one folder per step, so that a run
-    extended by resuming evaluates its new weights instead of resuming the old weights' outputs."""
-    return Path(output_dir) / "eval" / f"step-{step}"
-
-
 def merge_parts(
     output: Path, *, task: str, decoding: Decoding, world_size: int, n_items: int,
     write_output: Callable[[list[dict], Path], None], source: Mapping[str, Any] | None = None,
@@ -153,8 +132,8 @@ def merge_parts(
     records: list[dict] = []
     for r in range(world_size):
         header, rows = _read_part(part_path(output, r))
-        if header is not None and header["decoding"] != asdict(decoding):
-            raise ValueError(f"{part_path(output, r)} was generated with {header['decoding']}, not {asdict(decoding)}")
+        if header is not None and header["decoding"] != decoding.as_dict():
+            raise ValueError(f"{part_path(output, r)} was generated with {header['decoding']}, not {decoding.as_dict()}")
         if header is not None and header.get("source") != (None if source is None else dict(source)):
             raise ValueError(f"{part_path(output, r)} was generated from {header.get('source')}, not {source}")
         records.extend(rows)
@@ -163,9 +142,9 @@ def merge_parts(
     for rec in records:
         merged.setdefault(rec["id"], rec)
     write_output(list(merged.values()), output)
-    write_json_atomic({
+    atomic_write_json(meta_path(output), {
         "task": task,
-        "decoding": asdict(decoding),
+        "decoding": decoding.as_dict(),
         "world_size": world_size,
         "n_items": n_items,
         "n_outputs": len(merged),
@@ -173,21 +152,19 @@ def merge_parts(
         "n_skipped_items": sum(read_json(done_path(output, r))["n_skipped"] for r in range(world_size)),
         "parts": [part_path(output, r).name for r in range(world_size)],
         **({"source": dict(source)} if source is not None else {}),
-    }, meta_path(output))
+    })
     return output
 
 
 def _generate_batch(
-    model: GenerativeModel, batch: list[tuple[int, Mapping[str, Any]]], id_key: str, decoding: Decoding
+    model: GenerativeModel, collator: Collator, batch: list[tuple[int, Mapping[str, Any]]], id_key: str,
+    decoding: Decoding,
 ) -> list[dict]:
     items = [item for _, item in batch]
-    prompts = [item["prompt"] for item in items]
-    visual = stack_visual(items)  # the collator's stacking: zeros where has_image is False
-    texts = model.generate(prompts, images=visual.get("images"), visual_tokens=visual.get("visual_tokens"),
-                           has_image=visual["has_image"], max_new_tokens=decoding.max_new_tokens,
-                           num_beams=decoding.num_beams, min_new_tokens=decoding.min_new_tokens)
-    if len(texts) != len(prompts):
-        raise RuntimeError(f"model.generate returned {len(texts)} texts for {len(prompts)} prompts")
+    prompts = collator.prompts(items)
+    texts = model.generate(**prompts.inputs, decoding=decoding)
+    if len(texts) != len(items):
+        raise RuntimeError(f"model.generate returned {len(texts)} texts for {len(items)} prompts")
     return [{"index": index, "id": item["meta"][id_key], "prompt": item["prompt"], "text": text.strip()}
             for (index, item), text in zip(batch, texts)]
 
@@ -245,7 +222,8 @@ def _distributed(rank: int, world_size: int) -> Any:
     """torch.distributed when it is initialised (then rank/world_size must agree with it), else None."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    dist = torch.distributed
+    import torch.distributed as dist
+
     if not (dist.is_available() and dist.is_initialized()):
         return None
     if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):

@@ -12,7 +12,7 @@ INSTALL_HINT = (
 )
 
 
-class JavaNotFoundError(RuntimeError):
+class JavaNotFoundError(OSError):
     """`java` is missing or does not run, so caption scoring cannot start."""
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pycocoevalcap.tokenizer import ptbtokenizer as _ptb
 
-from eval.files import format_ids
+from mm_excitor.cli import format_ids
 
 CORENLP_JAR = Path(_ptb.__file__).resolve().with_name(_ptb.STANFORD_CORENLP_3_4_1_JAR)
 

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from eval.caption_metrics import CaptionScores
-from eval.files import write_json_atomic, write_text_atomic
-from eval.scienceqa_metrics import ScienceQAScores, format_percent
+from eval.scienceqa_metrics import ScienceQAScores, format_percent, unparsed_note
+from mm_excitor.io import atomic_write_json, atomic_write_text
 
 CIDER_NOTE = "CIDEr is pycocoevalcap's CIDEr-D (sigma 6, clipped, IDF over the scored images)"
 
@@ -32,7 +32,7 @@ def write_caption_report(
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"caption_{name}" for name in ("scores.json", "scores.md", "per_image.json")}
     banner = subset_banner(scores.subset, scores.coverage, "images")
-    write_json_atomic({
+    atomic_write_json(paths["scores.json"], {
         "subset": scores.subset,
         "coverage": scores.coverage,
         "banner": banner,
@@ -45,20 +45,20 @@ def write_caption_report(
         "java": scores.java,
         "sources": dict(sources),
         "per_image_file": paths["per_image.json"].name,
-    }, paths["scores.json"])
-    write_json_atomic({
+    })
+    atomic_write_json(paths["per_image.json"], {
         "subset": scores.subset,
         "coverage": scores.coverage,
         "images": [{"image_id": i, "caption": scores.captions[i], **s} for i, s in scores.per_image.items()],
-    }, paths["per_image.json"])
+    })
     title = "Caption scores" + (f" (SUBSET {scores.coverage})" if scores.subset else "")
     rows = "\n".join(f"| {name} | {100 * value:.2f} |" for name, value in scores.metrics.items())
-    write_text_atomic("\n".join([
+    atomic_write_text(paths["scores.md"], "\n".join([
         f"# {title}", "", f"**{banner}.**", "",
         "| metric | score (x100) |", "| --- | --- |", rows, "",
         f"{CIDER_NOTE}. Per-image scores: `{paths['per_image.json'].name}`.", "",
         *_decoding_section(decoding), *_sources_section(sources, scores.java),
-    ]), paths["scores.md"])
+    ]))
     return paths
 
 
@@ -69,7 +69,8 @@ def write_scienceqa_report(
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"scienceqa_{name}" for name in ("scores.json", "scores.md")}
     banner = subset_banner(scores.subset, scores.coverage, "questions")
-    write_json_atomic({
+    note = unparsed_note(scores.unparsed_policy, scores.seed)
+    atomic_write_json(paths["scores.json"], {
         "subset": scores.subset,
         "coverage": scores.coverage,
         "banner": banner,
@@ -78,14 +79,18 @@ def write_scienceqa_report(
         "counts": {k: {"correct": a.correct, "n": a.n} for k, a in scores.categories.items()},
         "topics": {k: {"accuracy": a.percent, "correct": a.correct, "n": a.n} for k, a in scores.topics.items()},
         "n_unparsed": scores.n_unparsed,
+        "unparsed": {"policy": scores.unparsed_policy, "seed": scores.seed, "n": scores.n_unparsed, "note": note},
+        "split_size": {"n": scores.n_split, "from": scores.split_file or "problems.json split field (unchecked)"},
+        "warnings": list(scores.warnings),
         "decoding": dict(decoding) if decoding is not None else None,
         "sources": dict(sources),
-    }, paths["scores.json"])
+    })
     title = f"ScienceQA {scores.split} accuracy" + (f" (SUBSET {scores.coverage})" if scores.subset else "")
-    write_text_atomic("\n".join([
+    atomic_write_text(paths["scores.md"], "\n".join([
         f"# {title}", "", f"**{banner}.**", "",
-        f"Unparsed answers (counted wrong): {scores.n_unparsed}. TXT and IMG overlap: a question with both a hint "
-        "and an image counts in each.", "",
+        *(f"**Warning: {w}.**\n" for w in scores.warnings),
+        f"Unparsed answers: {scores.n_unparsed}. {note} TXT and IMG overlap: a question with both a hint and an "
+        "image counts in each.", "",
         "| " + " | ".join(scores.categories) + " |",
         "|" + " --- |" * len(scores.categories),
         "| " + " | ".join(format_percent(a.percent) for a in scores.categories.values()) + " |",
@@ -93,7 +98,7 @@ def write_scienceqa_report(
         "## Per topic", "", "| topic | accuracy | correct/n |", "| --- | --- | --- |",
         *(f"| {t} | {format_percent(a.percent)} | {a.correct}/{a.n} |" for t, a in scores.topics.items()), "",
         *_decoding_section(decoding), *_sources_section(sources, None),
-    ]), paths["scores.md"])
+    ]))
     return paths
 
 

@@ -3,6 +3,7 @@
     python -m eval.scienceqa generate --config runs/x --output answers.jsonl [--checkpoint DIR] [--score]
     torchrun --nproc_per_node 8 -m eval.scienceqa generate --config runs/x --output answers.jsonl
     python -m eval.scienceqa score --predictions P --problems problems.json --split test --out DIR
+        [--pid-splits pid_splits.json] [--unparsed wrong|random --seed 0]
 
 P is either generations as JSON lines (`question_id` or `pid`, and `text`: LLaVA's answer file) or
 `{"results": {pid: index}}` (the official scorer's input).
@@ -16,45 +17,22 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.files import read_json, write_jsonl_atomic
-from mm_excitor.checkpoint import adapter_fingerprint
-from eval.generation import Decoding, EvalDataset, GenerativeModel, generate_outputs, read_generation_meta
-from eval.loading import LoadedRun, add_generate_parser, generate_command
+from data.scienceqa import read_split_ids
+from eval.cli import add_generate_parser, generate
+from mm_excitor.io import atomic_write_jsonl, read_json
+from eval.generation import read_generation_meta
 from eval.report import subset_banner, write_scienceqa_report
 from eval.scienceqa_metrics import (
-    ScienceQAInputError, extract_answer, format_official, score_scienceqa, write_official_results,
+    UNPARSED_POLICIES, ScienceQAInputError, extract_answer, format_official, score_scienceqa, unparsed_note,
+    write_official_results,
 )
+from mm_excitor.cli import run_cli
 
 
-def generate_answers(
-    model: GenerativeModel,
-    dataset: EvalDataset,
-    *,
-    batch_size: int,
-    num_beams: int,
-    max_new_tokens: int,
-    min_new_tokens: int,
-    output: Path,
-    resume: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
-    source: dict | None = None,
-) -> Path | None:
-    """Answer every item (`meta["pid"]`) into `output`, JSON lines `{"question_id", "prompt", "text"}`.
-
-    The raw text is kept and the letter is extracted at scoring time, so a better extractor needs no new run.
-    Returns `output` on the call that merged the shards, None on the others; see eval.generation (and
-    generate_captions for `source`).
-    """
-    return generate_outputs(
-        model, dataset, task="scienceqa", id_key="pid",
-        decoding=Decoding(batch_size, num_beams, max_new_tokens, min_new_tokens),
-        output=output, write_output=_write_answers, resume=resume, rank=rank, world_size=world_size, source=source,
-    )
-
-
-def _write_answers(records: list[dict], output: Path) -> None:
-    write_jsonl_atomic(({"question_id": r["id"], "prompt": r["prompt"], "text": r["text"]} for r in records), output)
+def write_answers(records: list[dict], output: Path) -> None:
+    """LLaVA's answer file from merged generation records: JSON lines `{"question_id", "prompt", "text"}`. The raw
+    text is kept and the letter is extracted at scoring time, so a better extractor needs no new run."""
+    atomic_write_jsonl(output, ({"question_id": r["id"], "prompt": r["prompt"], "text": r["text"]} for r in records))
 
 
 def load_predictions(path: Path, problems: Mapping[str, Mapping]) -> tuple[dict[str, int], dict[str, str | None]]:
@@ -111,78 +89,70 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--split", default="test")
     score.add_argument("--allow-subset", action="store_true",
                        help="score only the predicted questions; every output is marked SUBSET n/N")
+    score.add_argument("--pid-splits", type=Path, default=None,
+                       help="ScienceQA pid_splits.json: the split's questions and size (default: next to --problems, "
+                       "if present; without it the split is problems.json's `split` field and its size is unchecked)")
+    score.add_argument("--unparsed", choices=UNPARSED_POLICIES, default="wrong",
+                       help="unparsed answers: 'wrong' (LLaVA's scorer, default) or 'random' (a seeded random option, "
+                       "the ScienceQA authors' run_gpt3.py)")
+    score.add_argument("--seed", type=int, default=0, help="seed of --unparsed random")
     score.add_argument("--decoding", type=Path, default=None,
                        help="generation metadata JSON (default: P.meta.json next to the predictions, if present)")
     score.add_argument("--out", type=Path, required=True, help="report directory")
-    add_generate_parser(sub, "scienceqa", help="answer a split with a trained checkpoint (LLaVA-style answer file)")
+    add_generate_parser(sub, help="answer a split with a trained checkpoint (LLaVA-style answer file)")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
-        return generate_command(args, "scienceqa", generate_answers, _score_generated)
-    try:
-        score_predictions_file(args.predictions, args.problems, args.out, split=args.split,
-                               allow_subset=args.allow_subset, decoding_file=args.decoding)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _score_generated(run: LoadedRun, predictions: Path, out_dir: Path, options: dict) -> int:
-    """`generate --score`: the problems.json of the run's data root, the split that was answered."""
-    try:
-        score_predictions_file(predictions, Path(run.config.data.root) / "problems.json", out_dir, split=run.split,
-                               allow_subset=options["allow_subset"])
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        generate("scienceqa", args)
+        return
+    score_predictions_file(args.predictions, args.problems, args.out, split=args.split,
+                           allow_subset=args.allow_subset, decoding_file=args.decoding,
+                           pid_splits=args.pid_splits, unparsed=args.unparsed, seed=args.seed)
 
 
 def score_predictions_file(predictions_path: Path, problems_path: Path, out_dir: Path, *, split: str = "test",
-                           allow_subset: bool = False, decoding_file: Path | None = None):
-    """Score a predictions file and write the official results, the unparsed answers and the report."""
+                           allow_subset: bool = False, decoding_file: Path | None = None,
+                           pid_splits: Path | None = None, unparsed: str = "wrong", seed: int = 0):
+    """Score a predictions file and write the official results, the unparsed answers and the report.
+
+    The split's questions come from `pid_splits` (default: pid_splits.json next to problems.json, if present);
+    warnings (a problems.json without all of them, no pid_splits.json) go to stderr and into the report.
+    """
     problems = read_json(problems_path)
     if not isinstance(problems, dict):
         raise ScienceQAInputError(f"{problems_path}: problems.json is a JSON object keyed by pid")
+    if pid_splits is None and (Path(problems_path).parent / "pid_splits.json").is_file():
+        pid_splits = Path(problems_path).parent / "pid_splits.json"
+    split_ids = read_split_ids(pid_splits, split) if pid_splits is not None else None
     decoding, meta = read_generation_meta(predictions_path, decoding_file)
-    predictions, unparsed = load_predictions(predictions_path, problems)
-    scores = score_scienceqa(predictions, problems, split=split, allow_subset=allow_subset)
+    predictions, unparsed_texts = load_predictions(predictions_path, problems)
+    scores = score_scienceqa(predictions, problems, split=split, allow_subset=allow_subset, split_ids=split_ids,
+                             split_file=str(pid_splits) if pid_splits is not None else None, unparsed=unparsed,
+                             seed=seed)
     out_dir = Path(out_dir)
     banner = subset_banner(scores.subset, scores.coverage, "questions")
-    order = [pid for pid, p in problems.items() if pid in predictions]
     official = out_dir / "scienceqa_results.json"
-    write_official_results({pid: predictions[pid] for pid in order}, official,
-                           subset_note=banner if scores.subset else None)
+    write_official_results(scores.predictions, official, subset_note=banner if scores.subset else None)
     unparsed_path = out_dir / "scienceqa_unparsed.jsonl"
-    write_jsonl_atomic(({"question_id": pid, "text": t} for pid, t in unparsed.items()), unparsed_path)
+    atomic_write_jsonl(unparsed_path, ({"question_id": pid, "text": t} for pid, t in unparsed_texts.items()))
     sources = {"predictions": str(predictions_path), "problems": str(problems_path)}
+    if pid_splits is not None:
+        sources["pid_splits"] = str(pid_splits)
     if meta is not None:
         sources["decoding"] = str(meta)
     paths = write_scienceqa_report(scores, out_dir, decoding=decoding, sources=sources)
+    for warning in scores.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(banner)
     print(format_official(scores))
-    print(f"unparsed answers (counted wrong): {scores.n_unparsed}")
+    policy = "counted wrong" if scores.unparsed_policy == "wrong" else f"a random option, seed {scores.seed}"
+    print(f"unparsed answers ({policy}): {scores.n_unparsed}. {unparsed_note(scores.unparsed_policy, scores.seed)}")
     print("wrote " + ", ".join(str(p) for p in [official, unparsed_path, *paths.values()]))
     return scores
 
 
-def evaluate_answerer(model, dataset, problems_path: Path, decoding, out_dir: Path, *, split: str = "test",
-                      rank: int = 0, world_size: int = 1, allow_subset: bool = False, source_images: bool = True):
-    """Answer `dataset`, then score it; returns the scores on the merging rank, None on the others.
-
-    Answers left by an earlier call are reused only if they came from the same adapter weights."""
-    predictions = out_dir / "answers.jsonl"
-    merged = generate_answers(model, dataset, batch_size=decoding.batch_size, num_beams=decoding.num_beams,
-                              max_new_tokens=decoding.max_new_tokens, min_new_tokens=decoding.min_new_tokens,
-                              output=predictions, rank=rank, world_size=world_size,
-                              source={"adapter": adapter_fingerprint(model), "images": source_images})
-    if merged is None:
-        return None
-    return score_predictions_file(merged, problems_path, out_dir, split=split, allow_subset=allow_subset)
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, sys.argv[1:]))

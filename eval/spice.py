@@ -21,7 +21,7 @@ SPICE_DIR = Path(_spice.__file__).resolve().parent
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
 
-class SpiceUnavailableError(RuntimeError):
+class SpiceUnavailableError(OSError):
     """SPICE was asked for but cannot run here (its CoreNLP jars are missing)."""
 
 

@@ -1,26 +1,41 @@
-"""mm-excitor: Excitor blocks on frozen LLaMA-family models, for language-only and visual instruction tuning."""
-from .checkpoint import load_adapter, save_adapter
-from .config import ExcitorConfig
-from .model import (
-    ParameterCount,
-    UnsupportedModelError,
-    apply_excitor,
-    count_parameters,
-    excitor_blocks,
-    gate_values,
-    set_visual_tokens,
-)
+"""mm-excitor: Excitor blocks on frozen LLaMA-family models, for language-only and visual instruction tuning.
 
-__all__ = [
-    "ExcitorConfig",
-    "ParameterCount",
-    "UnsupportedModelError",
-    "apply_excitor",
-    "count_parameters",
-    "excitor_blocks",
-    "gate_values",
-    "load_adapter",
-    "save_adapter",
-    "set_visual_tokens",
-]
+The public names load on first use (PEP 562), so light modules such as `mm_excitor.io` or `mm_excitor.cli` can be
+imported by scoring commands without importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+# CPU threads that wait for work sleep instead of spinning. With spinning (OpenMP's default) torch's threads
+# collapse as soon as another process shares the cores: a demo training step took 27-55 s instead of 5-7 s with
+# 2 threads on a busy 2-core machine (bench/README.md). It only takes effect when this package is imported before
+# torch, as every command of the project does; OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+_PUBLIC = {
+    "ExcitorConfig": "config",
+    "ParameterCount": "model",
+    "UnsupportedModelError": "model",
+    "apply_excitor": "model",
+    "count_parameters": "model",
+    "excitor_blocks": "model",
+    "gate_values": "model",
+    "visual_prompts": "model",
+    "load_adapter": "checkpoint",
+    "save_adapter": "checkpoint",
+}
+__all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'mm_excitor' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

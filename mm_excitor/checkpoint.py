@@ -1,27 +1,32 @@
 """Adapter-only checkpoints: the trainable tensors as safetensors plus a JSON config, as in peft.
 
 A directory holds `adapter_model.safetensors` (every parameter with requires_grad, nothing frozen) and
-`adapter_config.json` (the Excitor config and the identity of the model it was trained on). Loading refuses a
-model whose identity differs and says which fields differ.
+`adapter_config.json`: the method's name and hyper-parameters and the identity of the model it was trained on.
+Loading refuses another method, other hyper-parameters or another base model, and says which fields differ.
+
+Two kinds of model carry adapters: a Hugging Face causal LM with Excitor blocks (`apply_excitor`, language-only)
+and a `VisionLanguageModel` of any method (`adapter_config()`, `adapter_identity()`, class attribute `method`).
 """
 from __future__ import annotations
 
 import hashlib
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import ExcitorConfig
-from .io import atomic_directory
+from .diff import Difference, describe_all, differences
+from .io import atomic_directory, atomic_write_json, read_json
 from .model import apply_excitor, decoder_layers, excitor_blocks
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_FORMAT = "mm_excitor.adapter/v1"
+ADAPTER_FORMAT = "mm_excitor.adapter/v2"
 IDENTITY_FIELDS = (
     "model_type",
     "hidden_size",
@@ -58,10 +63,15 @@ def _weights_fingerprint(model: nn.Module) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def model_identity(model: nn.Module) -> dict[str, Any]:
-    """Models that wrap an LM (the multimodal model) describe themselves with `adapter_identity()`."""
-    describe = getattr(model, "adapter_identity", None)
-    return describe() if callable(describe) else {"language_model": language_model_identity(model)}
+def adapter_metadata(model: nn.Module) -> dict[str, Any]:
+    """{"method", "config", "identity"}: what a checkpoint of `model`'s adapter records and must match."""
+    if hasattr(model, "adapter_config"):
+        return {"method": model.method, "config": model.adapter_config(), "identity": model.adapter_identity()}
+    config = getattr(model, "excitor_config", None)
+    if config is None:
+        raise ValueError("the model has no adapter (call apply_excitor, or build a method's model)")
+    return {"method": "excitor", "config": config.to_dict(),
+            "identity": {"language_model": language_model_identity(model)}}
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -69,32 +79,34 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def adapter_fingerprint(model: nn.Module) -> str:
-    """sha256 (16 hex digits) of the trainable tensors: what generated outputs depend on besides the frozen base
-    and the decoding settings, so resumable evaluation can refuse outputs made by other weights."""
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 (16 hex digits) of named tensors (full, on any device): an adapter's (what generated outputs depend on
+    besides the frozen base and the decoding settings, so resumable evaluation refuses outputs of other weights) or
+    an encoder's (its identity)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(trainable_state_dict(model).items()):
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-def save_adapter(model: nn.Module, directory: Path | str) -> Path:
-    """Write the adapter atomically: a crash leaves the previous adapter (or nothing), never a torn one."""
-    config = _excitor_config(model)
-    state = {name: t.to("cpu").contiguous() for name, t in trainable_state_dict(model).items()}
+def write_adapter(directory: Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> None:
+    """Write the two adapter files into `directory` (a scratch directory that the caller renames into place)."""
+    state = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
     if not state:
         raise ValueError("the model has no trainable parameters to save")
-    metadata = {
-        "format": ADAPTER_FORMAT,
-        "excitor": config.to_dict(),
-        "identity": model_identity(model),
-        "num_parameters": sum(t.numel() for t in state.values()),
-    }
+    save_file(state, str(Path(directory) / ADAPTER_WEIGHTS_NAME), metadata={"format": ADAPTER_FORMAT})
+    atomic_write_json(Path(directory) / ADAPTER_CONFIG_NAME,
+                      {"format": ADAPTER_FORMAT, **metadata, "num_parameters": sum(t.numel() for t in state.values())},
+                      sort_keys=True)
+
+
+def save_adapter(model: nn.Module, directory: Path | str) -> Path:
+    """Write the adapter atomically: a crash leaves the previous adapter (or nothing), never a torn one."""
     directory = Path(directory)
+    metadata = adapter_metadata(model)
     with atomic_directory(directory) as scratch:
-        save_file(state, str(scratch / ADAPTER_WEIGHTS_NAME), metadata={"format": ADAPTER_FORMAT})
-        (scratch / ADAPTER_CONFIG_NAME).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        write_adapter(scratch, trainable_state_dict(model), metadata)
     return directory
 
 
@@ -102,17 +114,41 @@ def read_adapter_config(directory: Path | str) -> dict[str, Any]:
     path = Path(directory) / ADAPTER_CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no adapter config at {path} (expected {ADAPTER_CONFIG_NAME} from save_adapter)")
-    try:
-        metadata = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if metadata.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{path} is not an mm_excitor adapter config (format={metadata.get('format')!r})")
+    metadata = read_json(path)
+    if not isinstance(metadata, dict) or metadata.get("format") != ADAPTER_FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else None
+        raise ValueError(f"{path} is not an mm_excitor adapter config (format {found!r}, expected {ADAPTER_FORMAT})")
     return metadata
 
 
+def identity_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                         strict_identity: bool = True) -> list[Difference]:
+    """Fields of two model identities that differ; the LM's path is informational (the same weights may live
+    elsewhere), and a missing weights fingerprint (a model on the meta device) or `strict_identity=False` skips
+    the weights check."""
+    def ignore(d: Difference) -> bool:
+        leaf = d.key.rsplit(".", 1)[-1]
+        return leaf == "name_or_path" or (leaf == "weights_fingerprint" and
+                                          (not strict_identity or d.old is None or d.new is None))
+
+    return differences(saved, current, ignore=ignore)
+
+
+def check_adapter_fits(metadata: Mapping[str, Any], model: nn.Module, where: Path | str,
+                       strict_identity: bool = True) -> None:
+    """Refuse an adapter of another method, other hyper-parameters or another base model, listing what differs."""
+    current = adapter_metadata(model)
+    if metadata.get("method") != current["method"]:
+        raise ValueError(f"{where} holds a {metadata.get('method')!r} adapter; this model uses the "
+                         f"{current['method']!r} method")
+    found = differences({"config": metadata.get("config", {})}, {"config": current["config"]})
+    found += identity_differences(metadata.get("identity", {}), current["identity"], strict_identity)
+    if found:
+        raise ValueError(f"adapter {where} does not fit this model:" + describe_all(found, "adapter", "model"))
+
+
 def load_adapter(model: nn.Module, directory: Path | str, *, strict_identity: bool = True) -> nn.Module:
-    """Load an adapter into `model`, adding the Excitor blocks first if the model has none.
+    """Load an adapter into `model`; a bare Hugging Face LM gets the saved Excitor blocks first.
 
     `strict_identity=False` accepts a base whose weight fingerprint differs (a different checkpoint of the same
     architecture); architecture differences are always refused.
@@ -122,19 +158,15 @@ def load_adapter(model: nn.Module, directory: Path | str, *, strict_identity: bo
     weights_path = directory / ADAPTER_WEIGHTS_NAME
     if not weights_path.is_file():
         raise FileNotFoundError(f"no adapter weights at {weights_path}")
-    saved_config = ExcitorConfig.from_dict(metadata["excitor"])
-    if not excitor_blocks(model):
-        apply_excitor(model, saved_config)
-    differences = _differences(metadata["identity"], model_identity(model), strict_identity)
-    current_config = _excitor_config(model).to_dict()
-    differences += [
-        f"excitor.{key}: adapter has {value!r}, model has {current_config.get(key)!r}"
-        for key, value in saved_config.to_dict().items()
-        if current_config.get(key) != value
-    ]
-    if differences:
-        raise ValueError(f"adapter {directory} does not fit this model:\n  " + "\n  ".join(differences))
-    state = load_file(str(weights_path))
+    if not hasattr(model, "adapter_config") and not excitor_blocks(model):
+        if metadata.get("method") != "excitor":
+            raise ValueError(f"{directory} holds a {metadata.get('method')!r} adapter, not an Excitor one")
+        apply_excitor(model, ExcitorConfig.from_dict(metadata["config"]))
+    check_adapter_fits(metadata, model, directory, strict_identity)
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{weights_path}: not a readable safetensors file ({error})") from None
     expected = trainable_state_dict(model)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -146,25 +178,3 @@ def load_adapter(model: nn.Module, directory: Path | str, *, strict_identity: bo
             tensor.copy_(state[name])
     return model
 
-
-def _excitor_config(model: nn.Module) -> ExcitorConfig:
-    config = getattr(model, "excitor_config", None)
-    if config is None:
-        raise ValueError("the model has no Excitor blocks (call apply_excitor first)")
-    return config
-
-
-def _differences(saved: dict, current: dict, strict_identity: bool, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        name = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, strict_identity, prefix=f"{name}.")
-        elif key == "name_or_path":
-            continue  # informational: the same weights may live at another path
-        elif key == "weights_fingerprint" and (not strict_identity or a is None or b is None):
-            continue
-        elif a != b:
-            out.append(f"{name}: adapter was trained on {a!r}, this model has {b!r}")
-    return out

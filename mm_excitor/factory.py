@@ -9,7 +9,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .config import ExcitorConfig
-from .multimodal import MultimodalExcitor
+from .methods import method_class
+from .methods.llama_adapter import LlamaAdapterSettings
+from .methods.lora import LoraSettings
+from .methods.prefix import PrefixSettings
+from .multimodal import VisionLanguageModel
 from .vision import VisionConfig, VisionEncoder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -17,19 +21,27 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class ModelConfig:
-    """The frozen LM (a local Hugging Face directory), the frozen encoder, and the Excitor between them."""
+    """The frozen LM (a local Hugging Face directory), the frozen encoder, and the method that adapts one to the
+    other (its own section holds its settings)."""
 
     language_model: str = ".cache/smollm2-135m-instruct"
     """Local directory with config.json, weights and tokenizer (`python -m mm_excitor.smollm2` makes the default)."""
     dtype: str = "float32"
     """dtype of the frozen LM: float32 | bfloat16 | float16 (trainable tensors are always fp32)."""
     attn_implementation: str = "sdpa"
+    method: str = "excitor"
+    """How the frozen LM is adapted: excitor | lora | llama_adapter | prefix (mm_excitor.methods.METHODS); each
+    reads its own section below (lora reads `lora` and `prefix`)."""
     excitor: ExcitorConfig = field(default_factory=lambda: ExcitorConfig(visual_prompt_mode="concat"))
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    llama_adapter: LlamaAdapterSettings = field(default_factory=LlamaAdapterSettings)
+    prefix: PrefixSettings = field(default_factory=PrefixSettings)
     vision: VisionConfig = field(default_factory=VisionConfig)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        method_class(self.method)  # an unknown method is a config error
 
 
 def load_language_model(path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa"):
@@ -51,9 +63,9 @@ def load_language_model(path: str | Path, dtype: str = "float32", attn_implement
 
 def create_model(
     config: ModelConfig, *, vision_identity: dict[str, Any] | None = None, device: str | torch.device = "cpu"
-) -> MultimodalExcitor:
-    """The multimodal model; with `vision_identity` (from a feature cache) no encoder is built."""
+) -> VisionLanguageModel:
+    """The model of `config.method`; with `vision_identity` (from a feature cache) no encoder is built."""
     language_model, tokenizer = load_language_model(config.language_model, config.dtype, config.attn_implementation)
     vision = None if vision_identity is not None else VisionEncoder(config.vision)
-    model = MultimodalExcitor(language_model, tokenizer, config.excitor, vision, vision_identity=vision_identity)
+    model = method_class(config.method).build(language_model, tokenizer, config, vision, vision_identity)
     return model.to(device)

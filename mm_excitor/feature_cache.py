@@ -1,31 +1,35 @@
 """A feature cache: the frozen encoder's visual tokens for a list of images, precomputed once to sharded files.
 
     python -m mm_excitor.feature_cache --image-root coco/images --out cache/vitl14 \
-        --model-name ViT-L-14-quickgelu --pretrained ckpt/ViT-L-14.pt [--list keys.txt] [--token-grid 8]
+        --model-name ViT-L-14-quickgelu --pretrained ckpt/open_clip_pytorch_model.bin [--list keys.txt]
 
 CLIP is frozen, so its tokens are a pure function of the image: train and evaluate from the cache instead of
 running the encoder every step. Layout of a cache directory:
 
 - ``cache.json``: the manifest, written (atomically) before the first shard and updated when the last one is
-  done: format, the encoder's ``identity()`` (model, weights hash, preprocessing, token layout), dtype, N_v, D,
-  shard size, number of keys, sha256 of the key list, ``complete``.
-- ``keys.txt``: the keys, one per line: image paths relative to the image root (POSIX), sorted, unique.
+  done: format, the encoder's ``identity()`` (model, checkpoint sha256 or init seed, weights hash, preprocessing,
+  token layout), dtype, N_v, D, shard size, number of keys, sha256 of the key list, ``complete``.
+- ``keys.npy``: the keys, image paths relative to the image root (POSIX, UTF-8), sorted, unique, as a
+  fixed-width bytes array: readers memory-map it and binary-search it, so no process holds a per-image index.
 - ``shard-00000.npy`` (n x N_v x D, keys[i*S:(i+1)*S]) and ``shard-00000.keys.json`` (its keys). The shard's
   ``.npy`` is written first, the ``.keys.json`` last, each through a temporary file and ``os.replace``: a shard
   counts as done exactly when its keys file is there, so a killed build resumes at the first unfinished shard
   and never recomputes a finished one. Shard assignment is a function of the sorted key list alone.
 
 ``FeatureCache(path)`` reads it as a ``Mapping[str, Tensor]`` (what the ``data`` datasets take as
-``visual_features``), memory-mapping each shard when it is first touched. It pickles without its memory maps or
-key index (DataLoader workers reopen them lazily). A cache made by another encoder is refused: by
-``build_feature_cache`` when it would resume it, and by ``FeatureCache.check_identity`` /
-``FeatureCache(path, expected_identity=...)`` when it would be used.
+``visual_features``): one positioned read (``os.preadv``) per item, no memory map of the features, so a reader's
+memory does not grow with the cache it reads. It checks the manifest, the key list and every shard's size when
+opened (a damaged cache is a ``FeatureCacheError``, a ``ValueError`` naming the file) and pickles without its open
+files (DataLoader workers reopen them). A cache made by another encoder is refused: by ``build_feature_cache``
+when it would resume it, and by ``FeatureCache.check_identity`` / ``FeatureCache(path, expected_identity=...)``
+when it would be used.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import ctypes
 import hashlib
+import io
 import json
 import logging
 import os
@@ -33,28 +37,34 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .io import _fsync_dir, atomic_write_bytes, atomic_write_json
+from .cli import run_cli
+from .images import ImageReadError, open_rgb
+from .io import atomic_write_bytes, atomic_write_json, fsync_dir
 
 if TYPE_CHECKING:  # open_clip is slow to import: readers (DataLoader workers) never need it
     from .vision import VisionEncoder
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "mm_excitor.feature_cache/1"
+FORMAT = "mm_excitor.feature_cache/2"
 MANIFEST = "cache.json"
-KEYS_FILE = "keys.txt"
+KEYS_FILE = "keys.npy"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MANIFEST_FIELDS = {"format": str, "identity": dict, "dtype": str, "num_tokens": int, "width": int,
+                   "shard_size": int, "num_keys": int, "num_shards": int, "keys_sha256": str, "complete": bool}
 
 
-class FeatureCacheError(RuntimeError):
-    """A cache that cannot be built or read as asked (bad image, missing shard, different key list...)."""
+class FeatureCacheError(ValueError):
+    """A cache that cannot be built or read as asked (bad image, missing or damaged file, other key list...).
+
+    A ValueError: bad input, which the entry points report as one line (mm_excitor.cli.run_cli)."""
 
 
 class FeatureCacheMismatch(FeatureCacheError):
@@ -69,12 +79,18 @@ def shard_name(index: int) -> str:
 
 
 def normalize_keys(keys: Sequence[str]) -> list[str]:
-    """Sorted, unique POSIX paths relative to the image root; absolute paths, '..', backslashes are refused."""
+    """Sorted, unique POSIX paths relative to the image root; absolute paths, '..', backslashes are refused.
+
+    Keys are stored as UTF-8 bytes and binary-searched in that order, which is the order of ``sorted`` on str."""
     out = set()
     for key in keys:
         key = str(key)
-        if not key or "\n" in key or "\\" in key:
+        if not key or any(c in key for c in "\n\\\x00"):
             raise ValueError(f"bad image key {key!r}: keys are POSIX paths relative to the image root")
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"bad image key {key!r}: not valid UTF-8 (rename the file)") from None
         path = PurePosixPath(key)
         if path.is_absolute() or ".." in path.parts:
             raise ValueError(f"bad image key {key!r}: keys are paths relative to the image root, without '..'")
@@ -83,6 +99,7 @@ def normalize_keys(keys: Sequence[str]) -> list[str]:
 
 
 def keys_sha256(keys: Sequence[str]) -> str:
+    """sha256 of the keys, each followed by a newline, in UTF-8 (what ``sha256sum`` says of a key list file)."""
     return hashlib.sha256("".join(k + "\n" for k in keys).encode()).hexdigest()
 
 
@@ -119,6 +136,76 @@ def identity_differences(cached: dict[str, Any], other: dict[str, Any]) -> list[
             for key in sorted(set(a) | set(b)) if a.get(key, missing) != b.get(key, missing)]
 
 
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of the cache in `directory`, checked field by field; FeatureCacheError names what is wrong."""
+    path = Path(directory) / MANIFEST
+    if not Path(directory).is_dir():
+        raise FeatureCacheError(f"no feature cache at {directory}: not a directory")
+    if not path.is_file():
+        raise FeatureCacheError(f"no feature cache at {directory} (missing {MANIFEST}); build one with "
+                                f"`python -m mm_excitor.feature_cache --image-root ... --out {directory}`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FeatureCacheError(f"{path}: not valid JSON ({error}): the cache is damaged") from None
+    if not isinstance(manifest, dict):
+        raise FeatureCacheError(f"{path}: not a feature cache manifest (a JSON object): the cache is damaged")
+    if manifest.get("format") != FORMAT:
+        raise FeatureCacheError(f"{path}: format {manifest.get('format')!r}, this version reads {FORMAT!r}: build "
+                                "the cache again (python -m mm_excitor.feature_cache) into a new directory")
+    for field, kind in MANIFEST_FIELDS.items():
+        if not isinstance(manifest.get(field), kind):
+            raise FeatureCacheError(f"{path}: field {field!r} missing or not a {kind.__name__}: the cache is damaged")
+    if manifest["dtype"] not in DTYPES:
+        raise FeatureCacheError(f"{path}: dtype {manifest['dtype']!r} is not one of {sorted(DTYPES)}")
+    return manifest
+
+
+def _check_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype | None = None) -> tuple[int, np.dtype]:
+    """(data offset, dtype) of `path` if it is a whole C-order .npy of this shape (and dtype, when given), judged
+    from its header and size alone; else FeatureCacheError saying what is wrong."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy version {version} is not supported")
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            found_shape, fortran_order, found_dtype = read_header(handle)
+            offset, size = handle.tell(), os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        raise FeatureCacheError(f"{path} is missing: the cache is damaged") from None
+    except (OSError, ValueError) as error:
+        raise FeatureCacheError(f"{path} is not a readable .npy file ({error}): the cache is damaged") from None
+    dtype = found_dtype if dtype is None else dtype
+    if tuple(found_shape) != shape or found_dtype != dtype or fortran_order:
+        raise FeatureCacheError(f"{path} holds {tuple(found_shape)} {found_dtype}, expected {shape} {dtype}: the "
+                                "cache is damaged")
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    if size != expected:
+        raise FeatureCacheError(f"{path} has {size} bytes where {shape} {dtype} needs {expected} (truncated?): the "
+                                "cache is damaged")
+    return offset, dtype
+
+
+def _check_key_file(directory: Path, manifest: dict[str, Any]) -> np.dtype:
+    """The dtype of a keys.npy that holds the manifest's key list (count and sha256); else FeatureCacheError.
+
+    Streams the file (no memory map, no per-key list), so opening a cache costs no memory per image."""
+    path = Path(directory) / KEYS_FILE
+    offset, dtype = _check_npy(path, (manifest["num_keys"],))
+    if dtype.kind != "S":
+        raise FeatureCacheError(f"{path} holds {dtype}, not byte strings: the cache is damaged")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for _ in range(0, manifest["num_keys"], 65536):
+            digest.update(b"".join(k + b"\n" for k in np.fromfile(handle, dtype, count=65536).tolist()))
+    if digest.hexdigest() != manifest["keys_sha256"]:
+        raise FeatureCacheError(f"{path}: its keys' sha256 is not the manifest's: the cache is damaged")
+    return dtype
+
+
 class _ShardWriter:
     """Fills one shard's .npy through a memory-mapped temporary file; os.replace once every row is written."""
 
@@ -142,7 +229,7 @@ class _ShardWriter:
         with open(self.tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(self.tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return True
 
     def abort(self) -> None:
@@ -154,25 +241,17 @@ class _ShardWriter:
 
 
 class FeatureCache(Mapping):
-    """A read-only ``Mapping[image key -> Tensor N_v x D]`` over a cache directory, memory-mapped shard by shard.
+    """A read-only ``Mapping[image key -> Tensor N_v x D]`` over a cache directory.
 
-    ``cache[key]`` returns a copy (a tensor that owns its memory) in the stored dtype; the model's projection
-    casts it. An incomplete cache (a build that was killed) is refused unless ``allow_incomplete=True``, which
-    exposes the finished shards only.
+    ``cache[key]`` binary-searches the memory-mapped key list and reads the row with one ``os.preadv`` into a new
+    tensor (in the stored dtype; the model's projection casts it). An incomplete cache (a build that was killed)
+    is refused unless ``allow_incomplete=True``, which exposes the finished shards only.
     """
 
     def __init__(self, path: str | Path, *, expected_identity: dict[str, Any] | None = None,
                  allow_incomplete: bool = False) -> None:
         self.path = Path(path)
-        manifest_path = self.path / MANIFEST
-        if not manifest_path.is_file():
-            raise FeatureCacheError(f"no feature cache at {self.path} (missing {MANIFEST}); build one with "
-                                    f"`python -m mm_excitor.feature_cache --image-root ... --out {self.path}`")
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise FeatureCacheError(f"{manifest_path}: unknown format {self.manifest.get('format')!r}, "
-                                    f"expected {FORMAT!r}")
-        self.allow_incomplete = allow_incomplete
+        self.manifest: dict[str, Any] = read_manifest(self.path)
         if not self.manifest["complete"] and not allow_incomplete:
             raise FeatureCacheError(
                 f"feature cache {self.path} is incomplete (its build was interrupted): run the same "
@@ -180,15 +259,30 @@ class FeatureCache(Mapping):
             )
         if expected_identity is not None:
             self.check_identity(expected_identity)
-        self._keys: list[str] | None = None
-        self._index: dict[str, int] | None = None
-        self._shards: dict[int, np.ndarray] = {}
+        shards = range(self.manifest["num_shards"])
+        if not self.complete:  # allow_incomplete: the finished shards only
+            shards = [i for i in shards if (self.path / f"{shard_name(i)}.keys.json").is_file()]
+        self._shard_size: int = self.manifest["shard_size"]
+        self._row_shape = (self.num_tokens, self.width)
+        self._dtype = np.dtype(DTYPES[self.manifest["dtype"]])
+        self._row_bytes = self.num_tokens * self.width * self._dtype.itemsize
+        self._offsets: dict[int, int] = {}  # shard -> byte offset of its data, for every readable shard
+        try:
+            self._key_width = _check_key_file(self.path, self.manifest).itemsize
+            for shard in shards:
+                self._offsets[shard] = _check_npy(self.path / f"{shard_name(shard)}.npy",
+                                                  (self._rows(shard), *self._row_shape), self._dtype)[0]
+        except FeatureCacheError as error:
+            raise FeatureCacheError(f"{error}; run the `python -m mm_excitor.feature_cache` command that built "
+                                    "it again to recompute what is damaged") from None
+        self._len = sum(self._rows(shard) for shard in self._offsets)
+        self._keys: np.ndarray | None = None  # memory-mapped on first use, in each process
+        self._files: dict[int, BinaryIO] = {}  # open shard files (closed when collected) and their descriptors
+        self._fds: dict[int, int] = {}
 
-    # -- cheap pickling: no memory maps, no key index; both are rebuilt lazily in the receiving process
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.update(_keys=None, _index=None, _shards={})
-        return state
+        """Pickles small: no memory map, no open files; both are reopened lazily by the receiving process."""
+        return {**self.__dict__, "_keys": None, "_files": {}, "_fds": {}}
 
     # -- metadata
     @property
@@ -210,7 +304,7 @@ class FeatureCache(Mapping):
 
     @property
     def shard_size(self) -> int:
-        return int(self.manifest["shard_size"])
+        return self._shard_size
 
     @property
     def complete(self) -> bool:
@@ -225,68 +319,62 @@ class FeatureCache(Mapping):
                 + "; ".join(differences)
             )
 
-    # -- the key index
-    def _load_keys(self) -> None:
-        all_keys = (self.path / KEYS_FILE).read_text().splitlines()
-        if len(all_keys) != self.manifest["num_keys"] or keys_sha256(all_keys) != self.manifest["keys_sha256"]:
-            raise FeatureCacheError(f"{self.path / KEYS_FILE} does not match the manifest's key list "
-                                    "(number of keys or sha256 differ): the cache is damaged")
-        index = {k: i for i, k in enumerate(all_keys)}
-        if not self.complete:  # allow_incomplete: the finished shards only
-            size = self.shard_size
-            done = {i for i in range(self.manifest["num_shards"])
-                    if (self.path / f"{shard_name(i)}.keys.json").is_file()}
-            index = {k: i for k, i in index.items() if i // size in done}
-        self._keys = list(index)
-        self._index = index
+    # -- keys
+    def _rows(self, shard: int) -> int:
+        return min(self._shard_size, self.manifest["num_keys"] - shard * self._shard_size)
 
-    @property
-    def index(self) -> dict[str, int]:
-        if self._index is None:
-            self._load_keys()
-        return self._index
-
-    def keys(self):  # noqa: D102 - a list, in cache (sorted) order
+    def _key_array(self) -> np.ndarray:
         if self._keys is None:
-            self._load_keys()
-        return list(self._keys)
+            self._keys = np.load(self.path / KEYS_FILE, mmap_mode="r", allow_pickle=False).view(np.ndarray)
+        return self._keys
+
+    def _position(self, key: object) -> int | None:
+        """The key's row in the cache (binary search of the sorted key bytes), None if absent or unfinished."""
+        if not isinstance(key, str):
+            return None
+        try:
+            encoded = key.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        if not encoded or len(encoded) > self._key_width:
+            return None
+        keys = self._key_array() if self._keys is None else self._keys
+        position = int(keys.searchsorted(encoded))
+        if position == len(keys) or keys[position] != encoded:
+            return None
+        return position if position // self._shard_size in self._offsets else None
+
+    def keys(self) -> list[str]:  # noqa: D102 - a list, in cache (sorted) order
+        return list(self)
 
     def __iter__(self) -> Iterator[str]:
-        if self._keys is None:
-            self._load_keys()
-        return iter(self._keys)
+        keys = self._key_array()
+        for shard in self._offsets:
+            start = shard * self._shard_size
+            for raw in keys[start:start + self._rows(shard)].tolist():
+                yield raw.decode("utf-8")
 
     def __len__(self) -> int:
-        return len(self.index)
+        return self._len
 
     def __contains__(self, key: object) -> bool:
-        return key in self.index
+        return self._position(key) is not None
 
     # -- the data
-    def _shard(self, index: int) -> np.ndarray:
-        shard = self._shards.get(index)
-        if shard is None:
-            path = self.path / f"{shard_name(index)}.npy"
-            try:
-                shard = np.load(path, mmap_mode="r", allow_pickle=False)
-            except FileNotFoundError:
-                raise FeatureCacheError(f"feature cache shard missing: {path}") from None
-            start = index * self.shard_size
-            rows = min(self.shard_size, self.manifest["num_keys"] - start)
-            expected = (rows, self.num_tokens, self.width)
-            if shard.shape != expected or shard.dtype != np.dtype(self.manifest["dtype"]):
-                raise FeatureCacheError(f"{path}: shape {shard.shape} / dtype {shard.dtype}, the manifest says "
-                                        f"{expected} / {self.manifest['dtype']}: the cache is damaged")
-            self._shards[index] = shard
-        return shard
-
     def __getitem__(self, key: str) -> torch.Tensor:
-        try:
-            position = self.index[key]
-        except KeyError:
-            raise KeyError(f"{key!r} is not in feature cache {self.path} ({len(self)} images)") from None
-        shard, row = divmod(position, self.shard_size)
-        return torch.from_numpy(np.array(self._shard(shard)[row]))
+        position = self._position(key)
+        if position is None:
+            raise KeyError(f"{key!r} is not in feature cache {self.path} ({len(self)} images)")
+        shard, row = divmod(position, self._shard_size)
+        fd = self._fds.get(shard)
+        if fd is None:
+            handle = self._files[shard] = open(self.path / f"{shard_name(shard)}.npy", "rb", buffering=0)
+            fd = self._fds[shard] = handle.fileno()
+        out = np.empty(self._row_shape, self._dtype)
+        if os.preadv(fd, (out,), self._offsets[shard] + row * self._row_bytes) != self._row_bytes:
+            raise FeatureCacheError(f"{self.path / shard_name(shard)}.npy: row {row} is cut short (the file shrank "
+                                    "after the cache was opened): the cache is damaged")
+        return torch.from_numpy(out)
 
     def stack(self, keys: Sequence[str]) -> torch.Tensor:
         """B x N_v x D for a list of keys."""
@@ -313,35 +401,32 @@ class _ImageFiles(Dataset):
         return len(self.keys)
 
     def __getitem__(self, position: int) -> tuple[int, torch.Tensor]:
-        from PIL import Image
-
         path = self.image_root / self.keys[position]
         try:
-            with Image.open(path) as image:
-                image.load()
-                rgb = image.convert("RGB")
-        except FileNotFoundError:
-            raise FeatureCacheError(f"image file not found: {path} (key {self.keys[position]!r})") from None
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise FeatureCacheError(f"cannot read image {path} (key {self.keys[position]!r}): {error}") from None
+            rgb = open_rgb(path)
+        except ImageReadError as error:
+            raise FeatureCacheError(f"{path} (key {self.keys[position]!r}): {error}") from None
         return position, self.preprocess(rgb)
 
 
 class _ShardBatches(Sampler):
-    """Batches of positions that never cross a shard boundary, for the given (unfinished) shards only."""
+    """Batches of positions that never cross a shard boundary, for the given (unfinished) shards only; made as
+    they are drawn, not held."""
 
     def __init__(self, shards: list[int], num_keys: int, shard_size: int, batch_size: int) -> None:
-        self.batches = []
-        for shard in shards:
-            stop = min((shard + 1) * shard_size, num_keys)
-            for start in range(shard * shard_size, stop, batch_size):
-                self.batches.append(list(range(start, min(start + batch_size, stop))))
+        self.shards, self.num_keys, self.shard_size, self.batch_size = shards, num_keys, shard_size, batch_size
 
-    def __iter__(self):
-        return iter(self.batches)
+    def _bounds(self, shard: int) -> range:
+        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.num_keys))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for shard in self.shards:
+            rows = self._bounds(shard)
+            for start in range(rows.start, rows.stop, self.batch_size):
+                yield list(range(start, min(start + self.batch_size, rows.stop)))
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return sum(-(-len(self._bounds(shard)) // self.batch_size) for shard in self.shards)
 
 
 def _manifest(identity, dtype: str, keys: list[str], shard_size: int, complete: bool) -> dict[str, Any]:
@@ -359,18 +444,21 @@ def _manifest(identity, dtype: str, keys: list[str], shard_size: int, complete: 
     }
 
 
+def _key_file_bytes(keys: list[str]) -> bytes:
+    encoded = [k.encode("utf-8") for k in keys]
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(encoded, dtype=f"S{max(map(len, encoded))}"), allow_pickle=False)
+    return buffer.getvalue()
+
+
 def _shard_done(out_dir: Path, shard: int, keys: list[str], shape: tuple[int, ...], dtype: str) -> bool:
-    """A shard is done when its keys file lists exactly its keys and its .npy has the right header."""
+    """A shard is done when its keys file lists exactly its keys and its .npy is whole (header and size)."""
     keys_path = out_dir / f"{shard_name(shard)}.keys.json"
-    if not keys_path.is_file():
-        return False
     try:
-        if json.loads(keys_path.read_text()) != keys:
-            return False
-        array = np.load(out_dir / f"{shard_name(shard)}.npy", mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError):
+        _check_npy(out_dir / f"{shard_name(shard)}.npy", shape, np.dtype(DTYPES[dtype]))
+        return json.loads(keys_path.read_text()) == keys
+    except (OSError, ValueError):  # FeatureCacheError included
         return False
-    return array.shape == shape and array.dtype == np.dtype(dtype)
 
 
 def build_feature_cache(
@@ -387,8 +475,9 @@ def build_feature_cache(
 ) -> FeatureCache:
     """Compute `encoder`'s tokens for every key (image path relative to image_root) into `out_dir`.
 
-    Resumes a killed build of the same encoder, keys, shard size and dtype, skipping finished shards; refuses an
-    existing cache that differs in any of those (FeatureCacheMismatch for another encoder), saying what differs.
+    Resumes a killed build of the same encoder, keys, shard size and dtype, skipping finished shards (and
+    recomputes any shard, or key file, found damaged); refuses an existing cache that differs in any of those
+    (FeatureCacheMismatch for another encoder), saying what differs.
     """
     from tqdm.auto import tqdm
 
@@ -404,30 +493,26 @@ def build_feature_cache(
     manifest = _manifest(identity, dtype, keys, shard_size, complete=False)
     manifest_path = out_dir / MANIFEST
 
-    if manifest_path.is_file():
-        existing = json.loads(manifest_path.read_text())
-        differences = identity_differences(existing.get("identity", {}), identity)
+    complete = False
+    if manifest_path.exists():
+        existing = read_manifest(out_dir)
+        differences = identity_differences(existing["identity"], identity)
         if differences:
             raise FeatureCacheMismatch(
                 f"{out_dir} holds a feature cache made by another encoder; differing fields: "
                 + "; ".join(differences) + ". Use another --out directory (or delete this one)."
             )
-        for field in ("format", "dtype", "shard_size", "num_keys", "keys_sha256"):
-            if existing.get(field) != manifest[field]:
+        for field in ("dtype", "shard_size", "num_keys", "keys_sha256"):
+            if existing[field] != manifest[field]:
                 raise FeatureCacheError(
-                    f"{out_dir} holds a feature cache with another {field} ({existing.get(field)!r}, now "
+                    f"{out_dir} holds a feature cache with another {field} ({existing[field]!r}, now "
                     f"{manifest[field]!r}); a cache is resumed only with the same image list, shard size and "
                     "dtype. Use another --out directory (or delete this one)."
                 )
-        if existing.get("complete"):
-            logger.info("feature cache %s is already complete", out_dir)
-            return FeatureCache(out_dir)
+        complete = existing["complete"]
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".shard-*.tmp"):  # left by a killed writer: never a finished file
         stale.unlink(missing_ok=True)
-    if not manifest_path.is_file():
-        atomic_write_bytes(out_dir / KEYS_FILE, "".join(k + "\n" for k in keys).encode())
-        atomic_write_json(manifest_path, manifest)
 
     n_tokens, width = identity["num_tokens"], identity["width"]
     num_shards = manifest["num_shards"]
@@ -437,6 +522,18 @@ def build_feature_cache(
 
     todo = [s for s in range(num_shards)
             if not _shard_done(out_dir, s, shard_keys(s), (len(shard_keys(s)), n_tokens, width), dtype)]
+    try:
+        _check_key_file(out_dir, manifest)
+        keys_ok = True
+    except FeatureCacheError:
+        keys_ok = False
+    if complete and not todo and keys_ok:
+        logger.info("feature cache %s is already complete", out_dir)
+        return FeatureCache(out_dir)
+    if complete or not manifest_path.exists():
+        atomic_write_json(manifest_path, manifest)  # not complete until every shard below is
+    if not keys_ok:
+        atomic_write_bytes(out_dir / KEYS_FILE, _key_file_bytes(keys))
     done_images = len(keys) - sum(len(shard_keys(s)) for s in todo)
     if todo:
         missing = [k for s in todo for k in shard_keys(s) if not (image_root / k).is_file()]
@@ -491,27 +588,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = VisionConfig()
     parser = argparse.ArgumentParser(
         prog="python -m mm_excitor.feature_cache",
-        description="Precompute a frozen open_clip encoder's visual tokens for a list of images into a sharded, "
-                    "memory-mapped feature cache (resumable; refuses a cache of another encoder).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Precompute a frozen open_clip encoder's visual tokens for a list of images into a sharded "
+                    "feature cache (atomic writes; a killed build resumes where it stopped; a cache of another "
+                    "encoder is refused). Train from it with data.feature_cache=OUT and the same encoder settings "
+                    "in model.vision. Bad input ends with one 'error: ...' line and exit status 2.",
     )
-    parser.add_argument("--image-root", type=Path, required=True, help="directory the image keys are relative to")
+    parser.add_argument("--image-root", type=Path, required=True,
+                        help="directory the image keys are relative to (the training config's data.image_root)")
     parser.add_argument("--list", type=Path, default=None,
                         help="file with one image path (relative to --image-root) per line; default: every "
                              "*.jpg/*.jpeg/*.png under --image-root")
-    parser.add_argument("--out", type=Path, required=True, help="cache directory (created, or resumed)")
-    parser.add_argument("--model-name", default=defaults.model_name)
-    parser.add_argument("--pretrained", default=None, help="local open_clip/OpenAI checkpoint; none: random init")
-    parser.add_argument("--model-config-file", default=None, help="open_clip model-config JSON to register first")
-    parser.add_argument("--token-grid", type=int, default=None, help="pool patch tokens to a GxG grid (+ CLS)")
-    parser.add_argument("--init-seed", type=int, default=defaults.init_seed, help="seed of a random-init encoder")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--shard-size", type=int, default=1024)
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding images")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="cache directory: created, or resumed when it holds an interrupted build of the same "
+                             "encoder, images, shard size and dtype (damaged shards are computed again)")
+    parser.add_argument("--model-name", default=defaults.model_name,
+                        help="open_clip model name, as model.vision.model_name (default: %(default)s)")
+    parser.add_argument("--pretrained", default=None,
+                        help="local CLIP checkpoint file, as model.vision.pretrained; the sha256 of its bytes "
+                             "identifies the encoder (default: none, a random-init encoder)")
+    parser.add_argument("--model-config-file", default=None,
+                        help="open_clip model-config JSON to register first, for a model open_clip does not ship "
+                             "(as model.vision.model_config_file)")
+    parser.add_argument("--token-grid", type=int, default=None,
+                        help="average-pool the patch tokens to a GxG grid (+ CLS), as model.vision.token_grid "
+                             "(default: every token)")
+    parser.add_argument("--init-seed", type=int, default=defaults.init_seed,
+                        help="seed of a random-init encoder, as model.vision.init_seed (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per encoder batch (default: %(default)s)")
+    parser.add_argument("--shard-size", type=int, default=1024, help="images per shard file (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=2,
+                        help="DataLoader workers decoding images (default: %(default)s)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16",
+                        help="stored dtype (default: %(default)s; float32 if features overflow it)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
+
+
+def pin_malloc_mmap_threshold() -> None:
+    """Keep glibc's mmap threshold at its default (128 KiB) for the rest of the process (elsewhere: nothing).
+
+    glibc raises the threshold when a large block is freed, so after the encoder's first batch its activations
+    come from a heap that fragments: the CLI's peak RSS then grew by 1.1x the cache's size between 2,000 and
+    20,000 images (bench/feature_cache_scale.py), and by 6% with the threshold pinned. The CLI owns its process;
+    a library caller decides for its own (or sets MALLOC_MMAP_THRESHOLD_=131072).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD from malloc.h
 
 
 def main(argv: list[str] | None = None) -> FeatureCache:
@@ -519,6 +645,7 @@ def main(argv: list[str] | None = None) -> FeatureCache:
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    pin_malloc_mmap_threshold()
     keys = read_key_list(args.list) if args.list is not None else discover_images(args.image_root)
     config = VisionConfig(model_name=args.model_name, pretrained=args.pretrained,
                           model_config_file=args.model_config_file, token_grid=args.token_grid,
@@ -535,8 +662,4 @@ def main(argv: list[str] | None = None) -> FeatureCache:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FeatureCacheError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run_cli(main, sys.argv[1:]))

@@ -1,4 +1,9 @@
-"""Crash-safe writes: a reader sees the old file or the new one, never half of one."""
+"""Crash-safe files: a reader sees the old file or the new one, never half of one; bad JSON names its file.
+
+Every write goes to a hidden temporary sibling, is flushed and fsynced, and is renamed over the target; the
+directory is fsynced after the rename, so the new name survives a power cut too. This module imports nothing
+heavy (no torch), so scoring commands can use it.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,12 +11,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path | str) -> None:
+    """Make a rename or a new file inside `path` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -33,11 +39,41 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path | str, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path | str, value: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:
+    """UTF-8 JSON (non-ASCII kept readable), one trailing newline."""
+    atomic_write_text(path, json.dumps(value, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n")
+
+
+def atomic_write_jsonl(path: Path | str, rows: Iterable[Any]) -> None:
+    """JSON lines, one object per line."""
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+class JSONFileError(ValueError):
+    """A JSON file that is missing, not UTF-8 or not valid JSON; the message names the file and the place."""
+
+
+def read_json(path: Path | str) -> Any:
+    """Load a JSON file; a missing file, bad bytes or a syntax error is a JSONFileError naming the file."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise JSONFileError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise JSONFileError(f"{path}: is a directory, expected a JSON file") from None
+    except UnicodeDecodeError as error:
+        raise JSONFileError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise JSONFileError(f"{path}: not valid JSON (line {error.lineno} column {error.colno}: {error.msg})") from None
 
 
 @contextlib.contextmanager
@@ -56,7 +92,7 @@ def atomic_directory(path: Path | str) -> Iterator[Path]:
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / path.name)
         os.replace(scratch, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old)
     except BaseException:

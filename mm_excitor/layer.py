@@ -21,6 +21,7 @@ from torch import nn
 
 from .bypass import gated_prompt_bypass
 from .config import ExcitorConfig
+from .memo import InferenceMemo
 
 
 class ExcitorKeyProjection(nn.Module):
@@ -48,7 +49,7 @@ class ExcitorKeyProjection(nn.Module):
         )
         nn.init.normal_(self.prompts, std=config.prompt_init_std)
         self._visual: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._inference_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = None
+        self._memo: InferenceMemo[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = InferenceMemo()
 
     def extra_repr(self) -> str:
         return (
@@ -57,11 +58,8 @@ class ExcitorKeyProjection(nn.Module):
         )
 
     def set_visual_tokens(self, tokens: torch.Tensor | None, has_image: torch.Tensor | None = None) -> None:
-        """Per-sample visual prompts for the following forward calls (None: learnable prompts only).
-
-        `tokens` are the projected visual tokens (B x N_v x C); `has_image` (B, bool) masks out samples without
-        an image so that they see the learnable prompts alone.
-        """
+        """Per-sample visual prompts for the following forward calls (None: learnable prompts only); set them
+        through `mm_excitor.model.visual_prompts`, which always clears them again."""
         if tokens is None:
             self._visual = None
             return
@@ -73,6 +71,9 @@ class ExcitorKeyProjection(nn.Module):
             )
         if has_image is None:
             has_image = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        if tuple(has_image.shape) != (tokens.shape[0],):
+            raise ValueError(f"has_image has shape {tuple(has_image.shape)}, expected ({tokens.shape[0]},): one flag "
+                             "per set of visual tokens")
         self._visual = (tokens, has_image.to(device=tokens.device, dtype=torch.bool))
 
     def gate_values(self) -> torch.Tensor:
@@ -81,16 +82,9 @@ class ExcitorKeyProjection(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         key = self.base(hidden_states)
         prompt_keys, prompt_affinity, prompt_mask = self._prompt_terms()
-        batch = hidden_states.shape[0]
-        if prompt_keys.dim() == 3 and prompt_keys.shape[0] != batch:
-            # generate() expands each sample to num_beams rows with repeat_interleave; follow it.
-            if batch % prompt_keys.shape[0]:
-                raise ValueError(f"batch of {batch} rows does not expand the {prompt_keys.shape[0]} visual prompt sets")
-            repeats = batch // prompt_keys.shape[0]
-            prompt_keys = prompt_keys.repeat_interleave(repeats, dim=0)
-            prompt_affinity = prompt_affinity.repeat_interleave(repeats, dim=0)
-            if prompt_mask is not None:
-                prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
+        if prompt_keys.dim() == 3 and prompt_keys.shape[0] != hidden_states.shape[0]:
+            raise ValueError(f"a batch of {hidden_states.shape[0]} rows was given {prompt_keys.shape[0]} visual prompt "
+                             "sets: pass one image (or visual tokens) per row")
         dtype = self._compute_dtype()
         gate = self.gate_values().repeat_interleave(self.head_dim)
         recompute = None
@@ -142,30 +136,11 @@ class ExcitorKeyProjection(nn.Module):
         Decoding calls the block once per new token with the same prompts; the memo makes that cost one
         matrix-vector product instead of K' x C x C_kv work per token.
         """
-        if torch.is_grad_enabled():
-            self._inference_cache = None
-            return self._compute_prompt_terms()
-        key = self._inference_cache_key()
-        if self._inference_cache is None or not _same_key(self._inference_cache[0], key):
-            self._inference_cache = (key, self._compute_prompt_terms())
-        return self._inference_cache[1]
+        visual = self._visual or (None, None)
+        return self._memo.get((*visual, *self.parameters()), self._compute_prompt_terms)
 
     def _compute_prompt_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         prompts, mask = self._prompt_set()
         prompt_keys = self._keys_of(prompts)
         prompt_affinity = torch.matmul(prompts, self.up.weight)
         return prompt_keys, prompt_affinity, mask
-
-    def _inference_cache_key(self) -> tuple:
-        visual = self._visual or (None, None)
-        tensors = (*visual, *self.parameters())
-        return (
-            tuple(id(t) for t in tensors),
-            tuple(t._version if t is not None else None for t in tensors),
-            torch.is_autocast_enabled(self.prompts.device.type),
-            tensors,  # hold references so that ids cannot be reused while the memo lives
-        )
-
-
-def _same_key(a: tuple, b: tuple) -> bool:
-    return a[0] == b[0] and a[1] == b[1] and a[2] == b[2]

@@ -1,6 +1,8 @@
 """Adding Excitor blocks to a Hugging Face LLaMA-family causal LM, and inspecting the result."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -58,10 +60,26 @@ def apply_excitor(model: nn.Module, config: ExcitorConfig) -> nn.Module:
     return model
 
 
-def set_visual_tokens(model: nn.Module, tokens: torch.Tensor | None, has_image: torch.Tensor | None = None) -> None:
-    """Give every Excitor block the projected visual tokens for the following forward/generate calls."""
-    for block in excitor_blocks(model):
-        block.set_visual_tokens(tokens, has_image)
+@contextlib.contextmanager
+def visual_prompts(
+    model: nn.Module, tokens: torch.Tensor | None, has_image: torch.Tensor | None = None
+) -> Iterator[None]:
+    """Give every module of `model` that takes per-sample visual prompts (Excitor blocks, LLaMA-Adapter prompts:
+    whatever has `set_visual_tokens`) these prompts for the forward calls inside the block; they are cleared on
+    exit, whatever happens, so a later call never reuses another batch's images.
+
+    `tokens` are the projected visual tokens (B x N_v x C); `has_image` (B, bool) masks out samples without an
+    image, which then see the learnable prompts alone. B must be the batch of every forward call inside: a caller
+    that expands its batch (beam search) expands the tokens the same way first.
+    """
+    takers = [module for module in model.modules() if hasattr(module, "set_visual_tokens")]
+    try:
+        for module in takers:
+            module.set_visual_tokens(tokens, has_image)
+        yield
+    finally:
+        for module in takers:
+            module.set_visual_tokens(None)
 
 
 def gate_values(model: nn.Module) -> list[torch.Tensor]:

@@ -1,20 +1,25 @@
-"""LM + frozen CLIP + Excitor: visual tokens enter only as per-sample prompts of the Excitor blocks.
+"""What every visual instruction-tuning method shares: a frozen causal LM and its tokenizer, a frozen image encoder
+(or, when training from a feature cache, the identity of the encoder that made it), and one interface that the
+Trainer, the Tasks and evaluation use whatever the method:
 
-One trainable projection (Linear then LayerNorm, shared by all layers) maps the encoder's tokens to the LM width;
-each adapted layer adds its own offset and uses them next to its learnable prompts. Nothing is prepended to the
-text, so sequences keep their length and the KV cache its size. One training stage: projection and Excitor
-blocks train together, with no image-text alignment pre-training.
+    model(input_ids, attention_mask, labels, images | visual_tokens, has_image, num_items_in_batch) -> .loss
+    model.generate(input_ids, attention_mask, images | visual_tokens, has_image, decoding) -> list[str]
+    model.adapter_config(), model.adapter_identity()        (what an adapter checkpoint records and checks)
+
+A method subclasses `VisionLanguageModel`, implements `build` (from a ModelConfig), `forward_ids`, `generate_ids`
+and `adapter_config` (`forward` and `generate` check the inputs and encode the images, once for every method),
+and is registered in `mm_excitor.methods.METHODS`; its trainable tensors are the parameters with requires_grad.
 """
 from __future__ import annotations
 
-from typing import Any
+import abc
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from .checkpoint import language_model_identity
-from .config import ExcitorConfig
-from .model import apply_excitor, set_visual_tokens
+from .generation import Decoding
 from .vision import VisionEncoder
 
 
@@ -30,66 +35,80 @@ class VisualProjection(nn.Module):
         return self.norm(self.linear(tokens.to(self.linear.weight.dtype)))
 
 
-class MultimodalExcitor(nn.Module):
-    """A frozen causal LM that sees images through Excitor prompts.
+class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
+    """A frozen LM that a method teaches to see; give it an encoder (`vision`) or a cache's `vision_identity`."""
 
-    Give it either a `vision` encoder (images in) or, when training from a feature cache, the identity of the
-    encoder that made the cache (`vision_identity`) and its token width (`vision_width`).
-    """
+    method: ClassVar[str]
+    ddp_find_unused_parameters: ClassVar[bool] = False
+    """Whether some trainable tensor can get no gradient in a step (DDP must then search the graph every step)."""
 
     def __init__(
-        self,
-        language_model: nn.Module,
-        tokenizer: Any,
-        excitor_config: ExcitorConfig,
-        vision: VisionEncoder | None = None,
-        *,
-        vision_identity: dict[str, Any] | None = None,
-        vision_width: int | None = None,
+        self, language_model: nn.Module, tokenizer: Any, vision: VisionEncoder | None = None,
+        *, vision_identity: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if excitor_config.visual_prompt_mode is None:
-            raise ValueError("a multimodal model needs ExcitorConfig.visual_prompt_mode = 'concat' or 'add'")
         if (vision is None) == (vision_identity is None):
             raise ValueError("give exactly one of `vision` (an encoder) or `vision_identity` (from a feature cache)")
-        self.language_model = apply_excitor(language_model, excitor_config)
+        self.language_model = language_model
         self.tokenizer = tokenizer
         self.vision = vision
         self.vision_identity = vision.identity() if vision is not None else dict(vision_identity)
-        width = vision.width if vision is not None else (vision_width or self.vision_identity["width"])
-        device = language_model.get_input_embeddings().weight.device
-        self.projection = VisualProjection(width, language_model.config.hidden_size).to(device)
+        # Taken before a method wraps any of the LM's layers (e.g. LoRA on k_proj), which the identity reads.
+        self.language_identity = language_model_identity(language_model)
 
     @property
-    def excitor_config(self) -> ExcitorConfig:
-        return self.language_model.excitor_config
+    def vision_width(self) -> int:
+        return int(self.vision_identity["width"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.get_input_embeddings().weight.device
 
     def adapter_identity(self) -> dict[str, Any]:
-        return {"language_model": language_model_identity(self.language_model), "vision": self.vision_identity}
+        return {"language_model": dict(self.language_identity), "vision": dict(self.vision_identity)}
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        if self.vision is None:
-            raise ValueError("this model was built from a feature cache (no vision encoder): pass visual_tokens")
-        return self.vision(images)
+    @classmethod
+    @abc.abstractmethod
+    def build(cls, language_model: nn.Module, tokenizer: Any, config: Any, vision: VisionEncoder | None,
+              vision_identity: dict[str, Any] | None) -> VisionLanguageModel:
+        """The method's model from `config` (a factory.ModelConfig; the method reads its own section)."""
 
-    def _set_visual_prompts(
-        self,
-        images: torch.Tensor | None,
-        visual_tokens: torch.Tensor | None,
-        has_image: torch.Tensor | None,
-    ) -> None:
+    @abc.abstractmethod
+    def adapter_config(self) -> dict[str, Any]:
+        """The method's hyper-parameters, as an adapter checkpoint records them."""
+
+    def visual_tokens(
+        self, batch_size: int, images: torch.Tensor | None, visual_tokens: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """The frozen encoder's tokens of the batch (B x N_v x D), encoding images if needed; None without images.
+
+        One image (or set of tokens) per row: a mismatch is an error, never a silent broadcast."""
         if images is not None and visual_tokens is not None:
             raise ValueError("pass images or visual_tokens, not both")
         if images is None and visual_tokens is None:
-            set_visual_tokens(self.language_model, None)
-            return
-        tokens = self.encode_images(images) if images is not None else visual_tokens
+            return None
+        given = images if images is not None else visual_tokens
+        if given.shape[0] != batch_size:
+            raise ValueError(f"{given.shape[0]} images (or visual token sets) for a batch of {batch_size} texts: "
+                             "pass one per text (zeros with has_image=False for a text without an image)")
+        if images is not None:
+            if self.vision is None:
+                raise ValueError("this model was built from a feature cache (no vision encoder): pass visual_tokens")
+            tokens = self.vision(images)
+        else:
+            tokens = visual_tokens
         expected = self.vision_identity["num_tokens"], self.vision_identity["width"]
-        if tuple(tokens.shape[1:]) != expected:
+        if tuple(tokens.shape[1:]) != tuple(expected):
             raise ValueError(f"visual tokens of shape {tuple(tokens.shape)} do not match the encoder's N x D = {expected}")
-        device = self.projection.linear.weight.device
-        set_visual_tokens(self.language_model, self.projection(tokens.to(device)),
-                          None if has_image is None else has_image.to(device))
+        return tokens.to(self.device)
+
+    @staticmethod
+    def image_flags(batch_size: int, has_image: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        if has_image is None:
+            return torch.ones(batch_size, dtype=torch.bool, device=device)
+        if tuple(has_image.shape) != (batch_size,):
+            raise ValueError(f"has_image has shape {tuple(has_image.shape)}, expected ({batch_size},)")
+        return has_image.to(device=device, dtype=torch.bool)
 
     def forward(
         self,
@@ -99,40 +118,58 @@ class MultimodalExcitor(nn.Module):
         images: torch.Tensor | None = None,
         visual_tokens: torch.Tensor | None = None,
         has_image: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | float | None = None,
     ):
-        self._set_visual_prompts(images, visual_tokens, has_image)
-        return self.language_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        """A Hugging Face CausalLMOutput; with labels, `.loss` is the mean over label tokens, or their sum divided
+        by `num_items_in_batch` when given (how the Trainer normalises over ranks and accumulation steps)."""
+        batch = input_ids.shape[0]
+        tokens = self.visual_tokens(batch, images, visual_tokens)
+        loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+        flags = self.image_flags(batch, has_image, self.device)
+        return self.forward_ids(input_ids, attention_mask, labels, tokens, flags, loss_kwargs)
+
+    @abc.abstractmethod
+    def forward_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
+        tokens: torch.Tensor | None, has_image: torch.Tensor, loss_kwargs: dict[str, Any],
+    ):
+        """The method's forward of checked inputs: the batch's visual tokens (B x N_v x D, or None), one image flag
+        per row, and the loss's keyword arguments for the language model (`num_items_in_batch`)."""
+
+    @abc.abstractmethod
+    def generate_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: torch.Tensor | None,
+        has_image: torch.Tensor, decoding: Decoding,
+    ) -> torch.Tensor:
+        """The new token ids (B x T) after left-padded prompts, given the batch's visual tokens."""
 
     @torch.no_grad()
     def generate(
         self,
-        prompts: list[str],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
         images: torch.Tensor | None = None,
         visual_tokens: torch.Tensor | None = None,
         has_image: torch.Tensor | None = None,
         *,
-        max_new_tokens: int = 30,
-        min_new_tokens: int = 0,
-        num_beams: int = 1,
+        decoding: Decoding = Decoding(),
     ) -> list[str]:
-        """Deterministic decoding (greedy or beam) of a batch; prompts are left-padded so that the output of an
-        item does not depend on what else is in its batch."""
+        """Texts for a collated generation batch: prompts left-padded (the collator's `prompts()`), so an item's
+        output does not depend on what else is in its batch."""
+        if attention_mask is None or bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("generate needs left-padded prompts with their attention_mask (a collator's prompts())")
         was_training = self.training
         self.eval()
-        device = self.language_model.get_input_embeddings().weight.device
-        encoded = self.tokenizer(list(prompts), padding=True, padding_side="left", return_tensors="pt").to(device)
-        self._set_visual_prompts(images, visual_tokens, has_image)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        output = self.language_model.generate(
-            input_ids=encoded["input_ids"],
-            attention_mask=encoded["attention_mask"],
-            do_sample=False,
-            num_beams=num_beams,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            pad_token_id=pad_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-        )
-        self.train(was_training)
-        new_tokens = output[:, encoded["input_ids"].shape[1]:]
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        try:
+            device = self.device
+            batch = input_ids.shape[0]
+            tokens = self.visual_tokens(batch, images, visual_tokens)
+            flags = self.image_flags(batch, has_image, device)
+            new = self.generate_ids(input_ids.to(device), attention_mask.to(device), tokens, flags, decoding)
+        finally:
+            self.train(was_training)
+        return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 from pathlib import Path
 
+from .cli import run_cli
 from .io import atomic_directory
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,11 +50,11 @@ def prepare_smollm2(out_dir: Path | str = DEFAULT_DIR) -> Path:
     return out_dir
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mm_excitor.smollm2", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    print(prepare_smollm2(parser.parse_args().out))
+    print(prepare_smollm2(parser.parse_args(argv).out))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, sys.argv[1:]))

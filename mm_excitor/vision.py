@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,11 @@ from typing import Any, Callable
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.model import resize_pos_embed
 from torch import nn
+
+from mm_excitor.checkpoint import state_fingerprint
+from mm_excitor.torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +27,8 @@ class VisionConfig:
     model_name: str = "ViT-L-14-quickgelu"
     """Any open_clip model name (the paper's era: ViT-L-14 with OpenAI weights, which use QuickGELU)."""
     pretrained: str | None = None
-    """A local checkpoint file (open_clip or OpenAI format). None: random init, features carry no meaning."""
+    """A local checkpoint file: open_clip's (.safetensors/.bin/.pt, loaded weights_only) or OpenAI's original
+    TorchScript archive (ViT-L-14.pt, read without executing it). None: random init, features carry no meaning."""
     model_config_file: str | None = None
     """An open_clip model-config JSON to register first, for encoders open_clip does not ship (tests, demos)."""
     token_grid: int | None = None
@@ -49,11 +55,16 @@ class VisionEncoder(nn.Module):
                 f"CLIP checkpoint not found: {config.pretrained} (mm_excitor never downloads weights; "
                 f"pass a local open_clip/OpenAI checkpoint file, or none for a random-init encoder)"
             )
+        # OpenAI's original checkpoints are TorchScript archives, which open_clip's weights_only load refuses:
+        # their weights are read without executing the archive and loaded into the open_clip model here.
+        archive = config.pretrained is not None and is_torchscript_archive(config.pretrained)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.init_seed)
             clip, _, preprocess = open_clip.create_model_and_transforms(
-                config.model_name, pretrained=config.pretrained, **config.extra
+                config.model_name, pretrained=None if archive else config.pretrained, **config.extra
             )
+        if archive:
+            load_torchscript_clip(clip, config.pretrained, config.model_name)
         if config.pretrained is None:
             logger.warning(
                 "CLIP encoder %s is RANDOM-INIT (no pretrained checkpoint given): its visual features carry no "
@@ -88,24 +99,85 @@ class VisionEncoder(nn.Module):
         return torch.cat([cls, patches.flatten(2).transpose(1, 2)], dim=1)
 
     def identity(self) -> dict[str, Any]:
-        """What produced these features: the model, a hash of its weights, its preprocessing and token layout.
+        """What produced these features: ``config_identity(config)`` (architecture, checkpoint file or init seed,
+        token grid) plus what the built encoder shows: a hash of its weights, its preprocessing and token layout.
 
         A feature cache and an adapter record it, so that features or adapters from another encoder are refused.
         """
         if self._identity is None:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(self.visual.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             preprocess = getattr(self.visual, "preprocess_cfg", {}) or {}
             self._identity = {
-                "model_name": self.config.model_name,
-                "pretrained": Path(self.config.pretrained).name if self.config.pretrained else None,
-                "weights_sha256": digest.hexdigest()[:16],
+                **config_identity(self.config),
+                "weights_sha256": state_fingerprint(self.visual.state_dict()),
                 "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()},
                 "image_size": list(self.visual.image_size),
-                "token_grid": self.config.token_grid,
                 "num_tokens": self.num_tokens,
                 "width": self.width,
             }
         return dict(self._identity)
+
+
+def config_identity(config: VisionConfig) -> dict[str, Any]:
+    """The fields of ``VisionEncoder.identity()`` that the config alone fixes, computed without building the encoder.
+
+    Which weights: the sha256 of the checkpoint file's bytes, or the seed of a random init; which architecture:
+    the model name, the sha256 of the model-config JSON given (None: open_clip's own config of that name) and the
+    creation kwargs; which token layout: the grid. A feature cache is checked against a config with these: hashing
+    ViT-L/14's 1.7 GB open_clip checkpoint takes 1.5 s of CPU and no memory, building the encoder to hash its
+    weights 2.7 s and 3.2 GB more, then 1.4 s (bench/vision_identity_cost.py).
+    """
+    if config.pretrained is not None and not Path(config.pretrained).is_file():
+        raise FileNotFoundError(f"CLIP checkpoint not found: {config.pretrained} (its sha256 identifies the encoder)")
+    model_config = None
+    if config.model_config_file is not None:
+        path = Path(config.model_config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"open_clip model config not found: {path}")
+        try:
+            canonical = json.dumps(json.loads(path.read_text()), sort_keys=True)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        model_config = hashlib.sha256(canonical.encode()).hexdigest()
+    return {
+        "model_name": config.model_name,
+        "model_config_sha256": model_config,
+        "create_kwargs": json.loads(json.dumps(config.extra, sort_keys=True, default=str)),
+        "checkpoint_sha256": _file_sha256(Path(config.pretrained)) if config.pretrained is not None else None,
+        "init_seed": config.init_seed if config.pretrained is None else None,
+        "token_grid": config.token_grid,
+    }
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# Entries of OpenAI's archives that are sizes, not weights (open_clip's load_state_dict drops the same ones).
+_OPENAI_SIZES = ("input_resolution", "context_length", "vocab_size")
+
+
+def load_torchscript_clip(clip: nn.Module, path: str | Path, model_name: str) -> None:
+    """Load an OpenAI TorchScript CLIP checkpoint into an open_clip model, strictly, as open_clip loads a state dict.
+
+    Weights that do not fit the model (another architecture) are an error naming the file and the first keys.
+    """
+    state = read_torchscript_state_dict(path)
+    for key in _OPENAI_SIZES:
+        state.pop(key, None)
+    resize_pos_embed(state, clip)
+    expected = clip.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [f"{k} is {tuple(state[k].shape)}, {model_name} has {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        raise ValueError(f"{path}: these weights do not fit {model_name} ({len(problems)} problems: "
+                         f"{'; '.join(problems[:3])}); pick the matching model_name, e.g. ViT-L-14-quickgelu for "
+                         "OpenAI's ViT-L-14.pt")
+    clip.load_state_dict(state)
+    logger.info("%s: OpenAI TorchScript checkpoint loaded into %s (weights read without executing the archive)",
+                path, model_name)

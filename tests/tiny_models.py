@@ -97,3 +97,31 @@ def write_tiny_assets(root, num_questions: int = 40):
                  "--seed", "0", "--image-size", "32", "--difficulty", "simple", "--test-fraction", "0.25",
                  "--val-fraction", "0.1", "--no-progress"])
     return root
+
+
+TINY_CACHE = {"model_name": "tiny-cache", "num_tokens": 5, "width": 8}
+"""The encoder identity of a feature cache of 5 x 8 visual tokens (tests/train/helpers.py's N_V x D_V)."""
+
+
+def tiny_method_config():
+    """A ModelConfig whose every method section fits the 4-layer tiny models."""
+    from mm_excitor.config import ExcitorConfig
+    from mm_excitor.factory import ModelConfig
+    from mm_excitor.methods.llama_adapter import LlamaAdapterSettings
+    from mm_excitor.methods.lora import LoraSettings
+
+    return ModelConfig(excitor=ExcitorConfig(num_layers=2, num_prompts=4, rank=4, visual_prompt_mode="concat"),
+                       lora=LoraSettings(r=4), llama_adapter=LlamaAdapterSettings(adapter_len=3, adapter_layers=2))
+
+
+def tiny_method_model(method: str, base=None, vision=None, seed: int = 1, config=None):
+    """`method`'s model on a copy of `base` (default: the tiny LLaMA), fed by `vision` or else by a 5 x 8 token
+    feature cache; `seed` sets the adapter's initialisation."""
+    import copy
+
+    from mm_excitor.methods import method_class
+
+    base = copy.deepcopy(base) if base is not None else tiny_model()
+    torch.manual_seed(seed)
+    return method_class(method).build(base, tiny_tokenizer(), config or tiny_method_config(), vision,
+                                      None if vision else TINY_CACHE).eval()

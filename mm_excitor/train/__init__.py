@@ -1,15 +1,16 @@
-"""Training engine for Excitor models: recipe config, optimiser and schedule, exact resume, DDP/FSDP, reporting."""
-from .batches import ResumableSamplerProtocol
-from .config import RESUME_MUTABLE_KEYS, TrainConfig
+"""Training engine for any adapter method: recipe config, optimiser and schedule, exact resume, DDP/FSDP, reporting."""
+from .batches import Batch, ResumableSamplerProtocol
+from .config import TrainConfig
 from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .optim import build_optimizer, decays, lr_at, param_groups
-from .recipe import ConfigError, dump_yaml, from_dict, load_config, parse_args, parse_overrides, to_dict, valid_keys
+from .resume import FREE_TRAIN_KEYS, ResumeMismatchError
+from .signals import TrainingInterrupted
 from .state import seed_everything
-from .trainer import ResumeMismatchError, Trainer, TrainingInterrupted
+from .trainer import Trainer
 
 __all__ = [
-    "RESUME_MUTABLE_KEYS",
-    "ConfigError",
+    "FREE_TRAIN_KEYS",
+    "Batch",
     "DistInfo",
     "ResumableSamplerProtocol",
     "ResumeMismatchError",
@@ -19,15 +20,8 @@ __all__ = [
     "build_optimizer",
     "cleanup_distributed",
     "decays",
-    "dump_yaml",
-    "from_dict",
     "init_distributed",
-    "load_config",
     "lr_at",
     "param_groups",
-    "parse_args",
-    "parse_overrides",
     "seed_everything",
-    "to_dict",
-    "valid_keys",
 ]

@@ -10,10 +10,37 @@ from __future__ import annotations
 import signal
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass
+class Batch:
+    """What a collate function hands the trainer: the model's keyword arguments and the counts the loop needs.
+
+    The trainer never looks inside `inputs` (labels included): the collator that built them counts the positions
+    the loss covers (`num_label_tokens`, after the causal shift) and the non-padding tokens (`num_tokens`).
+    A batch whose items were all skipped (unreadable images) has empty `inputs` and is counted, not trained on.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    num_items: int
+    num_label_tokens: int = 0
+    num_tokens: int = 0
+    meta: list[Any] = field(default_factory=list)
+    """Per-item information for evaluation (ids, references); never a model input."""
+    stats: dict[str, int] = field(default_factory=dict)
+    """This batch's data counts (truncations, skipped items), summed into summary.json by the trainer."""
+
+    def to(self, device: torch.device | str) -> Batch:
+        return replace(self, inputs={k: v.to(device, non_blocking=True) for k, v in self.inputs.items()})
+
+    def pin_memory(self) -> Batch:
+        """DataLoader(pin_memory=True) calls this on custom batch types."""
+        return replace(self, inputs={k: v.pin_memory() for k, v in self.inputs.items()})
 
 
 class ResumableSamplerProtocol(Protocol):
@@ -62,10 +89,18 @@ def _worker_ignores_signals(_worker_id: int) -> None:
     """Workers leave SIGINT/SIGTERM to the main process, which finishes its step and saves before stopping.
 
     Ctrl-C and schedulers signal the whole process group; a worker that died on the signal would make the step the
-    main process is finishing fail.
+    main process is finishing fail. Such workers do not die when told to at interpreter exit either, so the main
+    process shuts them down itself whenever iteration ends (see MicroBatches.__iter__).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def shutdown_workers(iterator: Any) -> None:
+    """Stop a DataLoader iterator's worker processes now (on an error, its owner may never be collected)."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 class MicroBatches:
@@ -105,8 +140,8 @@ class MicroBatches:
     def seek(self, epoch: int, consumed: int, sampler_state: dict[str, Any] | None) -> None:
         self.epoch, self.consumed, self.sampler_state = epoch, consumed, sampler_state
 
-    def __iter__(self) -> Iterator[tuple[Any, int]]:
-        """(batch, number of items) pairs, forever; `position()` after a pair counts that pair as consumed."""
+    def __iter__(self) -> Iterator[Batch]:
+        """Batches, forever; `position()` after a batch counts that batch's indices as consumed."""
         while True:
             self.sampler.set_epoch(self.epoch)
             if self.sampler_state is None:
@@ -127,9 +162,12 @@ class MicroBatches:
                 generator=generator,
                 worker_init_fn=_worker_ignores_signals if self.num_workers else None,
             )
-            for batch in loader:
-                n = sizes.popleft()
-                self.consumed += n
-                yield batch, n
+            iterator = iter(loader)
+            try:
+                for batch in iterator:
+                    self.consumed += sizes.popleft()
+                    yield batch
+            finally:
+                shutdown_workers(iterator)
             self.epoch += 1
             self.sampler_state = None

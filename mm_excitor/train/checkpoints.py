@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..checkpoint import save_adapter
-from ..config import ExcitorConfig
+from ..checkpoint import write_adapter
 from ..io import atomic_directory, atomic_write_bytes
 from .state import STATE_JSON, ResumeState, write_resume_state
 
@@ -32,41 +30,15 @@ BEST = "best"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-class _AdapterView(nn.Module):
-    """Gathered trainable tensors dressed as a model, so that save_adapter writes them in the adapter format.
-
-    Under FSDP the live parameters are shards; this holds the full tensors under the same names, plus the Excitor
-    config and identity captured from the model before it was wrapped.
-    """
-
-    def __init__(self, state: dict[str, torch.Tensor], excitor_config: ExcitorConfig, identity: dict[str, Any]) -> None:
-        super().__init__()
-        for name, tensor in state.items():
-            *path, leaf = name.split(".")
-            module: nn.Module = self
-            for part in path:
-                if part not in module._modules:
-                    module.add_module(part, nn.Module())
-                module = module._modules[part]
-            module.register_parameter(leaf, nn.Parameter(tensor, requires_grad=True))
-        self.excitor_config = excitor_config
-        self._identity = identity
-
-    def adapter_identity(self) -> dict[str, Any]:
-        return self._identity
-
-
 def write_checkpoint(
-    directory: Path,
-    adapter_state: dict[str, torch.Tensor],
-    excitor_config: ExcitorConfig,
-    identity: dict[str, Any],
-    resume_state: ResumeState,
+    directory: Path, adapter_state: dict[str, torch.Tensor], adapter_metadata: dict[str, Any], resume_state: ResumeState
 ) -> Path:
-    """Write adapter + resume state as one directory that replaces `directory` atomically."""
-    view = _AdapterView(adapter_state, excitor_config, identity)
+    """Write adapter + resume state as one directory that replaces `directory` atomically.
+
+    `adapter_state` holds full tensors (gathered under FSDP) and `adapter_metadata` was captured from the model
+    before it was wrapped, so any method's adapter is written the same way `save_adapter` writes it."""
     with atomic_directory(directory) as scratch:
-        save_adapter(view, scratch)  # fills the scratch directory (replacing it whole)
+        write_adapter(scratch, adapter_state, adapter_metadata)
         write_resume_state(scratch, resume_state)
     return directory
 

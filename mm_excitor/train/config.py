@@ -1,6 +1,7 @@
 """The training recipe as one dataclass: every number a run depends on, validated at construction.
 
-Defaults follow LLaMA-Adapter's recipe (docs/method.md §3); YAML recipes in `configs/` override them.
+Defaults follow LLaMA-Adapter's recipe (docs/method.md §3); YAML recipes in `configs/` override them. Which
+keys may change when a run is resumed: `resume.FREE_TRAIN_KEYS`.
 """
 from __future__ import annotations
 
@@ -12,33 +13,6 @@ from typing import Any
 PRECISIONS = ("fp32", "bf16", "fp16")
 DISTRIBUTED_MODES = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
-
-RESUME_MUTABLE_KEYS = frozenset(
-    {
-        # run length: extending or shortening a run is the point of resuming it
-        "epochs",
-        "max_steps",
-        # where and how often to write and report; none of these touch the optimisation trajectory
-        # (evaluation runs under a forked RNG, so its cadence cannot perturb training)
-        "output_dir",
-        "resume",
-        "save_every_steps",
-        "keep_last",
-        "eval_every_steps",
-        "eval_batch_size",
-        "eval_max_batches",
-        "log_every_steps",
-        "tensorboard",
-        "progress_bar",
-        # how the same computation is placed on hardware: speed and memory change, the mathematics does not
-        # (world_size does change it, through the effective batch and the learning rate, and is refused)
-        "num_workers",
-        "device",
-        "distributed",
-        "find_unused_parameters",
-    }
-)
-"""Config keys (matched by their last dotted name) that may differ between a checkpoint and the resuming run."""
 
 
 @dataclass

@@ -100,15 +100,9 @@ def broadcast_object(value: Any) -> Any:
 # --- wrapping ----------------------------------------------------------------------------------------------------
 
 def default_find_unused(model: nn.Module) -> bool:
-    """Whether DDP must look for trainable parameters that a step does not use.
-
-    A language-only Excitor model uses every trainable tensor in every forward, so False is valid and avoids a
-    graph traversal per step. With visual prompts a text-only batch (ScienceQA questions without an image) can skip
-    the visual projection and the visual offsets entirely, so the set of used parameters changes between steps;
-    that rules out both False and static_graph=True, and leaves True.
-    """
-    excitor = getattr(model, "excitor_config", None)
-    return excitor is None or excitor.visual_prompt_mode is not None
+    """Whether DDP must search each step's graph for trainable tensors that got no gradient: what the method says
+    (`ddp_find_unused_parameters`); a bare LM with Excitor blocks uses every trainable tensor in every forward."""
+    return bool(getattr(model, "ddp_find_unused_parameters", False))
 
 
 def wrap_model(model: nn.Module, mode: str, info: DistInfo, find_unused_parameters: bool | None = None) -> nn.Module:
@@ -184,14 +178,16 @@ def _decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def _trainable_subtrees(model: nn.Module, skip: set[int]) -> list[nn.Module]:
-    """Maximal submodules outside `skip` whose parameters all train (and have any)."""
+    """Maximal submodules outside `skip` whose parameters all train (and have any). A container without a forward
+    (peft keeps LoRA's A and B in ModuleDicts) is not a unit: FSDP hooks a module's forward, so its children are."""
     found = []
 
     def visit(module: nn.Module) -> None:
         if id(module) in skip:
             return
         params = list(module.parameters())
-        if module is not model and params and all(p.requires_grad for p in params):
+        container = isinstance(module, (nn.ModuleDict, nn.ModuleList))
+        if module is not model and params and all(p.requires_grad for p in params) and not container:
             found.append(module)
             return
         for child in module.children():
@@ -212,6 +208,30 @@ def is_fsdp(model: nn.Module) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def unsharded(model: nn.Module) -> Iterator[None]:
+    """Inside the block every rank holds the whole model and runs forwards on its own (no collectives), as
+    generation needs: ranks generate different numbers of tokens and items. A no-op without FSDP.
+
+    The inner units stop resharding after forward for the block (torch's documented way to run evals) and get
+    their training setting back after it; the root unit never reshards after forward anyway."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    inner = [unit for unit in units if unit is not model]
+    for unit in inner:
+        unit.set_reshard_after_forward(False, recurse=False)
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+        for unit in inner:
+            unit.set_reshard_after_forward(True, recurse=False)
 
 
 def _is_ddp(model: nn.Module) -> bool:

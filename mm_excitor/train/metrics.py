@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..io import atomic_write_bytes
 
@@ -96,3 +97,10 @@ def human_bytes(n: float) -> str:
             return f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def say(dist: Any, message: str) -> None:
+    """A progress message from rank 0 that does not break the progress bar."""
+    if dist.is_main:
+        tqdm.write(message, file=sys.stdout)
+        sys.stdout.flush()

@@ -2,13 +2,13 @@
 
 Two files, each written atomically: `optimizer.safetensors` (optimizer moment tensors, keyed by parameter name,
 plus each rank's torch RNG state as uint8 tensors) and `trainer_state.json` (step, epoch, data position, per-rank
-Python/NumPy RNG states, optimiser hyper-parameters, GradScaler state, the config and the model identity). No
-pickle anywhere: the files load under `weights_only` rules and outlive the classes that wrote them.
+Python/NumPy RNG states, optimiser hyper-parameters, GradScaler state, the run config, the adapter's method and
+model identity, and the training data's identity). No pickle anywhere: the files load under `weights_only` rules
+and outlive the classes that wrote them.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from ..io import atomic_write_bytes, atomic_write_json
+from ..io import atomic_write_bytes, atomic_write_json, read_json
 
-STATE_FORMAT = "mm_excitor.train_state/v1"
+STATE_FORMAT = "mm_excitor.train_state/v2"
 STATE_JSON = "trainer_state.json"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 _SEP = "::"  # parameter names contain dots, never this
@@ -42,9 +43,12 @@ class ResumeState:
     optimizer: dict[str, Any]
     scaler: dict[str, Any] | None
     world_size: int
-    config: dict[str, Any]
-    identity: dict[str, Any]
-    run_config: dict[str, Any] | None = None
+    run_config: dict[str, Any]
+    """The whole run config as plain data (its `train` section is the TrainConfig)."""
+    model: dict[str, Any]
+    """The adapter's method, hyper-parameters and model identity (checkpoint.adapter_metadata)."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """The training data's identity (e.g. its size and a fingerprint), from the task that built it."""
     counters: dict[str, Any] = field(default_factory=dict)
     """samples_seen, tokens_seen, train_time_s, best_val_loss, best_step: run totals carried across resumes."""
     schedule: dict[str, Any] = field(default_factory=dict)
@@ -78,9 +82,9 @@ def write_resume_state(directory: Path, state: ResumeState) -> None:
         "optimizer": {"param_groups": state.optimizer["param_groups"], "non_tensor_state": json_optimizer_state},
         "scaler": state.scaler,
         "world_size": state.world_size,
-        "config": state.config,
         "run_config": state.run_config,
-        "identity": state.identity,
+        "model": state.model,
+        "data": state.data,
         "counters": state.counters,
         "schedule": state.schedule,
     }
@@ -92,10 +96,14 @@ def read_resume_state(directory: Path | str) -> ResumeState:
     path = directory / STATE_JSON
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a training checkpoint: {STATE_JSON} is missing")
-    document = json.loads(path.read_text())
-    if document.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: unknown resume-state format {document.get('format')!r} (expected {STATE_FORMAT})")
-    tensors = load_file(str(directory / OPTIMIZER_TENSORS))
+    document = read_json(path)
+    if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
+        found = document.get("format") if isinstance(document, dict) else None
+        raise ValueError(f"{path}: unknown resume-state format {found!r} (expected {STATE_FORMAT})")
+    try:
+        tensors = load_file(str(directory / OPTIMIZER_TENSORS))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{directory / OPTIMIZER_TENSORS}: unreadable resume state ({error})") from None
     optimizer_state: dict[str, dict[str, Any]] = {
         name: dict(values) for name, values in document["optimizer"]["non_tensor_state"].items()
     }
@@ -123,9 +131,9 @@ def read_resume_state(directory: Path | str) -> ResumeState:
         optimizer={"state": optimizer_state, "param_groups": document["optimizer"]["param_groups"]},
         scaler=document["scaler"],
         world_size=document["world_size"],
-        config=document["config"],
-        run_config=document.get("run_config"),
-        identity=document["identity"],
+        run_config=document["run_config"],
+        model=document["model"],
+        data=document.get("data", {}),
         counters=document.get("counters", {}),
         schedule=document.get("schedule", {}),
     )

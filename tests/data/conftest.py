@@ -3,6 +3,7 @@ byte-level BPE tokenizers built in memory (nothing is downloaded)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -59,3 +60,18 @@ def sqa_copy(tmp_path: Path) -> Path:
     shutil.copytree(SQA, tmp_path / "scienceqa")
     return tmp_path / "scienceqa"
 
+
+
+@pytest.fixture
+def train2017(coco_copy: Path) -> Path:
+    """A captions_train2017.json-style file in the copy: train2017 holds val2014 images under new names; here all
+    four val2014 images (Karpathy test 900001 and 900002, restval 900004, val 900005)."""
+    ann = json.loads((coco_copy / "annotations" / "captions_val2014.json").read_text(encoding="utf-8"))
+    (coco_copy / "train2017").mkdir()
+    for im in ann["images"]:
+        new = f"{im['id']:012d}.jpg"
+        shutil.copy(coco_copy / "val2014" / im["file_name"], coco_copy / "train2017" / new)
+        im["file_name"] = new
+    path = coco_copy / "annotations" / "captions_train2017.json"
+    path.write_text(json.dumps(ann), encoding="utf-8")
+    return path

@@ -63,11 +63,13 @@ def test_visual_features_are_looked_up_by_image_key():
         CaptionEvalDataset(images)
 
 
-def test_scienceqa_items_text_only_rows_are_zero_images():
+def test_scienceqa_text_only_items_carry_no_image_and_the_blank_has_the_image_shape():
     ds = ScienceQADataset(load_scienceqa(SQA, "train"), image_transform=transform)
     with_image, text_only = ds[0], ds[2]  # pid 1 has an image, pid 3 only a hint
     assert with_image["has_image"] and with_image["image"].abs().sum() > 0
-    assert not text_only["has_image"] and text_only["image"].shape == (3, 8, 8) and text_only["image"].eq(0).all()
+    assert not text_only["has_image"] and "image" not in text_only
+    blank = ds.blank()["image"]
+    assert blank.shape == with_image["image"].shape == (3, 8, 8) and blank.eq(0).all()
     assert text_only["target"] == " The answer is B." and text_only["meta"]["pid"] == "3"
     assert text_only["prompt"].startswith("Question: Which change of state happened to the water?\nContext: Maya")
     lea = ScienceQADataset(load_scienceqa(SQA, "train"), fmt="QCM-LEA", image_transform=transform)
@@ -76,11 +78,12 @@ def test_scienceqa_items_text_only_rows_are_zero_images():
         ScienceQADataset([], fmt="QCM-B", image_transform=transform)
 
 
-def test_scienceqa_visual_features_zero_tokens_for_text_only():
+def test_scienceqa_visual_features_blank_is_zero_tokens_of_the_cache_shape():
     problems = load_scienceqa(SQA, "train")
     feats = {p.image_key: torch.ones(3, 5) for p in problems if p.has_image}
     ds = ScienceQADataset(problems, visual_features=feats)
-    assert ds[2]["visual_tokens"].shape == (3, 5) and ds[2]["visual_tokens"].eq(0).all()
+    assert "visual_tokens" not in ds[2] and ds[0]["visual_tokens"].eq(1).all()
+    assert ds.blank()["visual_tokens"].shape == (3, 5) and ds.blank()["visual_tokens"].eq(0).all()
 
 
 # --------------------------------------------------------------------------------------------------- bad images
@@ -124,12 +127,12 @@ def test_corrupt_image_skipped_in_workers_is_counted_in_batches(coco_copy: Path,
     loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=Collator(tokenizer, 64))
     skipped = examples = 0
     for batch in loader:
-        skipped += batch["stats"]["skipped"]
-        examples += batch["stats"]["examples"]
-        if not batch["meta"]:  # every item of this batch was skipped
-            assert "input_ids" not in batch
+        skipped += batch.stats["skipped"]
+        examples += batch.stats["examples"]
+        if not batch.meta:  # every item of this batch was skipped
+            assert batch.inputs == {} and batch.num_items == 0
             continue
-        assert batch["images"].shape[1:] == (3, 8, 8)
+        assert batch.inputs["images"].shape[1:] == (3, 8, 8)
     assert skipped == 5 and examples == 10  # five captions of the corrupt image, counted, none silently lost
 
 

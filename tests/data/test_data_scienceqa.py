@@ -152,7 +152,7 @@ def test_problem_in_the_wrong_split(sqa_copy: Path):
 
 def test_malformed_problems_json(sqa_copy: Path):
     (sqa_copy / "problems.json").write_text('{"1": {"question": "x",}', encoding="utf-8")
-    with pytest.raises(DataError, match=r"problems\.json: line 1 column \d+: malformed JSON"):
+    with pytest.raises(ValueError, match=r"problems\.json: not valid JSON \(line 1 column \d+"):
         load_scienceqa(sqa_copy, "train")
 
 

@@ -1,27 +1,36 @@
 """Caption scoring: parity with pycocoevalcap's own COCOEvalCap, install folder untouched, clear input errors.
 
 Java start-up (PTB tokenizer, METEOR) dominates the run time, so each scoring run is a module-scoped fixture shared
-by several assertions.
+by several assertions. The parity runs score the tokenizer's edge cases plus 1,000 synthetic images.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from bench.caption_scoring import run_cocoevalcap, synthetic_coco
 from eval import caption_metrics
+from eval import meteor as meteor_module
 from eval import spice as spice_module
-from eval.caption import main as caption_main
+from eval.caption import main as score_or_generate
 from eval.caption_files import load_references, write_results
 from eval.caption_metrics import METRICS, CaptionInputError, score_captions
 from eval.java import JavaNotFoundError, require_java
 from eval.spice import SpiceUnavailableError
+from mm_excitor.cli import run_cli
+from tests.meteor_helpers import StandInMeteor, process_group_is_gone
+
+
+def caption_main(argv: list[str]) -> int:
+    """`python -m eval.caption ...`: its exit status."""
+    return run_cli(score_or_generate, argv)
+
 
 PKG_DIR = Path(spice_module.SPICE_DIR).parent  # the pycocoevalcap install folder
 
@@ -49,12 +58,27 @@ def _gt(refs: dict[int, list[str]]) -> dict:
     return {"images": [{"id": i} for i in refs], "annotations": [dict(a, id=k + 1) for k, a in enumerate(anns)]}
 
 
+def _parity_set() -> tuple[dict[int, list[str]], list[dict]]:
+    """The edge cases first, then 1,000 synthetic images (ids from 100,000: no clash)."""
+    gt, results = synthetic_coco(1000, seed=3)
+    refs = {**REFERENCES, **{image["id"]: [] for image in gt["images"]}}
+    for annotation in gt["annotations"]:
+        refs[annotation["image_id"]].append(annotation["caption"])
+    return refs, [*RESULTS, *results]
+
+
+PARITY_REFERENCES, PARITY_RESULTS = _parity_set()
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("captions")
     (d / "gt.json").write_text(json.dumps(_gt(REFERENCES)))
     (d / "res.json").write_text(json.dumps(RESULTS))
-    return {"dir": d, "gt": d / "gt.json", "res": d / "res.json"}
+    (d / "parity_gt.json").write_text(json.dumps(_gt(PARITY_REFERENCES)))
+    (d / "parity_res.json").write_text(json.dumps(PARITY_RESULTS))
+    return {"dir": d, "gt": d / "gt.json", "res": d / "res.json",
+            "parity_gt": d / "parity_gt.json", "parity_res": d / "parity_res.json"}
 
 
 _WRITES: list[str] | None = None
@@ -82,78 +106,127 @@ def ours(files: dict[str, Path]) -> dict:
     sys.addaudithook(_audit)
     before = _listing(PKG_DIR)
     workdir = files["dir"] / "work"
+    helpers: list[int] = []
+
+    class RecordedMeteor(meteor_module.MeteorProcess):
+        def __init__(self, workdir: Path | None = None) -> None:
+            super().__init__(workdir)
+            helpers.append(self._proc.pid)  # also the process group of its JVM
+
     _WRITES = []
     try:
-        scores = score_captions(files["res"], files["gt"], workdir=workdir)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(caption_metrics, "MeteorProcess", RecordedMeteor)
+            scores = score_captions(files["parity_res"], files["parity_gt"], workdir=workdir)
     finally:
         writes, _WRITES = _WRITES, None
-    return {"scores": scores, "writes": writes, "before": before, "after": _listing(PKG_DIR), "workdir": workdir}
+    return {"scores": scores, "writes": writes, "before": before, "after": _listing(PKG_DIR), "workdir": workdir,
+            "meteor_process_groups": helpers}
 
 
 @pytest.fixture(scope="module")
-def reference(files: dict[str, Path]) -> object:
-    """pycocoevalcap's COCOEvalCap run directly; only SPICE (which downloads CoreNLP) is stubbed out."""
-    from pycocoevalcap import eval as coco_eval
-    from pycocotools.coco import COCO
-
-    class NoSpice:
-        def compute_score(self, gts: dict, res: dict) -> tuple[float, list[float]]:
-            return 0.0, [0.0] * len(gts)
-
-        def method(self) -> str:
-            return "SPICE"
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(coco_eval, "Spice", NoSpice)
-        coco = COCO(str(files["gt"]))
-        evaluator = coco_eval.COCOEvalCap(coco, coco.loadRes(str(files["res"])))
-        evaluator.evaluate()
-    return evaluator
+def reference(files: dict[str, Path]) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+    """pycocoevalcap's COCOEvalCap run directly (metrics, per-image scores); only SPICE (which downloads CoreNLP)
+    is stubbed out."""
+    return run_cocoevalcap(files["parity_gt"], files["parity_res"])
 
 
-def test_corpus_scores_equal_cocoevalcap(ours: dict, reference: object) -> None:
+@pytest.fixture(scope="module")
+def cli(files: dict[str, Path]) -> dict:
+    """`python -m eval.caption score` in a fresh interpreter, with every module it imports listed (-X importtime)."""
+    out = files["dir"] / "cli"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "eval.caption", "score", "--results", str(files["parity_res"]),
+         "--annotations", str(files["parity_gt"]), "--out", str(out), "--workdir", str(files["dir"] / "cli-work")],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return {"modules": modules, "report": json.loads((out / "caption_scores.json").read_text()),
+            "per_image": json.loads((out / "caption_per_image.json").read_text())["images"]}
+
+
+def test_corpus_scores_equal_cocoevalcap(ours: dict, reference: tuple) -> None:
     scores = ours["scores"]
     assert list(scores.metrics) == list(METRICS)
     for name in METRICS:
         if name == "METEOR":
-            assert scores.metrics[name] == pytest.approx(reference.eval[name], abs=1e-6)
+            assert scores.metrics[name] == pytest.approx(reference[0][name], abs=1e-6)
         else:
-            assert scores.metrics[name] == reference.eval[name], name
+            assert scores.metrics[name] == reference[0][name], name
     assert scores.metrics["CIDEr"] > 0.1  # a real score, not an all-zero degenerate case
 
 
-def test_per_image_scores_equal_cocoevalcap(ours: dict, reference: object) -> None:
+def test_per_image_scores_equal_cocoevalcap(ours: dict, reference: tuple) -> None:
     scores = ours["scores"]
-    assert list(scores.per_image) == list(REFERENCES)
+    assert list(scores.per_image) == list(PARITY_REFERENCES)
     for image_id, per in scores.per_image.items():
         for name in METRICS:
-            assert per[name] == pytest.approx(reference.imgToEval[image_id][name], abs=1e-6 if name == "METEOR" else 0)
+            assert per[name] == pytest.approx(reference[1][image_id][name], abs=1e-6 if name == "METEOR" else 0)
     assert scores.captions[7] == ""
-    assert (scores.subset, scores.coverage, scores.n_images) == (False, "4/4", 4)
+    assert (scores.subset, scores.coverage, scores.n_images) == (False, "1004/1004", 1004)
 
 
-def test_nothing_is_written_into_the_pycocoevalcap_folder(ours: dict) -> None:
+def test_the_score_command_equals_cocoevalcap(cli: dict, reference: tuple) -> None:
+    assert cli["report"]["metrics"].keys() == set(METRICS)
+    for name in METRICS:
+        assert cli["report"]["metrics"][name] == pytest.approx(reference[0][name], abs=1e-6)
+    assert [row["image_id"] for row in cli["per_image"]] == list(PARITY_REFERENCES)
+    for row in cli["per_image"]:
+        for name in METRICS:
+            assert row[name] == pytest.approx(reference[1][row["image_id"]][name], abs=1e-6)
+
+
+def test_the_score_command_does_not_import_the_model_stack(cli: dict) -> None:
+    assert "eval.caption_metrics" in cli["modules"]  # the list is real
+    assert not {"torch", "transformers", "open_clip"} & cli["modules"]
+
+
+def test_nothing_is_written_into_the_pycocoevalcap_folder_or_left_running(ours: dict) -> None:
     assert not [w for w in ours["writes"] if w.startswith(str(PKG_DIR))]
     assert ours["before"] == ours["after"]
+    assert len(ours["meteor_process_groups"]) == 1
+    assert process_group_is_gone(ours["meteor_process_groups"][0])  # the METEOR helper and its JVM stopped
     # the tokenizer's temp file went to the work directory instead, which is cleaned up
     assert any(w.startswith(str(ours["workdir"])) for w in ours["writes"])
     assert list(ours["workdir"].iterdir()) == []
 
 
-class _FastMeteor:
-    """METEOR's Java start-up takes seconds; its parity is covered above, so the report tests use this stand-in."""
+def test_meteor_starts_first_and_works_while_the_other_scorers_run(files: dict[str, Path], monkeypatch) -> None:
+    """The order that makes scoring as fast as COCOEvalCap: METEOR's JVM loads its tables during tokenisation, and
+    its answer is awaited only after BLEU, ROUGE-L and CIDEr (bench/caption_scoring.py measures the time)."""
+    events: list[str] = []
 
-    def compute_score(self, gts: dict, res: dict) -> tuple[float, list[float]]:
-        return 0.5, [0.5] * len(gts)
+    class RecordingMeteor(StandInMeteor):
+        def __init__(self, workdir: Path | None = None) -> None:
+            events.append("METEOR started")
+            super().__init__(workdir)
 
+        def submit(self, gts: dict, res: dict) -> None:
+            events.append("METEOR submitted")
+            super().submit(gts, res)
 
-@contextmanager
-def _fast_meteor() -> Iterator[_FastMeteor]:
-    yield _FastMeteor()
+        def result(self) -> tuple[float, list[float]]:
+            events.append("METEOR awaited")
+            return super().result()
+
+    def recording(name: str, function):
+        def wrapper(*args, **kwargs):
+            events.append(name)
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(caption_metrics, "MeteorProcess", RecordingMeteor)
+    monkeypatch.setattr(caption_metrics, "ptb_tokenize", recording("tokenize", caption_metrics.ptb_tokenize))
+    for scorer in (caption_metrics.Bleu, caption_metrics.Rouge, caption_metrics.Cider):
+        monkeypatch.setattr(scorer, "compute_score", recording(scorer.__name__, scorer.compute_score))
+    score_captions(files["res"], files["gt"])
+    assert events == ["METEOR started", "tokenize", "tokenize", "METEOR submitted", "Bleu", "Rouge", "Cider",
+                      "METEOR awaited"]
 
 
 def test_subset_is_allowed_only_when_asked_and_marked_everywhere(files: dict[str, Path], capsys, monkeypatch) -> None:
-    monkeypatch.setattr(caption_metrics, "_meteor", _fast_meteor)
+    monkeypatch.setattr(caption_metrics, "MeteorProcess", StandInMeteor)
     partial = files["dir"] / "partial.json"
     partial.write_text(json.dumps(RESULTS[:3]))
     (files["dir"] / "partial.meta.json").write_text(json.dumps({"decoding": {"batch_size": 8, "num_beams": 3,

@@ -7,10 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from eval.scienceqa import main as scienceqa_main
+from eval.scienceqa import main as score_or_generate
 from eval.scienceqa_metrics import (
     ScienceQAInputError, extract_answer, format_official, score_scienceqa, write_official_results,
 )
+from mm_excitor.cli import run_cli
+
+
+def scienceqa_main(argv: list[str]) -> int:
+    """`python -m eval.scienceqa ...`: its exit status."""
+    return run_cli(score_or_generate, argv)
 
 
 def _p(subject: str, hint: str, image: str | None, grade: int, topic: str, n: int, answer: int,
@@ -145,3 +151,107 @@ def test_cli_subset_is_refused_then_marked(tmp_path: Path, problems_file: Path, 
     assert json.loads((tmp_path / "o" / "scienceqa_results.json").read_text())["subset"].startswith("SUBSET: 2/10")
     assert (tmp_path / "o" / "scienceqa_scores.md").read_text().startswith("# ScienceQA test accuracy (SUBSET 2/10)")
     assert json.loads((tmp_path / "o" / "scienceqa_scores.json").read_text())["coverage"] == "2/10"
+
+
+# ---------------------------------------------------------------------------- unparsed policy and split size
+
+
+def _official_get_pred_idx(prediction: str, choices: list, options: list) -> int:
+    """lupantech/ScienceQA models/run_gpt3.py, as published (the reference for --unparsed random)."""
+    import random
+
+    if prediction in options[:len(choices)]:
+        return options.index(prediction)
+    return random.choice(range(len(choices)))
+
+
+def test_random_fallback_draws_as_the_official_scorer() -> None:
+    import random
+
+    options = ["A", "B", "C", "D", "E"]
+    correct_by_seed = set()
+    for seed in range(20):
+        random.seed(seed)
+        expected = {pid: _official_get_pred_idx("FAILED" if idx == -1 else options[idx], p["choices"], options)
+                    for pid, (p, _, idx) in FIXTURE.items()}
+        scores = score_scienceqa(PREDICTIONS, PROBLEMS, unparsed="random", seed=seed)
+        assert scores.predictions == expected, seed
+        right = sum(expected[pid] == PROBLEMS[pid]["answer"] for pid in expected)
+        assert scores.categories["Avg"].correct == right and scores.n_unparsed == 2
+        assert (scores.unparsed_policy, scores.seed) == ("random", seed)
+        correct_by_seed.add(right)
+    assert len(correct_by_seed) > 1  # the policy changes the number on this fixture
+    wrong = score_scienceqa(PREDICTIONS, PROBLEMS)
+    assert (wrong.unparsed_policy, wrong.seed, wrong.categories["Avg"].correct) == ("wrong", None, 6)
+    assert wrong.predictions == PREDICTIONS
+
+
+def _answers(tmp_path: Path, pids) -> Path:
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": pid, "prompt": "p", "text": FIXTURE[pid][1]}) + "\n"
+                               for pid in pids))
+    return answers
+
+
+def test_cli_records_the_unparsed_policy(tmp_path: Path, problems_file: Path, capsys) -> None:
+    argv = ["score", "--problems", str(problems_file), "--predictions", str(_answers(tmp_path, FIXTURE))]
+    assert scienceqa_main([*argv, "--out", str(tmp_path / "w")]) == 0
+    report = json.loads((tmp_path / "w" / "scienceqa_scores.json").read_text())
+    assert report["unparsed"]["policy"] == "wrong" and report["unparsed"]["seed"] is None
+    assert "run_gpt3.py picks a random option" in report["unparsed"]["note"]
+    assert "count as wrong (LLaVA" in (tmp_path / "w" / "scienceqa_scores.md").read_text()
+    capsys.readouterr()
+
+    assert scienceqa_main([*argv, "--out", str(tmp_path / "r"), "--unparsed", "random", "--seed", "3"]) == 0
+    assert "unparsed answers (a random option, seed 3): 2" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r" / "scienceqa_scores.json").read_text())
+    assert report["unparsed"]["policy"] == "random" and report["unparsed"]["seed"] == 3
+    drawn = score_scienceqa(PREDICTIONS, PROBLEMS, unparsed="random", seed=3).predictions
+    official = json.loads((tmp_path / "r" / "scienceqa_results.json").read_text())["results"]
+    assert official == drawn and -1 not in official.values()
+    assert "random option (random.Random(3)" in (tmp_path / "r" / "scienceqa_scores.md").read_text()
+
+
+def _pid_splits(path: Path, test: list[str]) -> Path:
+    path.write_text(json.dumps({"train": ["12"], "val": ["11"], "test": test, "minitest": ["1", "2"]}))
+    return path
+
+
+def test_truncated_problems_file_is_not_a_full_split(tmp_path: Path, capsys) -> None:
+    """pid_splits.json next to problems.json gives the split's size; a problems.json without pid 10 is a subset."""
+    truncated = {pid: p for pid, p in PROBLEMS.items() if pid != "10"}
+    (tmp_path / "problems.json").write_text(json.dumps(truncated))
+    _pid_splits(tmp_path / "pid_splits.json", list(FIXTURE))
+    out = tmp_path / "out"
+    argv = ["score", "--problems", str(tmp_path / "problems.json"), "--out", str(out),
+            "--predictions", str(_answers(tmp_path, [pid for pid in FIXTURE if pid != "10"]))]
+    assert scienceqa_main(argv) == 0
+    captured = capsys.readouterr()
+    assert "warning: problems.json holds 9 of the 10 test questions" in captured.err and "10" in captured.err
+    assert "SUBSET: 9/10 questions" in captured.out and "Full split" not in captured.out
+    report = json.loads((out / "scienceqa_scores.json").read_text())
+    assert report["subset"] is True and report["coverage"] == "9/10"
+    assert report["split_size"] == {"n": 10, "from": str(tmp_path / "pid_splits.json")}
+    assert report["warnings"] and "9 of the 10" in report["warnings"][0]
+    assert "**Warning: problems.json holds 9 of the 10" in (out / "scienceqa_scores.md").read_text()
+
+
+def test_explicit_pid_splits_full_split_and_mini_splits(tmp_path: Path, problems_file: Path, capsys) -> None:
+    splits = _pid_splits(tmp_path / "elsewhere.json", list(FIXTURE))
+    argv = ["score", "--problems", str(problems_file), "--pid-splits", str(splits)]
+    assert scienceqa_main([*argv, "--predictions", str(_answers(tmp_path, FIXTURE)), "--out", str(tmp_path / "o")]) == 0
+    captured = capsys.readouterr()
+    assert "Full split: 10/10 questions" in captured.out and "warning" not in captured.err
+    assert json.loads((tmp_path / "o" / "scienceqa_scores.json").read_text())["warnings"] == []
+    assert scienceqa_main([*argv, "--split", "minitest", "--predictions", str(_answers(tmp_path, ["1", "2"])),
+                           "--out", str(tmp_path / "m")]) == 0
+    assert "Full split: 2/2 questions" in capsys.readouterr().out
+
+
+def test_without_pid_splits_the_size_is_said_to_be_unchecked(tmp_path: Path, problems_file: Path, capsys) -> None:
+    argv = ["score", "--problems", str(problems_file), "--predictions", str(_answers(tmp_path, FIXTURE)),
+            "--out", str(tmp_path / "o")]
+    assert scienceqa_main(argv) == 0
+    assert "warning: no pid_splits.json given" in capsys.readouterr().err
+    report = json.loads((tmp_path / "o" / "scienceqa_scores.json").read_text())
+    assert report["split_size"]["from"].startswith("problems.json split field")

@@ -1,4 +1,4 @@
-"""Tiny fixtures for the trainer tests: a synthetic token dataset, a protocol-following sampler, a tiny model."""
+"""Tiny fixtures for the trainer tests: a synthetic token dataset and its collate function, a tiny model."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,19 +7,26 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from data.sampler import ResumableSampler
 from mm_excitor import ExcitorConfig, apply_excitor, excitor_blocks
-from mm_excitor.train import TrainConfig
+from mm_excitor.train import Batch, TrainConfig
 from tests.tiny_models import tiny_model
 
 SEQ_LEN = 12
 VOCAB = 96
+N_V, D_V = 5, 8  # visual tokens per image and their width, as a tiny feature cache would hold them
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    """Item i: an arithmetic token sequence (so there is something to learn) whose first 3 tokens are the prompt."""
+    """Item i: an arithmetic token sequence (so there is something to learn) whose first tokens are the prompt: 3
+    of them, or 3 to 9 with `variable_prompts` (label counts then differ between items, batches and ranks).
 
-    def __init__(self, n: int, offset: int = 0) -> None:
-        self.n, self.offset = n, offset
+    With `image_every=k` every k-th item has visual tokens (a fixed random N_V x D_V per item, as a feature cache
+    would give) and the others are text-only; `image_every=0` makes every item text-only (a multimodal model's
+    batches then hold only blank rows)."""
+
+    def __init__(self, n: int, offset: int = 0, variable_prompts: bool = False, image_every: int | None = None) -> None:
+        self.n, self.offset, self.variable_prompts, self.image_every = n, offset, variable_prompts, image_every
 
     def __len__(self) -> int:
         return self.n
@@ -28,58 +35,30 @@ class TokenDataset(torch.utils.data.Dataset):
         i += self.offset
         start, stride = 3 + (i * 7) % 80, 1 + i % 3
         ids = torch.tensor([1] + [3 + (start + stride * t) % (VOCAB - 3) for t in range(SEQ_LEN - 1)])
-        return {"input_ids": ids, "meta": {"index": i}}
+        prompt = 3 + (i * 5) % 7 if self.variable_prompts else 3
+        item = {"input_ids": ids, "prompt_length": prompt, "meta": {"index": i}}
+        if self.image_every is not None:
+            item["has_image"] = bool(self.image_every) and i % self.image_every == 0
+            if item["has_image"]:
+                item["visual_tokens"] = torch.randn(N_V, D_V, generator=torch.Generator().manual_seed(i))
+        return item
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+def collate(items: list[dict[str, Any]]) -> Batch:
     ids = torch.stack([item["input_ids"] for item in items])
     labels = ids.clone()
-    labels[:, :3] = -100
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-            "meta": [item["meta"] for item in items]}
+    for row, item in enumerate(items):
+        labels[row, : item["prompt_length"]] = -100
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    if "has_image" in items[0]:
+        inputs["has_image"] = torch.tensor([item["has_image"] for item in items])
+        inputs["visual_tokens"] = torch.stack([item.get("visual_tokens", torch.zeros(N_V, D_V)) for item in items])
+    return Batch(inputs=inputs, num_items=len(items), num_label_tokens=int((labels[:, 1:] != -100).sum()),
+                 num_tokens=ids.numel(), meta=[item["meta"] for item in items])
 
 
-class ListSampler:
-    """A stand-in for data/sampler.py, following the ResumableSampler protocol: one seeded permutation per epoch shared by all ranks, rank r takes perm[r::W]."""
-
-    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False) -> None:
-        assert num_items % world_size == 0
-        self.num_items, self.seed, self.shuffle, self.rank, self.world_size = num_items, seed, shuffle, rank, world_size
-        self.epoch, self.position = 0, 0
-
-    def _order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.num_items))
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.num_items, generator=g)[self.rank :: self.world_size].tolist()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.position = epoch, 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-
-    def __iter__(self):
-        order = self._order()
-        while self.position < len(order):
-            index = order[self.position]
-            self.position += 1
-            yield index
-
-    def __len__(self) -> int:
-        return self.num_items // self.world_size
-
-
-def make_sampler(num_items: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-    """data/sampler.py's ResumableSampler (the one the entry scripts use) when present, else the stand-in above."""
-    try:
-        from data.sampler import ResumableSampler
-    except ImportError:
-        return ListSampler(num_items, seed=seed, rank=rank, world_size=world_size)
+def make_sampler(num_items: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> ResumableSampler:
+    """The sampler the entry points use."""
     return ResumableSampler(num_items, seed=seed, rank=rank, world_size=world_size)
 
 
@@ -92,6 +71,34 @@ def make_model(seed: int = 0, dropout: float = 0.0, base_seed: int | None = None
         for block in excitor_blocks(model):
             block.gate.fill_(0.5)
     return model
+
+
+def make_multimodal_model(seed: int = 0) -> torch.nn.Module:
+    """The multimodal Excitor on the tiny LLaMA, fed N_V x D_V visual tokens (no encoder: as from a feature cache)."""
+    from mm_excitor.methods.excitor import MultimodalExcitor
+    from tests.tiny_models import tiny_tokenizer
+
+    base = tiny_model("llama-gqa", seed=0)
+    torch.manual_seed(seed + 1)
+    model = MultimodalExcitor(base, tiny_tokenizer(), ExcitorConfig(num_layers=2, num_prompts=4, rank=4,
+                                                                    visual_prompt_mode="concat"),
+                              vision_identity={"model_name": "tiny-cache", "num_tokens": N_V, "width": D_V})
+    with torch.no_grad():
+        for block in excitor_blocks(model):
+            block.gate.fill_(0.5)
+    return model
+
+
+def make_method_model(method: str) -> torch.nn.Module:
+    """Any method (`model.method`) on the tiny LLaMA, fed N_V x D_V visual tokens; LoRA without dropout, so that
+    2 ranks draw no other dropout masks than 1 process."""
+    import dataclasses
+
+    from tests.tiny_models import tiny_method_config, tiny_method_model
+
+    config = tiny_method_config()
+    config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, dropout=0.0))
+    return tiny_method_model(method, config=config, seed=1)
 
 
 def make_config(output_dir: Path, **overrides: Any) -> TrainConfig:

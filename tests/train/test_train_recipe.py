@@ -1,4 +1,5 @@
-"""The config dataclass, the YAML + dotted-override loader, the parameter groups and the LR schedule."""
+"""The config dataclasses, the YAML + dotted-override loader (OmegaConf structured configs), the parameter groups and
+the LR schedule."""
 from __future__ import annotations
 
 import math
@@ -7,17 +8,8 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from mm_excitor.train import (
-    ConfigError,
-    TrainConfig,
-    decays,
-    dump_yaml,
-    load_config,
-    lr_at,
-    param_groups,
-    parse_args,
-    valid_keys,
-)
+from mm_excitor.recipe import ConfigError, dump_yaml, from_dict, load_config, parse_args, to_dict, valid_keys
+from mm_excitor.train import TrainConfig, decays, lr_at, param_groups
 from tests.train.helpers import make_model
 
 
@@ -48,12 +40,12 @@ def test_yaml_then_overrides_in_all_three_syntaxes(tmp_path):
     assert config.train.batch_size == 2 and config.train.clip_grad == 1.5 and config.train.max_steps == 10
     assert config.notes is None
     assert parse_args(RunConfig, ["--config", str(recipe), "train.keep_last=none"]).train.keep_last is None
-    assert load_config(RunConfig, None, ["--train.betas", "0.5,0.6"]).train.betas == (0.5, 0.6)
+    assert load_config(RunConfig, None, ["--train.betas", "[0.5,0.6]"]).train.betas == (0.5, 0.6)
     # a dump loads back to the same config
     dumped = tmp_path / "dumped.yaml"
     dumped.write_text(dump_yaml(config))
     assert load_config(RunConfig, dumped) == config
-
+    assert from_dict(RunConfig, to_dict(config), ["train.batch_size=3"]).train.batch_size == 3  # a stored config
 
 def test_unknown_keys_are_errors_that_list_the_valid_keys(tmp_path):
     with pytest.raises(ConfigError) as error:
@@ -62,10 +54,15 @@ def test_unknown_keys_are_errors_that_list_the_valid_keys(tmp_path):
     assert "train.blrr" in message and "did you mean 'train.blr'" in message and "batch_size" in message
     recipe = tmp_path / "typo.yaml"
     recipe.write_text("trian:\n  blr: 1\n")
-    with pytest.raises(ConfigError, match="'trian'.*valid keys at the top level: model, notes, train"):
+    with pytest.raises(ConfigError, match="'trian'.*valid keys at the top level: model, train, notes"):
         load_config(RunConfig, recipe)
-    with pytest.raises(ConfigError, match="train.batch_size: expected an integer"):
+    with pytest.raises(ConfigError, match="train.batch_size: Value 'two' .* could not be converted to Integer"):
         load_config(RunConfig, None, ["train.batch_size=two"])
+    with pytest.raises(ConfigError, match="no recipe at"):
+        load_config(RunConfig, tmp_path / "missing.yaml")
+    recipe.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_config(RunConfig, recipe)
     with pytest.raises(ConfigError, match="precision must be one of"):
         load_config(RunConfig, None, ["train.precision=fp8"])
     with pytest.raises(ConfigError, match="unrecognised argument"):
@@ -109,15 +106,15 @@ def test_no_weight_decay_on_gates_norms_biases_and_1d_tensors():
     assert decays("visual_proj.weight", matrix)
 
 
-def test_every_shipped_recipe_loads_into_its_run_config():
+def test_every_shipped_recipe_loads_into_its_task_run_config():
     from pathlib import Path
 
-    from mm_excitor.recipes import CaptionRunConfig, ScienceQARunConfig
+    from tasks import get_task
 
     root = Path(__file__).resolve().parents[2] / "configs"
-    kinds = {"demo": CaptionRunConfig, "coco_llama7b": CaptionRunConfig, "scienceqa_llama7b": ScienceQARunConfig,
-             "shapes_scienceqa": ScienceQARunConfig}
-    assert {path.stem for path in root.glob("*.yaml")} == set(kinds), "a new recipe needs its run config here"
-    for name, cls in kinds.items():
-        config = load_config(cls, root / f"{name}.yaml")
+    kinds = {"demo": "caption", "coco_llama7b": "caption", "scienceqa_llama7b": "scienceqa",
+             "shapes_scienceqa": "scienceqa"}
+    assert {path.stem for path in root.glob("*.yaml")} == set(kinds), "a new recipe needs its task here"
+    for name, task in kinds.items():
+        config = load_config(get_task(task).config_class, root / f"{name}.yaml")
         assert config.model.excitor.visual_prompt_mode == "concat", name

@@ -100,8 +100,9 @@ def test_checkpoint_layout_latest_best_and_keep_last(reference):
     trained = adapter_tensors(checkpoints / "step-8")
     assert all(torch.equal(p, trained[n]) for n, p in model.named_parameters() if p.requires_grad)
     state = json.loads((checkpoints / "step-8" / "trainer_state.json").read_text())  # plain JSON, no pickle
-    assert state["step"] == 8 and state["world_size"] == 1 and state["config"]["blr"] == 0.5
-    assert state["identity"]["language_model"]["weights_fingerprint"]
+    assert state["step"] == 8 and state["world_size"] == 1 and state["run_config"]["train"]["blr"] == 0.5
+    assert "config" not in state and state["model"]["method"] == "excitor"  # the train config is stored once
+    assert state["model"]["identity"]["language_model"]["weights_fingerprint"]
     tensors = load_file(str(checkpoints / "step-8" / "optimizer.safetensors"))
     assert any(k.endswith("::exp_avg") for k in tensors) and tensors["rng::0::torch"].dtype == torch.uint8
     summary = json.loads((reference / "summary.json").read_text())
@@ -114,26 +115,41 @@ def test_checkpoint_layout_latest_best_and_keep_last(reference):
     assert not list(reference.rglob("*.pt")) and not list(reference.rglob("*.bin")) and not list(reference.rglob(".*"))
 
 
-def test_resume_refuses_another_config_or_base_model_and_allows_run_length_changes(reference, tmp_path):
+def test_resume_refuses_another_trajectory_and_lists_every_difference(reference, tmp_path, capsys):
     checkpoint = reference / "checkpoints" / "step-6"
     with pytest.raises(ResumeMismatchError) as error:
         train(tmp_path / "a", resume=checkpoint, blr=0.25)
-    assert "train.blr: checkpoint 0.5, this run 0.25" in str(error.value) and "max_steps" in str(error.value)
-    # the entry scripts also pass their whole config (train section included); its other sections must match too
-    def run_config(root, **train_overrides):
-        return {"data": {"root": root}, "train": make_config(tmp_path / "r", **{**RUN, **train_overrides}).to_dict()}
+    assert "train.blr: checkpoint 0.5, this run 0.25" in str(error.value)
+    # the entry points pass their whole config; settings that cannot change the trajectory may differ, and say so
+    free = ("decoding.*", "evaluate", "data.root")
 
-    train(tmp_path / "r", run_config=run_config("/coco"), max_steps=2)
-    with pytest.raises(ResumeMismatchError) as error:
-        train(tmp_path / "r", resume="latest", blr=0.25, max_steps=4, run_config=run_config("/other", blr=0.25, max_steps=4))
-    assert "data.root: checkpoint '/coco', this run '/other'" in str(error.value)
-    assert str(error.value).count("blr") == 1 and "max_steps:" not in str(error.value)  # once; max_steps may change
-    with pytest.raises(ResumeMismatchError, match="run_config: only this run has one"):
-        train(tmp_path / "a", resume=checkpoint, run_config=run_config("/coco"))
+    def resume(output_dir, data_identity, run_config, **overrides):
+        trainer = Trainer(make_model(dropout=0.1), TokenDataset(ITEMS), collate, make_sampler(ITEMS, seed=3),
+                          make_config(output_dir, **{**RUN, **overrides}), run_config=run_config,
+                          resume_free_keys=free, data_identity=data_identity)
+        return trainer.fit(resume="latest")
+
+    original = {"data": {"root": "/coco", "max_length": 64}, "decoding": {"num_beams": 1}, "evaluate": True}
+    resume(tmp_path / "r", {"sha256": "abc"}, original, max_steps=2)
+    moved = {"data": {"root": "/elsewhere", "max_length": 64}, "decoding": {"num_beams": 3}, "evaluate": False}
+    summary = resume(tmp_path / "r", {"sha256": "abc"}, moved, max_steps=3, log_every_steps=5)
+    assert summary["steps"] == 3
+    listed = capsys.readouterr().out
+    for line in ("data.root: checkpoint '/coco', this run '/elsewhere'", "decoding.num_beams: checkpoint 1, this run 3",
+                 "evaluate: checkpoint True, this run False", "train.max_steps: checkpoint 2, this run 3"):
+        assert line in listed
+    with pytest.raises(ResumeMismatchError) as error:  # the same paths, other training items
+        resume(tmp_path / "r", {"sha256": "def"}, moved, max_steps=4)
+    assert "data.identity.sha256: checkpoint 'abc', this run 'def'" in str(error.value)
+    changed = {**moved, "data": {"root": "/elsewhere", "max_length": 32}}
+    with pytest.raises(ResumeMismatchError) as error:  # a data setting the trajectory depends on
+        resume(tmp_path / "r", {"sha256": "abc"}, changed, max_steps=4, blr=0.25)
+    assert "data.max_length: checkpoint 64, this run 32" in str(error.value)
+    assert str(error.value).count("blr") == 1 and "max_steps" not in str(error.value)
     with pytest.raises(ResumeMismatchError, match="weights_fingerprint"):
         train(tmp_path / "b", resume=checkpoint, model=make_model(base_seed=5, dropout=0.1))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    with pytest.raises(FileExistsError, match="resume='latest'"):
+    with pytest.raises(FileExistsError, match="train.resume=latest"):
         train(reference)  # a fresh run must not overwrite a run's checkpoints
     summary = train(tmp_path / "c", resume=checkpoint, max_steps=10, log_every_steps=2, keep_last=None)
     assert summary["steps"] == 10 and sorted(losses(tmp_path / "c")) == [8, 10]

@@ -2,7 +2,9 @@
 
     python -m tests.train.tiny_run '<json list of phases>'
 
-Each phase is a dict of TrainConfig overrides plus: items (dataset size), val_items (validation set size), stop_at (rank 0 sends itself SIGTERM
+Each phase is a dict of TrainConfig overrides plus: items (dataset size), val_items (validation set size),
+variable_prompts and image_every (TokenDataset's; image_every makes the model the multimodal Excitor), method (that
+method's model instead, fed visual tokens), stop_at (rank 0 sends itself SIGTERM
 after that step), sleep (seconds per step, to give a parent time to signal), raise_on_interrupt (let the
 TrainingInterrupted exit the process), rank1_output_dir (ranks > 0 get this output_dir: it must stay empty), sigkill_in_checkpoint_write_at (the
 process SIGKILLs itself after writing step k's files into the scratch directory, before the rename).
@@ -18,13 +20,18 @@ import time
 import torch
 
 from mm_excitor.train import Trainer, TrainingInterrupted, cleanup_distributed, init_distributed
-from tests.train.helpers import TokenDataset, collate, make_config, make_model, make_sampler
+from tests.train.helpers import (
+    TokenDataset, collate, make_config, make_method_model, make_model, make_multimodal_model, make_sampler,
+)
 
 
 def run_phase(phase: dict) -> None:
     phase = dict(phase)
     items = phase.pop("items", 16)
     val_items = phase.pop("val_items", 0)
+    data = {"variable_prompts": phase.pop("variable_prompts", False), "image_every": phase.pop("image_every", None)}
+    multimodal = data["image_every"] is not None
+    method = phase.pop("method", None)
     stop_at = phase.pop("stop_at", None)
     sleep = phase.pop("sleep", 0.0)
     raise_on_interrupt = phase.pop("raise_on_interrupt", False)
@@ -55,8 +62,9 @@ def run_phase(phase: dict) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     sampler = make_sampler(items, seed=0, rank=info.rank, world_size=info.world_size)
-    val = TokenDataset(val_items, offset=50) if val_items else None
-    trainer = Trainer(make_model(), TokenDataset(items), collate, sampler, config, val_dataset=val, callbacks=[report])
+    val = TokenDataset(val_items, offset=50, **data) if val_items else None
+    model = make_method_model(method) if method else make_multimodal_model() if multimodal else make_model()
+    trainer = Trainer(model, TokenDataset(items, **data), collate, sampler, config, val_dataset=val, callbacks=[report])
     try:
         trainer.fit()
     except TrainingInterrupted as stop:

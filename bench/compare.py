@@ -1,0 +1,240 @@
+"""The method comparison: the Excitor against LoRA (+ LLaVA-style prefix), LLaMA-Adapter and a prefix baseline on
+the same data, prompts, budget and scorer, each next to its image-blind control.
+
+    python -m bench.compare --task shapes-caption --methods excitor,lora,llama_adapter,prefix
+    python -m bench.compare --task shapes-sqa --steps 600
+    python -m bench.compare --task shapes-caption --sweep 2e-3,5e-3,1e-2 --steps 100    # the learning-rate sweep
+
+Every method trains with the same recipe (configs/demo.yaml or configs/shapes_scienceqa.yaml): the same steps,
+batch, data order and seed, and its own learning rate (LEARNING_RATES, from the sweep in bench/README.md). Each
+run is `train_<task>.py` in its own process (its peak memory is its own) with `train.resume=latest` in
+`<out>/<method>`, so an interrupted comparison continues where it stopped and a finished method is not trained
+again. After training, the run's own evaluation scores the held-out test split with the images and without them.
+Then generation speed is measured on the same prompts for every method. Writes `<out>/compare.json`,
+`<out>/compare.md` and `<out>/compare.png` (held-out metric against training wall-clock time and against
+trainable parameters).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mm_excitor.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+
+
+@dataclass(frozen=True)
+class TaskPreset:
+    task: str
+    """The tasks.TASKS name (its train_<task>.py trains)."""
+    recipe: str
+    steps: int
+    metric: str
+    """The headline held-out metric (as the task reports it)."""
+    columns: tuple[str, ...]
+    """Metrics shown with images and without them."""
+
+
+PRESETS = {
+    "shapes-caption": TaskPreset("caption", "configs/demo.yaml", 300, "CIDEr",
+                                 ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr")),
+    "shapes-sqa": TaskPreset("scienceqa", "configs/shapes_scienceqa.yaml", 300, "Avg",
+                             ("Avg", "NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")),
+}
+LEARNING_RATES = {
+    "shapes-caption": {"excitor": 5e-3, "lora": 5e-3, "llama_adapter": 5e-3, "prefix": 5e-3},
+    "shapes-sqa": {"excitor": 5e-3, "lora": 5e-3, "llama_adapter": 5e-3, "prefix": 5e-3},
+}
+"""Each method's learning rate per task: the best validation loss of the sweep (bench/README.md)."""
+
+
+def run_method(preset: TaskPreset, method: str, lr: float, steps: int, out: Path, overrides: list[str],
+               evaluate: bool = True) -> dict[str, Any]:
+    """Train (or finish training) one method in its own process; its summary.json."""
+    summary_path = out / "summary.json"
+    if summary_path.is_file():
+        summary = read_json(summary_path)
+        if summary.get("steps") == steps and not summary.get("interrupted") and (not evaluate or "eval" in summary):
+            print(f"{method}: done before ({summary_path})", flush=True)
+            return summary
+    args = [sys.executable, f"train_{preset.task}.py", "--config", preset.recipe, f"model.method={method}",
+            f"train.lr={lr}", f"train.max_steps={steps}", f"train.output_dir={out}", "train.resume=latest",
+            "train.progress_bar=false", f"evaluate={str(evaluate).lower()}", *overrides]
+    print(f"{method}: training {steps} steps at lr {lr:g} -> {out}", flush=True)
+    result = subprocess.run(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if result.returncode != 0:
+        raise SystemExit(f"error: {method} failed (exit {result.returncode}); rerun to continue from its checkpoint")
+    return read_json(summary_path)
+
+
+def step_time(output_dir: Path) -> float:
+    """Median seconds per optimiser step over the logged intervals (validation falls in one interval only)."""
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if r.get("kind") == "train"]
+    batch = read_json(output_dir / "train_config.json")["effective_batch"]
+    return statistics.median(batch / r["samples_per_s"] for r in train if r.get("samples_per_s"))
+
+
+def generation_speed(preset: TaskPreset, output_dir: Path, prompts: int, new_tokens: int) -> float:
+    """Tokens per second of greedy generation with images, `new_tokens` forced for every prompt."""
+    import torch
+
+    from mm_excitor.generation import Decoding
+    from tasks.run import load_run
+
+    run = load_run(preset.task, output_dir)
+    items = [item for item in (run.dataset[i] for i in range(min(prompts, len(run.dataset)))) if item is not None]
+    batch = run.collator.prompts(items).to(run.model.device)
+    decoding = Decoding(batch_size=len(items), max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    with torch.no_grad():
+        run.model.generate(**batch.inputs, decoding=Decoding(batch_size=len(items), max_new_tokens=2))  # warm-up
+        start = time.perf_counter()
+        run.model.generate(**batch.inputs, decoding=decoding)
+        elapsed = time.perf_counter() - start
+    return len(items) * new_tokens / elapsed
+
+
+def trainable_parameters(output_dir: Path, steps: int) -> int:
+    return int(read_json(output_dir / "checkpoints" / f"step-{steps}" / "adapter_config.json")["num_parameters"])
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    preset = PRESETS[args.task]
+    steps = args.steps or preset.steps
+    out = args.out or REPO / "runs" / "compare" / args.task
+    rows = []
+    for method in args.methods:
+        lr = args.lr.get(method, LEARNING_RATES[args.task].get(method)) if args.lr else LEARNING_RATES[args.task][method]
+        run_dir = out / method
+        summary = run_method(preset, method, lr, steps, run_dir, args.override)
+        rows.append({
+            "method": method, "lr": lr, "steps": steps,
+            "trainable_parameters": trainable_parameters(run_dir, steps),
+            "step_s": step_time(run_dir),
+            "train_time_s": summary["train_time_s_total"],
+            "peak_memory_bytes": summary["peak_memory_bytes"], "peak_memory_kind": summary["peak_memory_kind"],
+            "tokens_per_s": summary["tokens_per_s"],
+            "image": summary["eval"]["image"], "blind": summary["eval"]["blind"],
+            "generation_tokens_per_s": generation_speed(preset, run_dir, args.gen_prompts, args.gen_tokens),
+        })
+    results = {"task": args.task, "recipe": preset.recipe, "steps": steps, "metric": preset.metric,
+               "columns": list(preset.columns), "overrides": args.override, "rows": rows}
+    atomic_write_json(out / "compare.json", results)
+    atomic_write_text(out / "compare.md", markdown(results))
+    plot(results, out / "compare.png")
+    print(markdown(results))
+    print(f"wrote {out / 'compare.json'}, {out / 'compare.md'}, {out / 'compare.png'}")
+    return results
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Short runs per method and learning rate; the lowest final validation loss wins."""
+    preset = PRESETS[args.task]
+    steps = args.steps or preset.steps
+    out = args.out or REPO / "runs" / "compare-sweep" / args.task
+    table: dict[str, dict[str, float]] = {}
+    for method in args.methods:
+        for lr in args.sweep:
+            run_dir = out / method / f"lr{lr:g}"
+            run_method(preset, method, lr, steps, run_dir, [*args.override, f"train.eval_every_steps={steps}"],
+                       evaluate=False)
+            val = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                   if line.strip() and json.loads(line).get("kind") == "val"]
+            table.setdefault(method, {})[f"{lr:g}"] = val[-1]["loss"]
+    best = {method: float(min(losses, key=losses.get)) for method, losses in table.items()}
+    results = {"task": args.task, "steps": steps, "val_loss": table, "best_lr": best}
+    atomic_write_json(out / "sweep.json", results)
+    for method, losses in table.items():
+        print(f"{method:14} " + "  ".join(f"lr {lr}: {loss:.4f}" for lr, loss in losses.items())
+              + f"  -> {best[method]:g}")
+    print(f"wrote {out / 'sweep.json'}")
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    columns = results["columns"]
+    header = ["method", "trainable params", "step (s)", "peak memory", "tokens/s",
+              *[f"{c} image" for c in columns], f"{results['metric']} blind", "gen tokens/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in results["rows"]:
+        cells = [row["method"], f"{row['trainable_parameters']:,}", f"{row['step_s']:.2f}",
+                 f"{row['peak_memory_bytes'] / 2**30:.2f} GiB", f"{row['tokens_per_s']:.0f}",
+                 *[_number(row["image"].get(c)) for c in columns], _number(row["blind"].get(results["metric"])),
+                 f"{row['generation_tokens_per_s']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = results["metric"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for row in results["rows"]:
+        value = row["image"][metric]
+        axes[0].scatter(row["train_time_s"] / 60, value, label=row["method"])
+        axes[1].scatter(row["trainable_parameters"], value, label=row["method"])
+        for ax, x in ((axes[0], row["train_time_s"] / 60), (axes[1], row["trainable_parameters"])):
+            ax.annotate(f"blind {row['blind'][metric]:.1f}", (x, value), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7)
+    axes[0].set_xlabel("training wall-clock (min)")
+    axes[1].set_xlabel("trainable parameters")
+    axes[1].set_xscale("log")
+    for ax in axes:
+        ax.set_ylabel(f"held-out {metric} (with images)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{results['task']}: {results['steps']} steps each, random-init CLIP", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(PRESETS), required=True)
+    parser.add_argument("--methods", default="excitor,lora,llama_adapter,prefix",
+                        type=lambda text: [m for m in text.split(",") if m])
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps per method (default: the preset's)")
+    parser.add_argument("--out", type=Path, default=None, help="default: runs/compare/<task>")
+    parser.add_argument("--lr", default=None, help="method=lr,... overriding LEARNING_RATES",
+                        type=lambda text: {k: float(v) for k, v in (p.split("=") for p in text.split(",") if p)})
+    parser.add_argument("--sweep", default=None, type=lambda text: [float(v) for v in text.split(",") if v],
+                        help="learning rates to try for each method (short runs; the best validation loss wins)")
+    parser.add_argument("--gen-prompts", type=int, default=16, help="prompts in the generation-speed batch")
+    parser.add_argument("--gen-tokens", type=int, default=8, help="new tokens per prompt when timing generation")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run-config override applied to every method (repeatable)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    from mm_excitor.methods import METHODS
+
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; one of {', '.join(sorted(METHODS))}")
+    return sweep(args) if args.sweep else compare(args)
+
+
+if __name__ == "__main__":
+    main()

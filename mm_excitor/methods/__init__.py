@@ -1,0 +1,21 @@
+"""The adapter methods a frozen LM can be tuned with, by the name a config selects them with (`model.method`)."""
+from __future__ import annotations
+
+from ..multimodal import VisionLanguageModel
+from .excitor import MultimodalExcitor
+from .llama_adapter import LlamaAdapterModel
+from .lora import LoraPrefixModel
+from .prefix import VisualPrefixModel
+
+METHODS: dict[str, type[VisionLanguageModel]] = {
+    "excitor": MultimodalExcitor,
+    "lora": LoraPrefixModel,
+    "llama_adapter": LlamaAdapterModel,
+    "prefix": VisualPrefixModel,
+}
+
+
+def method_class(name: str) -> type[VisionLanguageModel]:
+    if name not in METHODS:
+        raise ValueError(f"unknown model.method {name!r}; one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]

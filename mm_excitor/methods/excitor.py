@@ -1,0 +1,55 @@
+"""The Excitor's visual instruction tuning: frozen CLIP tokens enter only as per-sample prompts of the Excitor
+blocks.
+
+One trainable projection (Linear then LayerNorm, shared by all layers) maps the encoder's tokens to the LM width;
+each adapted layer adds its own offset and uses them next to its learnable prompts. Nothing is prepended to the
+text, so sequences keep their length and the KV cache its size. One training stage: projection and Excitor
+blocks train together, with no image-text alignment pre-training.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..config import ExcitorConfig
+from ..model import apply_excitor
+from ..multimodal import VisualProjection
+from ..vision import VisionEncoder
+from .prompted import PromptedModel
+
+if TYPE_CHECKING:
+    from ..factory import ModelConfig
+
+
+class MultimodalExcitor(PromptedModel):
+    """A frozen causal LM that sees images through Excitor prompts."""
+
+    method = "excitor"
+
+    def __init__(
+        self, language_model: nn.Module, tokenizer: Any, excitor_config: ExcitorConfig,
+        vision: VisionEncoder | None = None, *, vision_identity: dict[str, Any] | None = None,
+    ) -> None:
+        if excitor_config.visual_prompt_mode is None:
+            raise ValueError("a multimodal Excitor needs ExcitorConfig.visual_prompt_mode = 'concat' or 'add'")
+        super().__init__(apply_excitor(language_model, excitor_config), tokenizer, vision,
+                         vision_identity=vision_identity)
+        self.projection = VisualProjection(self.vision_width, language_model.config.hidden_size).to(self.device)
+
+    @classmethod
+    def build(cls, language_model: nn.Module, tokenizer: Any, config: ModelConfig, vision: VisionEncoder | None,
+              vision_identity: dict[str, Any] | None) -> MultimodalExcitor:
+        return cls(language_model, tokenizer, config.excitor, vision, vision_identity=vision_identity)
+
+    @property
+    def excitor_config(self) -> ExcitorConfig:
+        return self.language_model.excitor_config
+
+    def adapter_config(self) -> dict[str, Any]:
+        return self.excitor_config.to_dict()
+
+    def prompt_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Every visual token, projected: each adapted layer adds its offset and joins them to its prompts."""
+        return self.projection(tokens)

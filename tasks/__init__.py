@@ -1,0 +1,14 @@
+"""The benchmarks, one Task each (see tasks/base.py): wiring between `data`, `eval` and `mm_excitor`."""
+from __future__ import annotations
+
+from tasks.base import Task
+from tasks.caption import CaptionTask
+from tasks.scienceqa import ScienceQATask
+
+TASKS: dict[str, Task] = {task.name: task for task in (CaptionTask(), ScienceQATask())}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; one of {', '.join(sorted(TASKS))}")
+    return TASKS[name]

@@ -1,0 +1,128 @@
+"""A Task is one benchmark's whole wiring: its run config, its datasets, its collator (training and generation
+batches alike), its official output file and its scorer. Everything else (the model, the Trainer, generation,
+the image-blind control) is shared and written once, here and in `tasks.run`.
+
+To add a benchmark: subclass Task, implement the abstract methods, register it in `tasks.TASKS`; its training
+entry point is `run_cli(lambda argv: train(get_task(name), argv), ...)` and its `generate` command comes with it.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch.utils.data import Dataset
+
+from data.collate import Collator
+from data.datasets import ImageBlind
+from eval.generation import EvalDataset, GenerativeModel, generate_outputs
+from mm_excitor.generation import Decoding
+
+COMMON_FREE_KEYS = (
+    # what is done after training, and how: nothing the training trajectory depends on
+    "evaluate", "decoding.*",
+    # where the same files live; the model's identity (LM weights fingerprint, encoder weights) and the training
+    # data's identity are checked instead
+    "model.language_model", "model.vision.pretrained", "model.vision.model_config_file", "data.feature_cache",
+)
+"""Run-config keys that may change when a run of any task is resumed (besides mm_excitor.train.FREE_TRAIN_KEYS)."""
+
+
+@dataclass
+class VisualSource:
+    """How items get their visual input: an encoder's preprocessing (online) or a feature cache; exactly one."""
+
+    image_transform: Callable | None = None
+    visual_features: Mapping[str, torch.Tensor] | None = None
+
+
+@dataclass
+class TaskData:
+    """The datasets of one run (None for splits not asked for) and what identifies the training data."""
+
+    train: Dataset | None
+    val: Dataset | None
+    eval: EvalDataset | None
+    blank: dict[str, torch.Tensor]
+    """The zero image (or visual tokens) for a batch row without one: the collator's `blank`."""
+    identity: dict[str, Any]
+    """Identifies the training items (count and fingerprint): a resumed run must train on the same data."""
+
+
+def data_fingerprint(records: Iterable[Any]) -> dict[str, Any]:
+    """Count and sha256 (16 hex digits) of JSON-able records, in order."""
+    digest, count = hashlib.sha256(), 0
+    for record in records:
+        digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\n")
+        count += 1
+    return {"train_items": count, "sha256": digest.hexdigest()[:16]}
+
+
+class Task(abc.ABC):
+    name: ClassVar[str]
+    cli: ClassVar[str]
+    """The evaluation command users know, e.g. `python -m eval.caption`."""
+    config_class: ClassVar[type]
+    """The run config dataclass: sections model, data, train, decoding and evaluate."""
+    id_key: ClassVar[str]
+    """The id of an item in its `meta` (image_id, pid), one output per id."""
+    output_name: ClassVar[str]
+    """The official output file a generation pass writes (captions.json, answers.jsonl)."""
+    resume_free_keys: ClassVar[tuple[str, ...]] = COMMON_FREE_KEYS
+
+    @abc.abstractmethod
+    def build_data(self, config: Any, visual: VisualSource, splits: Iterable[str] = ("train", "val", "eval")) -> TaskData:
+        """The datasets of `config.data` for the named splits only (evaluation never reads the training split)."""
+
+    @abc.abstractmethod
+    def write_outputs(self, records: list[dict], path: Path) -> None:
+        """The official output file from merged generation records `{"index", "id", "prompt", "text"}`."""
+
+    @abc.abstractmethod
+    def score(self, outputs: Path, config: Any, data: TaskData, out_dir: Path, decoding: Decoding,
+              allow_subset: bool = False) -> dict[str, float]:
+        """Score an output file of the eval split, write the report into `out_dir`, return the headline metrics on
+        the scale papers report them (CIDEr 146.1, accuracy 88.4)."""
+
+    def for_split(self, config: Any, split: str) -> Any:
+        """The run config that evaluates `split` (its data section's eval split set to it)."""
+        return dataclasses.replace(config, data=dataclasses.replace(config.data, eval_split=split))
+
+    def collator(self, tokenizer: Any, config: Any, data: TaskData) -> Collator:
+        return Collator(tokenizer, config.data.max_length, blank=data.blank)
+
+    def evaluate(
+        self, model: GenerativeModel, config: Any, data: TaskData, collator: Collator, decoding: Decoding,
+        out_dir: Path, *, adapter_fingerprint: str, rank: int = 0, world_size: int = 1, allow_subset: bool = False,
+    ) -> dict[str, dict[str, float]] | None:
+        """Generate for the eval split with the images and without them (the image-blind control: the same model,
+        images removed), and score both. Every rank runs both passes; the merging rank scores and returns
+        {"image": metrics, "blind": metrics}, the others None. Outputs left by an interrupted call are reused
+        only if they came from the same adapter weights."""
+        table = {}
+        for run, dataset in (("image", data.eval), ("blind", ImageBlind(data.eval))):
+            merged = generate_outputs(
+                model, dataset, collator, task=self.name, id_key=self.id_key, decoding=decoding,
+                output=out_dir / run / self.output_name, write_output=self.write_outputs, rank=rank,
+                world_size=world_size, source={"adapter": adapter_fingerprint, "images": run == "image"},
+            )
+            if merged is not None:
+                table[run] = self.score(merged, config, data, out_dir / run, decoding, allow_subset)
+        return table or None
+
+    def sample(self, model: Any, data: TaskData, collator: Collator, decoding: Decoding, n: int = 4) -> list[dict]:
+        """A few generations from the eval (or validation) split, logged during training."""
+        source = data.eval if data.eval is not None else data.val
+        items = [item for item in (source[i] for i in range(min(n, len(source)))) if item is not None]
+        if not items:
+            return []
+        batch = collator.prompts(items).to(model.device)
+        texts = model.generate(**batch.inputs, decoding=decoding)
+        return [{self.id_key: item["meta"].get(self.id_key), "text": text} for item, text in zip(items, texts)]

@@ -1,0 +1,71 @@
+"""ScienceQA: problems.json + pid_splits.json, the official prompt formats, accuracy with the official breakdown."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data.datasets import ScienceQADataset
+from data.scienceqa import load_scienceqa
+from eval.scienceqa import score_predictions_file, write_answers
+from mm_excitor.factory import ModelConfig
+from mm_excitor.generation import Decoding
+from mm_excitor.train import TrainConfig
+from tasks.base import COMMON_FREE_KEYS, Task, TaskData, VisualSource, data_fingerprint
+
+
+@dataclass
+class ScienceQADataConfig:
+    """ScienceQA: problems.json, pid_splits.json and images/{split}/{pid}/image.png under `root`."""
+
+    root: str = ""
+    train_split: str = "train"
+    val_split: str | None = "val"
+    eval_split: str = "test"
+    prompt_format: str = "QCM-A"
+    feature_cache: str | None = None
+    max_length: int = 512
+    on_bad_image: str = "error"
+
+
+@dataclass
+class ScienceQARunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: ScienceQADataConfig = field(default_factory=ScienceQADataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decoding: Decoding = field(default_factory=lambda: Decoding(max_new_tokens=12))
+    evaluate: bool = True
+    """After training: answer the eval split with the images and without them, scored with the official breakdown."""
+
+
+class ScienceQATask(Task):
+    name = "scienceqa"
+    cli = "python -m eval.scienceqa"
+    config_class = ScienceQARunConfig
+    id_key = "pid"
+    output_name = "answers.jsonl"
+    resume_free_keys = (*COMMON_FREE_KEYS, "data.root", "data.val_split", "data.eval_split")
+
+    def build_data(self, config: ScienceQARunConfig, visual: VisualSource,
+                   splits: Iterable[str] = ("train", "val", "eval")) -> TaskData:
+        data, splits = config.data, set(splits)
+        kwargs = {"image_transform": visual.image_transform, "visual_features": visual.visual_features,
+                  "on_bad_image": data.on_bad_image, "fmt": data.prompt_format}
+
+        def split(name: str | None, wanted: str) -> ScienceQADataset | None:
+            return ScienceQADataset(load_scienceqa(data.root, name), **kwargs) if name and wanted in splits else None
+
+        train, val, test = split(data.train_split, "train"), split(data.val_split, "val"), split(data.eval_split, "eval")
+        identity = data_fingerprint([p.pid, p.answer, p.image_key] for p in train.problems) if train else {}
+        some = train or val or test
+        return TaskData(train, val, test, blank=some.blank() if some is not None else {}, identity=identity)
+
+    def write_outputs(self, records: list[dict], path: Path) -> None:
+        write_answers(records, path)
+
+    def score(self, outputs: Path, config: ScienceQARunConfig, data: TaskData, out_dir: Path, decoding: Decoding,
+              allow_subset: bool = False) -> dict[str, Any]:
+        scores = score_predictions_file(outputs, Path(config.data.root) / "problems.json", out_dir,
+                                        split=config.data.eval_split, allow_subset=allow_subset)
+        return {name: accuracy.percent for name, accuracy in scores.categories.items()}

@@ -1,0 +1,55 @@
+"""bench/compare.py end to end on the tiny assets: every method trains, resumes instead of retraining, and the
+comparison is written as JSON, Markdown and a plot."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import compare
+from tests.tiny_models import TINY_ASSETS_CLIP, write_tiny_assets
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return write_tiny_assets(tmp_path_factory.mktemp("assets"))
+
+
+def tiny_overrides(assets) -> list[str]:
+    coco = assets / "shapes" / "coco"
+    values = [
+        f"model.language_model={assets / 'lm'}", f"model.vision.model_name={TINY_ASSETS_CLIP}",
+        f"model.vision.model_config_file={assets / (TINY_ASSETS_CLIP + '.json')}", "model.vision.token_grid=null",
+        "model.excitor.num_layers=2", "model.excitor.num_prompts=4", "model.excitor.rank=4",
+        "model.llama_adapter.adapter_layers=2", "model.llama_adapter.adapter_len=4",
+        f"data.train_annotations={coco / 'dataset_coco.json'}", f"data.image_root={coco / 'images'}",
+        "data.max_length=32", "train.batch_size=4", "train.warmup_steps=1", "train.num_workers=0",
+        "train.save_every_steps=2", "train.eval_every_steps=2", "train.tensorboard=false", "train.device=cpu",
+        "decoding.batch_size=8", "decoding.max_new_tokens=4",
+    ]
+    return [arg for value in values for arg in ("--override", value)]
+
+
+def test_compare_trains_each_method_once_and_writes_the_table(assets, tmp_path, capsys):
+    methods = ["excitor", "lora", "llama_adapter", "prefix"]
+    argv = ["--task", "shapes-caption", "--methods", ",".join(methods), "--steps", "2", "--out", str(tmp_path),
+            "--gen-prompts", "2", "--gen-tokens", "2", *tiny_overrides(assets)]
+    results = compare.main(argv)
+    assert [row["method"] for row in results["rows"]] == methods
+    for row in results["rows"]:
+        assert row["trainable_parameters"] > 0 and row["step_s"] > 0 and row["peak_memory_bytes"] > 0
+        assert set(row["image"]) >= {"CIDEr", "Bleu_4"} and set(row["blind"]) >= {"CIDEr"}
+        assert row["generation_tokens_per_s"] > 0
+    assert [r["method"] for r in json.loads((tmp_path / "compare.json").read_text())["rows"]] == methods
+    table = (tmp_path / "compare.md").read_text()
+    assert all(f"| {method} |" in table for method in methods)
+    assert (tmp_path / "compare.png").stat().st_size > 1000
+    capsys.readouterr()
+    compare.main(argv)  # a finished method is not trained again
+    again = capsys.readouterr().out
+    assert all(f"{method}: done before" in again for method in methods)
+
+
+def test_an_unknown_method_is_a_one_line_error():
+    with pytest.raises(SystemExit, match="unknown method"):
+        compare.main(["--task", "shapes-caption", "--methods", "excitor,lorra"])

@@ -1,0 +1,428 @@
+"""Every adapter method (excitor, lora, llama_adapter, prefix) against the unmodified Hugging Face model, through
+the same collator, checkpoints, Trainer and generation."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import signal
+
+import pytest
+import torch
+
+from data.collate import Collator
+from mm_excitor import load_adapter, save_adapter
+from mm_excitor.checkpoint import read_adapter_config, trainable_state_dict
+from mm_excitor.factory import ModelConfig
+from mm_excitor.generation import Decoding
+from mm_excitor.methods import METHODS
+from mm_excitor.methods.llama_adapter import LlamaAdapterSettings, adaption_prompts, apply_adaption_prompts
+from mm_excitor.methods.lora import LoraSettings
+from mm_excitor.recipe import ConfigError, load_config
+from mm_excitor.vision import VisionEncoder
+from tests.tiny_models import (
+    TINY_CACHE, tiny_method_config, tiny_method_model, tiny_model, tiny_tokenizer, tiny_vision_config,
+)
+
+CONFIG = tiny_method_config()
+ALL = sorted(METHODS)
+EXACT_WITH_IMAGES = ("excitor", "llama_adapter")
+"""Methods whose zero-init tensor makes even rows with an image the base model at init (lora and prefix put a
+prefix in front of them)."""
+TRAINABLE = {
+    "excitor": (".k_proj.", "projection."),
+    "lora": (".lora_A.", ".lora_B.", "projector."),
+    "llama_adapter": (".adaption_prompts.", "projection."),
+    "prefix": ("projector.",),
+}
+PROMPTS = ["red blue :", "a photo of the", "describe the image in one sentence .", "two :"]
+
+
+def build(method, base=None, vision=None, seed=1, config=CONFIG):
+    return tiny_method_model(method, base, vision, seed, config)
+
+
+def perturb(model, std=0.3, seed=7):
+    """Move every trainable tensor off its init (zero gates, zero LoRA B), as training would."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(std * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def items(has_image=(True, False, True, True), key="visual_tokens", shape=(5, 8), targets=True):
+    generator = torch.Generator().manual_seed(0)
+    out = []
+    for prompt, flag in zip(PROMPTS, has_image):
+        item = {"prompt": prompt, "has_image": flag}
+        if targets:
+            item["target"] = "a red circle"
+        if flag:
+            item[key] = torch.randn(*shape, generator=generator)
+        out.append(item)
+    return out
+
+
+def collator(key="visual_tokens", shape=(5, 8)):
+    return Collator(tiny_tokenizer(), 64, blank={key: torch.zeros(*shape)})
+
+
+def text_only(inputs):
+    return {k: inputs[k] for k in ("input_ids", "attention_mask", "labels") if k in inputs}
+
+
+def text_logits(logits, mask):
+    """The logits at each row's text positions (the prefix methods put N_v slots before each row's text)."""
+    extra = logits.shape[1] - mask.shape[1]
+    start = (mask.cumsum(1) == 0).sum(1)
+    rows = []
+    for row in range(mask.shape[0]):
+        positions = torch.arange(mask.shape[1])
+        positions = torch.where(positions >= start[row], positions + extra, positions)
+        rows.append(logits[row, positions[mask[row].bool()]])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return VisionEncoder(tiny_vision_config(tmp_path_factory.mktemp("clip")))
+
+
+# --- the base model at init -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", ["llama-gqa", "llama-mha", "mistral", "qwen2"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("method", ALL)
+def test_at_init_text_is_the_unmodified_model_bit_for_bit(method, attn, family):
+    """Zero gates (Excitor, LLaMA-Adapter) and zero LoRA B: logits equal the Hugging Face model's, for text-only
+    calls on right- and left-padded batches, and, for the prompt methods, for rows with an image too."""
+    base = tiny_model(family, attn)
+    model = build(method, base)
+    for batch in (collator()(items()), collator().prompts(items(targets=False))):
+        with torch.no_grad():
+            expected = base(**text_only(batch.inputs)).logits
+            assert torch.equal(model(**text_only(batch.inputs)).logits, expected)
+            if method in EXACT_WITH_IMAGES:
+                assert torch.equal(model(**batch.inputs).logits, expected)
+
+
+@pytest.mark.parametrize("trained", [False, True])
+@pytest.mark.parametrize("method", ALL)
+def test_rows_without_an_image_are_the_text_only_model(method, trained):
+    """In a batch with images, a row with has_image=False computes what a call without images computes (at init:
+    the unmodified LM; trained: the image-blind control), while the images change the other rows."""
+    model = build(method)
+    if trained:
+        perturb(model)
+    for batch in (collator()(items()), collator().prompts(items(targets=False))):
+        mask = batch.inputs["attention_mask"]
+        swapped = dict(batch.inputs, visual_tokens=batch.inputs["visual_tokens"].flip(0))
+        with torch.no_grad():
+            mixed = text_logits(model(**batch.inputs).logits, mask)
+            alone = text_logits(model(**text_only(batch.inputs)).logits, mask)
+            other_images = text_logits(model(**swapped).logits, mask)
+        torch.testing.assert_close(mixed[1], alone[1], rtol=1e-5, atol=1e-5)
+        if trained or method not in EXACT_WITH_IMAGES:
+            assert not torch.allclose(mixed[0], other_images[0]), "the image does not reach the text"
+
+
+@pytest.mark.parametrize("method", ["excitor", "lora", "llama_adapter"])
+def test_exactness_comes_from_the_zero_init_not_from_an_inactive_adapter(method):
+    base = tiny_model()
+    model = perturb(build(method, base))
+    batch = collator()(items())
+    with torch.no_grad():
+        assert not torch.allclose(model(**text_only(batch.inputs)).logits, base(**text_only(batch.inputs)).logits)
+
+
+def test_the_prefix_method_leaves_text_only_calls_untouched_after_training():
+    base = tiny_model()
+    model = perturb(build("prefix", base))
+    batch = collator()(items())
+    with torch.no_grad():
+        assert torch.equal(model(**text_only(batch.inputs)).logits, base(**text_only(batch.inputs)).logits)
+
+
+# --- each method against its reference formulation -------------------------------------------------------------
+
+def official_adapter_attention(attention, hidden, cos, sin, prompts, gate):
+    """LLaMA-Adapter's `Attention.forward` (OpenGVLab/LLaMA-Adapter, alpaca_finetuning_v1/llama/model.py), op by op
+    on the Hugging Face layer's weights: adapter keys/values without RoPE concatenated before the sequence's, a
+    softmax of their own scaled by tanh(gate) per head, one output projection; causal, no padding."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    batch, length, _ = hidden.shape
+    heads, kv_heads, dim = attention.config.num_attention_heads, attention.config.num_key_value_heads, attention.head_dim
+
+    def split(x, n):
+        return x.view(batch, -1, n, dim).transpose(1, 2)
+
+    xq, xk = apply_rotary_pos_emb(split(attention.q_proj(hidden), heads), split(attention.k_proj(hidden), kv_heads),
+                                  cos, sin)
+    xv = split(attention.v_proj(hidden), kv_heads)
+    size = prompts.shape[1]
+    keys = torch.cat([split(attention.k_proj(prompts), kv_heads), xk], 2).repeat_interleave(heads // kv_heads, 1)
+    values = torch.cat([split(attention.v_proj(prompts), kv_heads), xv], 2).repeat_interleave(heads // kv_heads, 1)
+    scores = torch.matmul(xq, keys.transpose(2, 3)) / dim ** 0.5
+    causal = torch.full((length, length), float("-inf")).triu(1)
+    scores = torch.cat([gate.tanh().view(1, -1, 1, 1) * scores[..., :size].float().softmax(-1),
+                        (scores[..., size:] + causal).float().softmax(-1)], dim=-1)
+    return attention.o_proj(torch.matmul(scores, values).transpose(1, 2).reshape(batch, length, -1))
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_llama_adapter_computes_the_official_attention(attn):
+    config = dataclasses.replace(CONFIG, llama_adapter=LlamaAdapterSettings(adapter_len=3, adapter_layers=1))
+    model = perturb(build("llama_adapter", tiny_model("llama-gqa", attn), config=config))
+    attention = model.language_model.model.layers[-1].self_attn
+    seen = {}
+    attention.register_forward_pre_hook(lambda m, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    attention.register_forward_hook(lambda m, args, output: seen.update(output=output[0]))
+    ids = torch.randint(3, 90, (3, 7), generator=torch.Generator().manual_seed(0))
+    tokens, has_image = torch.randn(3, 5, 8), torch.tensor([True, False, True])
+    with torch.no_grad():
+        model(ids, visual_tokens=tokens, has_image=has_image)
+        visual = model.projection(tokens[:, :1]) * has_image[:, None, None]
+        prompts = attention.adaption_prompts.prompts + visual  # P_l + I_p(b), nothing for a row without an image
+        expected = official_adapter_attention(attention, seen["hidden_states"], *seen["position_embeddings"], prompts,
+                                              attention.adaption_prompts.gate)
+    torch.testing.assert_close(seen["output"], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_the_prefix_is_the_projected_tokens_prepended_to_each_rows_text(padding):
+    """ClipCap/LLaVA: each image row computes what the base LM computes on [projector(tokens) ; embed(text)] alone,
+    whatever the batch's padding."""
+    base = tiny_model()
+    model = perturb(build("prefix", base))
+    batch = collator()(items()) if padding == "right" else collator().prompts(items(targets=False))
+    inputs, size = batch.inputs, TINY_CACHE["num_tokens"]
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        for row in (0, 2, 3):
+            real = inputs["attention_mask"][row].bool()
+            embeds = base.get_input_embeddings()(inputs["input_ids"][row, real])
+            joined = torch.cat([model.projector(inputs["visual_tokens"][row]), embeds])[None]
+            expected = base(inputs_embeds=joined).logits[0]
+            start = int((~real).sum()) if padding == "left" else 0
+            torch.testing.assert_close(logits[row, start:start + len(expected)], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_layout_positions_and_labels():
+    """Right padding: [prefix, text, pad]; left padding: [pad, prefix, prompt]. Positions count the attended slots
+    (what `generate` derives from the mask); a masked prefix gives the text the positions it has alone; the first
+    text token is no target (nothing before it predicts it in the text-only LM), so the collator's count holds."""
+    from mm_excitor.methods.prefix import insert_prefix
+
+    embeds = torch.arange(1.0, 9.0).view(2, 4, 1)
+    prefix = -torch.arange(1.0, 5.0).view(2, 2, 1)
+    mask = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1]])
+    labels = torch.tensor([[5, 6, 7, -100], [-100, -100, 8, 9]])
+    out = insert_prefix(embeds, mask, prefix, torch.tensor([True, False]), labels)
+    assert out["inputs_embeds"][..., 0].tolist() == [[-1, -2, 1, 2, 3, 4], [5, 6, -3, -4, 7, 8]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1]]
+    assert out["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0], [0, 0, 0, 0, 0, 1]]
+    assert out["labels"].tolist() == [[-100, -100, -100, 6, 7, -100], [-100, -100, -100, -100, -100, 9]]
+
+
+def test_lora_is_the_base_model_with_merged_low_rank_updates_on_q_and_v():
+    base = tiny_model()
+    model = perturb(build("lora", base))
+    merged = copy.deepcopy(base)
+    scale = CONFIG.lora.alpha / CONFIG.lora.r
+    with torch.no_grad():
+        for name, module in merged.named_modules():
+            if name.rsplit(".", 1)[-1] in CONFIG.lora.target_modules:
+                lora = model.language_model.get_submodule(name)
+                module.weight += scale * lora.lora_B["default"].weight @ lora.lora_A["default"].weight
+        batch = collator()(items())
+        torch.testing.assert_close(model(**text_only(batch.inputs)).logits, merged(**text_only(batch.inputs)).logits,
+                                   rtol=1e-5, atol=1e-5)
+
+
+# --- what trains -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ALL)
+def test_only_the_adapter_trains_and_each_of_its_tensors_gets_a_gradient(method, encoder):
+    model = build(method, vision=encoder)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(any(part in n for part in TRAINABLE[method]) for n in trainable), sorted(trainable)
+    assert not any(p.requires_grad for p in model.vision.parameters())
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    batch = collator("image", (3, 32, 32))(items(key="image", shape=(3, 32, 32)))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    moved = set()
+    model.train()
+    for _ in range(2):  # zero gates / zero LoRA B leave some tensors without gradient until step 2
+        optimizer.zero_grad()
+        model(**batch.inputs).loss.backward()
+        moved |= {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert all(p.grad is None for n, p in model.named_parameters() if n in frozen)
+        optimizer.step()
+    assert moved == trainable, sorted(trainable - moved)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_a_text_only_batch_keeps_every_trainable_tensor_in_the_graph(method):
+    """What `ddp_find_unused_parameters = False` promises: DDP would hang or fail on a trainable tensor without a
+    gradient. Text-only rows still pass the collator's zero tokens (has_image False)."""
+    model = build(method)
+    assert model.ddp_find_unused_parameters is False
+    batch = collator()(items(has_image=(False,) * 4))
+    model.train()
+    model(**batch.inputs).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_the_loss_is_the_summed_label_loss_over_num_items_in_batch(method):
+    """The Trainer's contract (HF's `num_items_in_batch`): the prefix changes no label count."""
+    model = perturb(build(method))
+    batch = collator()(items())
+    with torch.no_grad():
+        mean = model(**batch.inputs).loss
+        summed = model(**batch.inputs, num_items_in_batch=1.0).loss
+    assert batch.num_label_tokens > 0
+    torch.testing.assert_close(summed, mean * batch.num_label_tokens, rtol=1e-5, atol=1e-5)
+
+
+# --- checkpoints -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ALL)
+def test_adapter_round_trip_and_a_checkpoint_of_another_method_is_refused(method, tmp_path):
+    model = perturb(build(method, seed=1))
+    save_adapter(model, tmp_path / "adapter")
+    metadata = read_adapter_config(tmp_path / "adapter")
+    assert metadata["method"] == method and metadata["config"] == model.adapter_config()
+    assert metadata["num_parameters"] == sum(t.numel() for t in trainable_state_dict(model).values())
+    batch = collator()(items())
+    fresh = build(method, seed=2)
+    with torch.no_grad():
+        expected = model(**batch.inputs).logits
+        assert not torch.equal(fresh(**batch.inputs).logits, expected)
+        load_adapter(fresh, tmp_path / "adapter")
+        assert torch.equal(fresh(**batch.inputs).logits, expected)
+    other = ALL[(ALL.index(method) + 1) % len(ALL)]
+    with pytest.raises(ValueError, match=f"holds a '{method}' adapter; this model uses the '{other}' method"):
+        load_adapter(build(other), tmp_path / "adapter")
+
+
+def test_lora_on_any_linear_layer_and_a_clear_error_for_a_missing_one(tmp_path):
+    config = dataclasses.replace(CONFIG, lora=LoraSettings(r=2, target_modules=["q_proj", "k_proj", "o_proj",
+                                                                                "down_proj"]))
+    model = perturb(build("lora", config=config))
+    assert any(".k_proj.lora_A." in n for n, _ in model.named_parameters())
+    save_adapter(model, tmp_path)  # the LM's identity was taken before k_proj was wrapped
+    load_adapter(build("lora", config=config, seed=3), tmp_path)
+    with pytest.raises(ValueError, match=r"(?s)does not fit this model:.*config.lora.target_modules"):
+        load_adapter(build("lora"), tmp_path)
+    bad = dataclasses.replace(CONFIG, lora=LoraSettings(target_modules=["qkv_proj"]))
+    with pytest.raises(ValueError, match=r"model.lora.target_modules \['qkv_proj'\]"):
+        build("lora", config=bad)
+
+
+# --- training through the Trainer --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["lora", "llama_adapter"])
+def test_the_trainer_stops_and_resumes_exactly(method, tmp_path):
+    from mm_excitor.train import Trainer, TrainingInterrupted
+    from tests.train.helpers import TokenDataset, adapter_tensors, collate, make_config, make_sampler, read_metrics
+
+    def train(output_dir, resume=None, stop_at=None):
+        def stop(trainer, record):
+            if record["step"] == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        model = build(method, seed=1)
+        trainer = Trainer(model, TokenDataset(12, image_every=2), collate, make_sampler(12, seed=3),
+                          make_config(output_dir, max_steps=6, warmup_steps=1, save_every_steps=2, blr=0.05),
+                          callbacks=[stop])
+        return trainer.fit(resume=resume)
+
+    def losses(output_dir):
+        return {r["step"]: r["loss"] for r in read_metrics(output_dir)}
+
+    train(tmp_path / "reference")
+    with pytest.raises(TrainingInterrupted):
+        train(tmp_path / "run", stop_at=3)
+    train(tmp_path / "run", resume="latest")
+    assert losses(tmp_path / "run") == losses(tmp_path / "reference")
+    reference, resumed = (adapter_tensors(tmp_path / d / "checkpoints" / "step-6") for d in ("reference", "run"))
+    assert reference.keys() == resumed.keys()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+# --- generation --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ALL)
+def test_generation_with_images_does_not_depend_on_the_batch(method, encoder):
+    model = perturb(build(method, vision=encoder), std=0.1)
+    collate = collator("image", (3, 32, 32))
+    batch_items = items(key="image", shape=(3, 32, 32), targets=False)
+    for decoding in (Decoding(max_new_tokens=5), Decoding(max_new_tokens=4, num_beams=2)):
+        together = model.generate(**collate.prompts(batch_items).inputs, decoding=decoding)
+        alone = [model.generate(**collate.prompts([item]).inputs, decoding=decoding)[0] for item in batch_items]
+        assert together == alone and any(together)
+    # a row without its image answers as a call without images does (the image-blind control)
+    greedy, prompts = Decoding(max_new_tokens=5), collate.prompts(batch_items)
+    blind = model.generate(**text_only(prompts.inputs), decoding=greedy)
+    assert model.generate(**prompts.inputs, decoding=greedy)[1] == blind[1]
+
+
+def test_llama_adapter_projects_its_prompts_once_per_generate_call_and_never_reuses_stale_ones(monkeypatch):
+    from mm_excitor.methods.llama_adapter import AdaptionPrompts
+
+    calls = []
+    original = AdaptionPrompts._keys_values
+    monkeypatch.setattr(AdaptionPrompts, "_keys_values", lambda self, attention: calls.append(1) or original(
+        self, attention))
+    model = perturb(build("llama_adapter"), std=0.1)
+    batch = collator().prompts(items(targets=False))
+    model.generate(**batch.inputs, decoding=Decoding(max_new_tokens=6, min_new_tokens=6))
+    assert len(calls) == CONFIG.llama_adapter.adapter_layers  # not once per layer and new token
+    text = text_only(batch.inputs)  # the same prompt tensors in every call: only their version can tell
+    with torch.no_grad():
+        before = model(**text).logits
+        for prompts in adaption_prompts(model.language_model):
+            prompts.prompts.add_(1.0)  # what an optimiser step does between evaluations
+        after = model(**text).logits
+    assert not torch.equal(after, before)
+    assert torch.equal(after, model(**text).logits.detach())  # grad enabled: computed afresh
+
+
+# --- errors ------------------------------------------------------------------------------------------------------
+
+def test_a_bad_method_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown model.method 'lora2'; one of excitor, llama_adapter, lora, prefix"):
+        ModelConfig(method="lora2")
+    with pytest.raises(ConfigError, match="unknown model.method"):
+        load_config(ModelConfig, None, ["method=adapter"])
+    with pytest.raises(ConfigError, match="model.lora.r must be a positive integer"):
+        load_config(ModelConfig, None, ["lora.r=0"])
+    assert load_config(ModelConfig, None, ["lora.target_modules=[q_proj,k_proj]"]).lora.target_modules == [
+        "q_proj", "k_proj"]
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_a_model_without_an_encoder_refuses_images(method):
+    model = build(method)
+    batch = collator("image", (3, 32, 32))(items(key="image", shape=(3, 32, 32)))
+    with pytest.raises(ValueError, match="built from a feature cache"):
+        model(**batch.inputs)
+
+
+def test_llama_adapter_settings_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match="adapter_layers=5 exceeds the model's 4 decoder layers"):
+        apply_adaption_prompts(tiny_model(), LlamaAdapterSettings(adapter_layers=5))
+    model = apply_adaption_prompts(tiny_model(), LlamaAdapterSettings(adapter_layers=1))
+    assert len(adaption_prompts(model)) == 1
+    with pytest.raises(ValueError, match="already has adaption prompts"):
+        apply_adaption_prompts(model, LlamaAdapterSettings(adapter_layers=1))
+    flex = tiny_model()
+    flex.config._attn_implementation_internal = "flex_attention"
+    with pytest.raises(ValueError, match="runs on attn_implementation eager or sdpa, not 'flex_attention'"):
+        apply_adaption_prompts(flex, LlamaAdapterSettings(adapter_layers=1))
