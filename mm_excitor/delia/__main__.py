@@ -15,6 +15,7 @@ import torch
 import torch.distributed
 
 from ..cli import run_cli
+from ..train.distributed import cleanup_distributed, init_distributed
 from .pools import BAD_RECORD_POLICIES, POOL_FORMATS, load_pool
 from .sampling import SamplingConfig, meta_path, sample_answers
 from .selfinstruct import PoolGenerationConfig, generate_pool
@@ -61,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="local Hugging Face directory of the frozen LM")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: cuda if available (under torchrun: this rank's GPU)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -79,8 +81,7 @@ def _sample(args: argparse.Namespace) -> None:
         merged = sample_answers(model, tokenizer, pool.records, config, args.out, rank=rank, world_size=world_size,
                                 progress=not args.no_progress, info=info)
     finally:
-        if distributed:
-            torch.distributed.destroy_process_group()
+        cleanup_distributed()
     if pool.skipped:
         print(f"skipped {len(pool.skipped)} bad records of {pool.path} (first: {pool.skipped[0]})", file=sys.stderr)
     if merged is None:
@@ -101,26 +102,20 @@ def _pool(args: argparse.Namespace) -> None:
 
 
 def _launch(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device): from torchrun's environment (the process group is started here), from
-    RANK/WORLD_SIZE set by hand (no process group: the last rank to finish merges), else a single process."""
+    """(rank, world size, device). Under torchrun (MASTER_ADDR set) the process group is joined, and rank 0 merges
+    after a barrier; with RANK/WORLD_SIZE set by hand there is no group, and the last rank to finish merges."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but CUDA is not available")
+    if "MASTER_ADDR" in os.environ:
+        info = init_distributed(device)
+        return info.rank, info.world_size, info.device
     try:
         rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     except ValueError:
         raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available")
-    if world_size > 1 and "MASTER_ADDR" in os.environ and not torch.distributed.is_initialized():  # torchrun
-        torch.distributed.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
-    return rank, world_size, resolved
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return rank, world_size, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
 
 
 def _load_model(args: argparse.Namespace, device: torch.device):

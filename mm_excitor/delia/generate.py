@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from ..generation import Decoding
 
 
 def derive_seed(*parts: object) -> int:
@@ -15,19 +17,27 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def nucleus_sampling(temperature: float, top_p: float, max_new_tokens: int, stop_ids: Sequence[int],
-                     pad_id: int) -> GenerationConfig:
-    """Plain temperature + nucleus sampling (the authors' vLLM settings: no top-k, no penalties). Every knob a
-    model's generation_config.json may set gets its neutral value, because transformers fills the fields left unset
-    from the model's file, and top-k 50 by default."""
-    return GenerationConfig(
-        do_sample=True, temperature=temperature, top_p=top_p, top_k=0, min_p=0.0, typical_p=1.0,
-        epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1,
-        min_new_tokens=0, max_new_tokens=max_new_tokens, eos_token_id=list(stop_ids), pad_token_id=pad_id,
-    )
+# Sampling knobs a model's generation_config.json may set and `Decoding.generate_kwargs` leaves to it (transformers
+# fills every field a call leaves unset from the model's file): neutral here, so that DELIA samples with temperature
+# and top-p only, the authors' vLLM settings.
+NEUTRAL_SAMPLING = {"min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+                    "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
 
 
-def sample_ids(model: Any, prompts: Sequence[Sequence[int]], generation_config: GenerationConfig, seed: int,
+def sampling_decoding(batch_size: int, max_new_tokens: int, temperature: float, top_p: float) -> Decoding:
+    """The project's one decoding record, set for sampling (it validates the values)."""
+    return Decoding(batch_size=batch_size, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                    top_p=top_p)
+
+
+def sampling_kwargs(decoding: Decoding, stop_ids: Sequence[int], pad_id: int) -> dict[str, Any]:
+    """`generate` keyword arguments: the decoding's (top-k off) plus the neutral knobs."""
+    if not decoding.do_sample:
+        raise ValueError(f"DELIA samples its data: decoding.do_sample must be true, got {decoding}")
+    return {**decoding.generate_kwargs(pad_id, list(stop_ids)), **NEUTRAL_SAMPLING}
+
+
+def sample_ids(model: Any, prompts: Sequence[Sequence[int]], generate_kwargs: dict[str, Any], seed: int,
                stop_text: tuple[Any, str] | None = None) -> list[list[int]]:
     """The new token ids for each prompt, sampled in one left-padded batch under `seed` (the caller's global RNG
     state is left as it was). Pads and everything after an end-of-turn id are the caller's to cut.
@@ -35,15 +45,15 @@ def sample_ids(model: Any, prompts: Sequence[Sequence[int]], generation_config: 
     if model.training:
         raise ValueError("the model is in training mode (dropout would change the samples): call model.eval() first")
     device = next(model.parameters()).device
-    pad = generation_config.pad_token_id
+    pad = generate_kwargs["pad_token_id"]
     width = max(len(ids) for ids in prompts)
     input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in prompts], device=device)
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         criteria = StoppingCriteriaList([_StopAtText(*stop_text, width)] if stop_text is not None else [])
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                generation_config=generation_config, stopping_criteria=criteria)
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, stopping_criteria=criteria,
+                                **generate_kwargs)
     return output[:, width:].tolist()
 
 

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..diff import differences
+
 
 class Journal:
     """The writer's side; one process per file."""
@@ -23,9 +25,11 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         found, self.rows, committed_bytes = _scan(self.path)
         if found is not None and found != self.header:
-            differing = ", ".join(_differing_keys(found, self.header))
-            raise ValueError(f"{self.path} was written with other settings (differing: {differing}); delete it to "
-                             "start over, or write to another output path")
+            changes = differences(found, self.header)
+            said = "; ".join(d.describe("journal", "now")[:200] for d in changes[:3])
+            more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
+            raise ValueError(f"{self.path} was written with other settings ({said}{more}); delete it to start over, "
+                             "or write to another output path")
         self._file = open(self.path, "ab")
         self._file.truncate(committed_bytes)
         if committed_bytes == 0:
@@ -94,6 +98,3 @@ def json_roundtrip(value: Any) -> Any:
     """As it reads back from the file (tuples become lists), so headers compare equal across runs."""
     return json.loads(json.dumps(value, ensure_ascii=False))
 
-
-def _differing_keys(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    return sorted(key for key in set(found) | set(expected) if found.get(key) != expected.get(key))

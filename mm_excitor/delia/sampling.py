@@ -28,10 +28,11 @@ import torch.distributed
 from tqdm.auto import tqdm
 
 from ..checkpoint import language_model_identity
-from ..io import atomic_write_bytes, atomic_write_json
+from ..generation import Decoding
+from ..io import atomic_write_json, atomic_write_jsonl
 from .chat import (decode_answer, encode_chat_prompt, has_chat_template, one_shot_messages, pad_token_id,
                    stop_token_ids)
-from .generate import derive_seed, nucleus_sampling, sample_ids
+from .generate import derive_seed, sample_ids, sampling_decoding, sampling_kwargs
 from .journal import Journal, json_roundtrip, read_committed
 from .pools import PoolRecord
 
@@ -56,12 +57,16 @@ class SamplingConfig:
     "You are a helpful AI assistant."."""
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.max_prompt_tokens < 1:
-            raise ValueError(f"max_new_tokens, batch_size and max_prompt_tokens must be >= 1: {self}")
-        if not self.temperature > 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"temperature must be > 0 and top_p in (0, 1]: {self}")
+        self.decoding  # noqa: B018 - validates max_new_tokens, temperature, top_p and batch_size
+        if self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1: {self}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 (or None for the whole pool): {self}")
+
+
+    @property
+    def decoding(self) -> Decoding:
+        return sampling_decoding(self.batch_size, self.max_new_tokens, self.temperature, self.top_p)
 
 
 def part_path(output: str | Path, rank: int) -> Path:
@@ -149,8 +154,7 @@ class _BatchSampler:
         self.model, self.tokenizer, self.records, self.config = model, tokenizer, records, config
         self.prompt_limit = prompt_limit
         self.stop_ids = stop_token_ids(tokenizer, model)
-        self.generation_config = nucleus_sampling(config.temperature, config.top_p, config.max_new_tokens,
-                                                  self.stop_ids, pad_token_id(tokenizer, self.stop_ids))
+        self.generate_kwargs = sampling_kwargs(config.decoding, self.stop_ids, pad_token_id(tokenizer, self.stop_ids))
 
     def indices(self, batch: int) -> range:
         start = batch * self.config.batch_size
@@ -171,7 +175,7 @@ class _BatchSampler:
             else:
                 prompts.append((index, ids))
         if prompts:
-            samples = sample_ids(self.model, [ids for _, ids in prompts], self.generation_config,
+            samples = sample_ids(self.model, [ids for _, ids in prompts], self.generate_kwargs,
                                  derive_seed("delia-self-sample", self.config.seed, batch))
             for (index, _), new_ids in zip(prompts, samples):
                 answer, finish = decode_answer(self.tokenizer, new_ids, self.stop_ids)
@@ -198,7 +202,7 @@ def merge_samples(output: Path, header: dict, n_records: int, info: Mapping[str,
     samples = [{"id": row["id"], "messages": row["messages"], "finish": row["finish"]}
                for row in ordered if "messages" in row]
     skipped = [{"id": row["id"], "reason": row["skipped"]} for row in ordered if "skipped" in row]
-    atomic_write_bytes(output, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples).encode())
+    atomic_write_jsonl(output, samples)
     atomic_write_json(meta_path(output), {
         **header,
         "n_samples": len(samples),

@@ -26,7 +26,6 @@ repetitive instructions and answers. It is meant for demos and tests of the pipe
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
@@ -40,9 +39,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..checkpoint import language_model_identity
-from ..io import atomic_write_bytes, atomic_write_json
+from ..generation import Decoding
+from ..io import atomic_write_json, atomic_write_jsonl
 from .chat import cut_at_stop, decode_answer, encode_chat_prompt, pad_token_id, stop_token_ids
-from .generate import derive_seed, nucleus_sampling, sample_ids
+from .generate import derive_seed, sample_ids, sampling_decoding, sampling_kwargs
 from .journal import Journal, json_roundtrip
 from .sampling import meta_path
 from .similarity import NearDuplicateIndex, rouge_l, words
@@ -77,11 +77,22 @@ class PoolGenerationConfig:
     """Give up (with an error naming how far it got) after this many rounds."""
 
     def __post_init__(self) -> None:
-        if min(self.size, self.seed_examples, self.prompts_per_round, self.instruction_max_new_tokens,
-               self.answer_max_new_tokens, self.answer_batch_size, self.min_words, self.max_rounds) < 1:
-            raise ValueError(f"sizes, token limits and counts must be >= 1: {self}")
+        self.instruction_decoding, self.answer_decoding  # noqa: B018 - validate the sampling settings
+        if min(self.size, self.seed_examples, self.min_words, self.max_rounds) < 1:
+            raise ValueError(f"size, seed_examples, min_words and max_rounds must be >= 1: {self}")
         if self.generated_examples < 0 or self.min_words > self.max_words or not 0 < self.max_similarity <= 1:
             raise ValueError(f"need generated_examples >= 0, min_words <= max_words, 0 < max_similarity <= 1: {self}")
+
+
+    @property
+    def instruction_decoding(self) -> Decoding:
+        return sampling_decoding(self.prompts_per_round, self.instruction_max_new_tokens,
+                                 self.instruction_temperature, self.instruction_top_p)
+
+    @property
+    def answer_decoding(self) -> Decoding:
+        return sampling_decoding(self.answer_batch_size, self.answer_max_new_tokens, self.answer_temperature,
+                                 self.answer_top_p)
 
 
 def journal_path(output: str | Path) -> Path:
@@ -152,7 +163,7 @@ def generate_pool(model: Any, tokenizer: Any, seed_instructions: Sequence[str], 
                 bar.update(min(len(grower.kept), config.size) - min(before, config.size))
     records = [{"id": f"synthetic-{n:05d}", "query": q, "answer": a, "synthetic": True}
                for n, (q, a) in enumerate(grower.kept[: config.size], 1)]
-    atomic_write_bytes(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+    atomic_write_jsonl(output, records)
     atomic_write_json(meta_path(output), {
         **{k: v for k, v in header.items() if k != "seeds"},
         "n_seed_instructions": len(seeds),
@@ -177,10 +188,8 @@ class _PoolGrower:
         self.index = NearDuplicateIndex(seeds, threshold=config.max_similarity)
         self.stop_ids = stop_token_ids(tokenizer, model)
         pad_id = pad_token_id(tokenizer, self.stop_ids)
-        self.instruction_sampling = nucleus_sampling(config.instruction_temperature, config.instruction_top_p,
-                                                     config.instruction_max_new_tokens, self.stop_ids, pad_id)
-        self.answer_sampling = nucleus_sampling(config.answer_temperature, config.answer_top_p,
-                                                config.answer_max_new_tokens, self.stop_ids, pad_id)
+        self.instruction_sampling = sampling_kwargs(config.instruction_decoding, self.stop_ids, pad_id)
+        self.answer_sampling = sampling_kwargs(config.answer_decoding, self.stop_ids, pad_id)
 
     def replay(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:

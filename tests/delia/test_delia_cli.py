@@ -65,8 +65,8 @@ def test_skipped_pool_records_are_reported(tmp_path, lm_dir, capsys):
 @pytest.mark.parametrize(("change", "message"), [
     ({"--model": "missing-model"}, "error: no language model at missing-model (missing missing-model/config.json)"),
     ({"--pool": "missing.jsonl"}, "error: missing.jsonl: pool file not found"),
-    ({"--temperature": "0"}, "error: temperature must be > 0"),
-    ({"--device": "tpu"}, "error: unknown device 'tpu'"),
+    ({"--temperature": "0"}, "error: decoding temperature must be > 0"),
+    ({"--limit": "0"}, "error: limit must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, lm_dir, pool, capsys, change, message):
     args = sample_args(lm_dir, pool, tmp_path / "s.jsonl")

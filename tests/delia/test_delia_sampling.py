@@ -133,10 +133,10 @@ def test_a_finished_run_reruns_without_sampling(tmp_path: Path) -> None:
 def test_resuming_with_other_settings_is_refused(tmp_path: Path, model) -> None:
     tokenizer, out = chat_tokenizer(), tmp_path / "s.jsonl"
     run(model, tokenizer, out)
-    with pytest.raises(ValueError, match=r"s\.jsonl\.rank0\.jsonl was written with other settings \(differing: "
-                                         r"config\); delete it"):
+    with pytest.raises(ValueError, match=r"s\.jsonl\.rank0\.jsonl was written with other settings "
+                                         r"\(config\.seed: journal 5, now 6\); delete it"):
         run(model, tokenizer, out, config=SamplingConfig(max_new_tokens=10, batch_size=3, seed=6))
-    with pytest.raises(ValueError, match="differing: pool"):
+    with pytest.raises(ValueError, match=r"\(pool\.records: journal 7, now 8; pool\.sha256: journal '\w+', now"):
         run(model, tokenizer, out, records=pool_records(8))
 
 

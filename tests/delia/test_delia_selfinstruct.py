@@ -87,7 +87,7 @@ class ScriptedLM:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return "".join(self.texts[i] for i in ids if i != 0)
 
-    def sample_ids(self, model, prompts, generation_config, seed, stop_text=None) -> list[list[int]]:
+    def sample_ids(self, model, prompts, generate_kwargs, seed, stop_text=None) -> list[list[int]]:
         rng, out = random.Random(seed), []
         for ids in prompts:
             prompt = self.texts[ids[0]]
@@ -170,7 +170,7 @@ def test_resume_and_extension_give_the_uninterrupted_pool(tmp_path: Path, monkey
 def test_other_settings_are_not_resumed_and_too_few_rounds_is_an_error(tmp_path: Path, scripted) -> None:
     out = tmp_path / "pool.jsonl"
     make_pool(scripted, out, 2)
-    with pytest.raises(ValueError, match="differing: config"):
+    with pytest.raises(ValueError, match=r"\(config\.max_similarity: journal 0\.7, now 0\.5\)"):
         make_pool(scripted, out, 2, max_similarity=0.5)
     with pytest.raises(ValueError, match=r"only \d of 50 instructions after 3 rounds .* rerunning resumes"):
         make_pool(scripted, tmp_path / "other.jsonl", 50, max_rounds=3)
