@@ -57,7 +57,7 @@ class SamplingConfig:
     "You are a helpful AI assistant."."""
 
     def __post_init__(self) -> None:
-        self.decoding  # noqa: B018 - validates max_new_tokens, temperature, top_p and batch_size
+        _ = self.decoding  # Decoding checks max_new_tokens, temperature, top_p and batch_size
         if self.max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be >= 1: {self}")
         if self.limit is not None and self.limit < 1:

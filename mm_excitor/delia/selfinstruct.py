@@ -77,12 +77,11 @@ class PoolGenerationConfig:
     """Give up (with an error naming how far it got) after this many rounds."""
 
     def __post_init__(self) -> None:
-        self.instruction_decoding, self.answer_decoding  # noqa: B018 - validate the sampling settings
+        _ = self.instruction_decoding, self.answer_decoding  # Decoding checks the sampling settings
         if min(self.size, self.seed_examples, self.min_words, self.max_rounds) < 1:
             raise ValueError(f"size, seed_examples, min_words and max_rounds must be >= 1: {self}")
         if self.generated_examples < 0 or self.min_words > self.max_words or not 0 < self.max_similarity <= 1:
             raise ValueError(f"need generated_examples >= 0, min_words <= max_words, 0 < max_similarity <= 1: {self}")
-
 
     @property
     def instruction_decoding(self) -> Decoding:
