@@ -1,8 +1,8 @@
 """Batched, resumable, sharded generation, shared by the caption and ScienceQA evaluators.
 
-Rank r takes items r, r + W, r + 2W, ... (W = world size) and appends one JSON line per item to
-`{output}.rank{r}.jsonl` after every batch, so a run that dies resumes where it stopped (items whose id is already
-in the part file are skipped; a half-written last line is dropped). The part file starts with a header holding the
+Rank r takes items r, r + W, r + 2W, ... (W = world size) and commits one JSON line per item to its journal
+`{output}.rank{r}.jsonl` after every batch (mm_excitor.journal), so a run that dies resumes where it stopped (items
+whose id is already committed are skipped; a half-written batch is dropped). The journal's header holds the
 decoding settings and the caller's `source` (e.g. the adapter's fingerprint), and resuming with other settings or
 from another source is refused rather than mixing outputs. A finished rank writes `{output}.rank{r}.done`. The
 parts are merged, deduplicated by id and in dataset order, by rank 0 after a barrier when torch.distributed is
@@ -13,14 +13,13 @@ its report).
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mm_excitor.generation import Decoding
 from mm_excitor.io import atomic_write_json, read_json
+from mm_excitor.journal import Journal, process_group, read_committed
 
 if TYPE_CHECKING:  # scoring imports this module for read_generation_meta: no torch at import time
     import torch
@@ -80,7 +79,7 @@ def generate_outputs(
     e.g. the adapter's fingerprint and the split) joins the decoding settings in the part header, so resuming
     from parts made by another checkpoint is refused like resuming with other settings; it is copied to the meta.
     """
-    dist = _distributed(rank, world_size)
+    dist = process_group(rank, world_size)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     part, done = part_path(output, rank), done_path(output, rank)
@@ -90,10 +89,9 @@ def generate_outputs(
     header = {"task": task, "decoding": decoding.as_dict()}
     if source is not None:
         header["source"] = dict(source)
-    finished = _resume_part(part, header)
-    with open(part, "a", encoding="utf-8") as f:
-        if f.tell() == 0:
-            _append(f, [{"header": header}])
+    restart = "pass resume=False (--no-resume) to start over, or use another output path"
+    with Journal(part, header, restart_hint=restart) as journal:
+        finished = {record["id"] for record in journal.rows}
         batch: list[tuple[int, Mapping[str, Any]]] = []
         skipped = 0
         for index in range(rank, len(dataset), world_size):
@@ -109,10 +107,10 @@ def generate_outputs(
             finished.add(item_id)
             batch.append((index, item))
             if len(batch) == decoding.batch_size:
-                _append(f, _generate_batch(model, collator, batch, id_key, decoding))
+                journal.commit(_generate_batch(model, collator, batch, id_key, decoding))
                 batch = []
         if batch:
-            _append(f, _generate_batch(model, collator, batch, id_key, decoding))
+            journal.commit(_generate_batch(model, collator, batch, id_key, decoding))
     atomic_write_json(done, {"world_size": world_size, "n_items": len(dataset), "n_skipped": skipped})
     if dist is not None:
         dist.barrier()
@@ -131,7 +129,9 @@ def merge_parts(
     """Merge every rank's part into `output` (first record per id wins, dataset order) plus `{stem}.meta.json`."""
     records: list[dict] = []
     for r in range(world_size):
-        header, rows = _read_part(part_path(output, r))
+        if not part_path(output, r).exists():
+            raise FileNotFoundError(f"{part_path(output, r)}: part file missing")
+        header, rows = read_committed(part_path(output, r))
         if header is not None and header["decoding"] != decoding.as_dict():
             raise ValueError(f"{part_path(output, r)} was generated with {header['decoding']}, not {decoding.as_dict()}")
         if header is not None and header.get("source") != (None if source is None else dict(source)):
@@ -169,67 +169,11 @@ def _generate_batch(
             for (index, item), text in zip(batch, texts)]
 
 
-def _append(f: Any, rows: list[dict]) -> None:
-    """One write and an fsync per batch: a crash loses at most the batch in flight."""
-    f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _resume_part(part: Path, header: dict) -> set[int | str]:
-    """Ids already generated in `part` (after cutting a half-written last line); refuse other decoding settings."""
-    if not part.exists():
-        return set()
-    data = part.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        with open(part, "r+b") as f:
-            f.truncate(len(complete))
-    found, rows = _read_part(part)
-    if found is not None and found != header:
-        raise ValueError(
-            f"{part} was generated with {found}, this run uses {header}: pass resume=False (--no-resume) to start "
-            "over, or use another output path"
-        )
-    return {rec["id"] for rec in rows}
-
-
-def _read_part(part: Path) -> tuple[dict | None, list[dict]]:
-    if not part.exists():
-        raise FileNotFoundError(f"{part}: part file missing")
-    header, rows = None, []
-    with open(part, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise ValueError(f"{part}:{n}: corrupt line; delete the part file to regenerate its shard") from None
-            if "header" in row:
-                header = row["header"]
-            else:
-                rows.append(row)
-    return header, rows
-
-
 def _all_done(output: Path, world_size: int, n_items: int) -> bool:
     def matches(marker: object) -> bool:
         return isinstance(marker, dict) and (marker.get("world_size"), marker.get("n_items")) == (world_size, n_items)
 
     return all(done_path(output, r).exists() and matches(read_json(done_path(output, r))) for r in range(world_size))
-
-
-def _distributed(rank: int, world_size: int) -> Any:
-    """torch.distributed when it is initialised (then rank/world_size must agree with it), else None."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return None
-    if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
-        raise ValueError(f"rank/world_size {rank}/{world_size} disagree with torch.distributed "
-                         f"({dist.get_rank()}/{dist.get_world_size()})")
-    return dist
 
 
 def read_generation_meta(results: Path, explicit: Path | None) -> tuple[dict | None, Path | None]:

@@ -9,6 +9,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+NEUTRAL_LOGIT_PROCESSING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_p": 0.0, "typical_p": 1.0,
+                            "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+"""Settings a model's generation_config.json may hold that this record does not offer: always off."""
+
+
 @dataclass(frozen=True)
 class Decoding:
     batch_size: int = 16
@@ -33,11 +38,13 @@ class Decoding:
         return asdict(self)
 
     def generate_kwargs(self, pad_token_id: int, eos_token_id: int | list[int] | None) -> dict[str, Any]:
-        """Keyword arguments of Hugging Face `generate` (everything it needs, so nothing comes from a model's
-        generation_config by accident)."""
+        """Keyword arguments of Hugging Face `generate`: everything it uses, set, because transformers fills every
+        field a call leaves unset from the model's generation_config.json (Qwen2's sets a repetition penalty, for
+        one), and a reported score must depend on this record alone."""
         kwargs: dict[str, Any] = dict(
             do_sample=self.do_sample, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens,
             min_new_tokens=self.min_new_tokens, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+            **NEUTRAL_LOGIT_PROCESSING,
         )
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0)

@@ -17,13 +17,6 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-# Sampling knobs a model's generation_config.json may set and `Decoding.generate_kwargs` leaves to it (transformers
-# fills every field a call leaves unset from the model's file): neutral here, so that DELIA samples with temperature
-# and top-p only, the authors' vLLM settings.
-NEUTRAL_SAMPLING = {"min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
-                    "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
-
-
 def sampling_decoding(batch_size: int, max_new_tokens: int, temperature: float, top_p: float) -> Decoding:
     """The project's one decoding record, set for sampling (it validates the values)."""
     return Decoding(batch_size=batch_size, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
@@ -34,7 +27,7 @@ def sampling_kwargs(decoding: Decoding, stop_ids: Sequence[int], pad_id: int) ->
     """`generate` keyword arguments: the decoding's (top-k off) plus the neutral knobs."""
     if not decoding.do_sample:
         raise ValueError(f"DELIA samples its data: decoding.do_sample must be true, got {decoding}")
-    return {**decoding.generate_kwargs(pad_id, list(stop_ids)), **NEUTRAL_SAMPLING}
+    return decoding.generate_kwargs(pad_id, list(stop_ids))
 
 
 def sample_ids(model: Any, prompts: Sequence[Sequence[int]], generate_kwargs: dict[str, Any], seed: int,

@@ -33,7 +33,7 @@ from ..io import atomic_write_json, atomic_write_jsonl
 from .chat import (decode_answer, encode_chat_prompt, has_chat_template, one_shot_messages, pad_token_id,
                    stop_token_ids)
 from .generate import derive_seed, sample_ids, sampling_decoding, sampling_kwargs
-from .journal import Journal, json_roundtrip, read_committed
+from ..journal import Journal, json_roundtrip, process_group, read_committed
 from .pools import PoolRecord
 
 
@@ -98,7 +98,7 @@ def sample_answers(
     records = list(records)[: config.limit]
     if not records:
         raise ValueError("no pool records to sample from")
-    dist = _distributed(rank, world_size)
+    dist = process_group(rank, world_size)
     output = Path(output)
     header = sampling_header(model, tokenizer, records, config)
     batches = range(math.ceil(len(records) / config.batch_size))
@@ -262,19 +262,6 @@ def _check_header(part: Path, found: dict | None, header: dict) -> None:
     if found is not None and found != header:
         raise ValueError(f"{part} was sampled with other settings, model or pool; delete it (or every "
                          f"{part.name.rsplit('.rank', 1)[0]}.rank*.jsonl) to start over, or write to another output")
-
-
-def _distributed(rank: int, world_size: int) -> Any:
-    """torch.distributed when it is initialised (rank/world_size must then agree with it), else None."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return None
-    if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
-        raise ValueError(f"rank/world_size {rank}/{world_size} disagree with torch.distributed "
-                         f"({dist.get_rank()}/{dist.get_world_size()})")
-    return dist
 
 
 def _sha256(data: bytes) -> str:

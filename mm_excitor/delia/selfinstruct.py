@@ -43,7 +43,7 @@ from ..generation import Decoding
 from ..io import atomic_write_json, atomic_write_jsonl
 from .chat import cut_at_stop, decode_answer, encode_chat_prompt, pad_token_id, stop_token_ids
 from .generate import derive_seed, sample_ids, sampling_decoding, sampling_kwargs
-from .journal import Journal, json_roundtrip
+from ..journal import Journal, json_roundtrip
 from .sampling import meta_path
 from .similarity import NearDuplicateIndex, rouge_l, words
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mm_excitor.delia.chat import encode_chat_prompt, one_shot_messages
-from mm_excitor.delia.journal import Journal
+from mm_excitor.journal import Journal
 from mm_excitor.delia.sampling import SamplingConfig, meta_path, part_path, read_samples, sample_answers
 from tests.delia.helpers import chat_tokenizer, pool_records
 from tests.tiny_models import tiny_model

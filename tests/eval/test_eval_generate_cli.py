@@ -83,7 +83,7 @@ def test_generate_writes_the_official_results_file_and_resumes(run, tmp_path, mo
     assert cli(caption, other) == 2
     assert "--no-resume" in capsys.readouterr().err
     assert cli(caption, argv + ["--num-beams", "2"]) == 2
-    assert "generated with" in capsys.readouterr().err
+    assert "decoding.num_beams: journal 1, now 2" in capsys.readouterr().err
 
 
 def test_a_run_output_dir_is_config_and_checkpoint(run, tmp_path, monkeypatch):

@@ -4,7 +4,9 @@ Line 1 is a header: the settings the rows depend on. ``commit(rows)`` appends th
 in one write, then fsyncs, so after a crash the file ends with a whole group, part of a group or part of a line.
 Reopening keeps the committed groups and cuts the rest off; reopening with another header is refused, so rows
 made under other settings are never mixed. Other processes (the other ranks) read a journal with
-:func:`read_committed`, which never modifies it and ignores a group still being written.
+:func:`read_committed`, which never modifies it and ignores a group still being written. Evaluation's generated
+outputs and DELIA's self-sampled answers are both written this way, one journal per rank
+(:func:`process_group` checks that a rank/world size given by hand agrees with torch.distributed).
 """
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..diff import differences
+from .diff import differences
 
 
 class Journal:
     """The writer's side; one process per file."""
 
-    def __init__(self, path: str | Path, header: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, header: dict[str, Any],
+                 restart_hint: str = "delete it to start over, or write to another output path") -> None:
         self.path = Path(path)
         self.header = json_roundtrip(header)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,8 +31,7 @@ class Journal:
             changes = differences(found, self.header)
             said = "; ".join(d.describe("journal", "now")[:200] for d in changes[:3])
             more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
-            raise ValueError(f"{self.path} was written with other settings ({said}{more}); delete it to start over, "
-                             "or write to another output path")
+            raise ValueError(f"{self.path} was written with other settings ({said}{more}); {restart_hint}")
         self._file = open(self.path, "ab")
         self._file.truncate(committed_bytes)
         if committed_bytes == 0:
@@ -98,3 +100,18 @@ def json_roundtrip(value: Any) -> Any:
     """As it reads back from the file (tuples become lists), so headers compare equal across runs."""
     return json.loads(json.dumps(value, ensure_ascii=False))
 
+
+
+def process_group(rank: int, world_size: int) -> Any:
+    """torch.distributed when it is initialised (`rank`/`world_size` must then agree with it), else None: ranks
+    launched by hand (LLaVA's --chunk-idx style) pass their own."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
+        raise ValueError(f"rank/world_size {rank}/{world_size} disagree with torch.distributed "
+                         f"({dist.get_rank()}/{dist.get_world_size()})")
+    return dist
