@@ -5,21 +5,25 @@
     K' = W_k x + g * W_k (a . P)               g: one zero-initialised gate per KV head
 
 Only the keys change; RoPE, the KV cache and whatever attention kernel the model uses consume K' unchanged, and
-values and hidden states are never touched. Two algebraic shortcuts keep the block cheap: the affinity is the
-rank-r product z . (P W_up)^T, and W_k (a . P) = a . (W_k P), so the frozen W_k is applied to the K' prompts
-once per forward, never to M reconstructed tokens. The token-side arithmetic, with its hand-written backward that
-keeps as little as possible alive, lives in `bypass.py`.
+values and hidden states are never touched. The affinity is the rank-r product z . (P W_up)^T, and
+W_k (a . P) = a . (W_k P) leaves a choice, made per call by counting multiply-adds (`association_costs`): the
+prompt side applies the frozen W_k to the K' prompts (once per layer for a shared set, memoised while decoding),
+the token side to the M tokens' mixes a . P (cheaper when M < K', e.g. 257 visual prompts and 32 caption tokens).
+The arithmetic of both, with hand-written backwards that keep as little as possible alive, is in `bypass.py`.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bypass import gated_prompt_bypass
+from .bypass import (
+    PromptPieces, TokenSide, gated_prompt_bypass, gated_token_bypass, prompt_side_output, token_side_output,
+)
 from .config import ExcitorConfig
 
 
@@ -35,6 +39,7 @@ class ExcitorKeyProjection(nn.Module):
         self.head_dim = base.out_features // num_kv_heads
         self.gate_tanh = config.gate_tanh
         self.visual_prompt_mode = config.visual_prompt_mode
+        self.key_association = config.key_association
         hidden = base.in_features
         self.scale = 1.0 / math.sqrt(hidden)
         # Trainable tensors live in fp32 whatever the frozen model's dtype.
@@ -48,12 +53,13 @@ class ExcitorKeyProjection(nn.Module):
         )
         nn.init.normal_(self.prompts, std=config.prompt_init_std)
         self._visual: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._inference_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = None
+        self._inference_memo: _InferenceMemo | None = None
 
     def extra_repr(self) -> str:
         return (
             f"prompts={tuple(self.prompts.shape)}, rank={self.down.out_features}, kv_heads={self.num_kv_heads}, "
-            f"gate_tanh={self.gate_tanh}, visual_prompt_mode={self.visual_prompt_mode}"
+            f"gate_tanh={self.gate_tanh}, visual_prompt_mode={self.visual_prompt_mode}, "
+            f"key_association={self.key_association}"
         )
 
     def set_visual_tokens(self, tokens: torch.Tensor | None, has_image: torch.Tensor | None = None) -> None:
@@ -79,28 +85,87 @@ class ExcitorKeyProjection(nn.Module):
         return self.gate.tanh() if self.gate_tanh else self.gate
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        key = self.base(hidden_states)
-        prompt_keys, prompt_affinity, prompt_mask = self._prompt_terms()
-        batch = hidden_states.shape[0]
-        if prompt_keys.dim() == 3 and prompt_keys.shape[0] != batch:
-            # generate() expands each sample to num_beams rows with repeat_interleave; follow it.
-            if batch % prompt_keys.shape[0]:
-                raise ValueError(f"batch of {batch} rows does not expand the {prompt_keys.shape[0]} visual prompt sets")
-            repeats = batch // prompt_keys.shape[0]
-            prompt_keys = prompt_keys.repeat_interleave(repeats, dim=0)
-            prompt_affinity = prompt_affinity.repeat_interleave(repeats, dim=0)
-            if prompt_mask is not None:
-                prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
+        if torch.is_grad_enabled():
+            self._inference_memo = None
+            prompts = self._prompt_pieces()
+            hidden = _grouped_by_sample(hidden_states, prompts[1])
+            keys = self._training_forward(hidden, *prompts)
+        else:
+            memo = self._memo()
+            hidden = _grouped_by_sample(hidden_states, memo.prompts.per_sample)
+            keys = self._inference_forward(hidden, memo)
+        return keys.view(*hidden_states.shape[:-1], keys.shape[-1])
+
+    def _training_forward(
+        self, hidden: torch.Tensor, shared: torch.Tensor | None, per_sample: torch.Tensor | None,
+        offset: torch.Tensor | None, mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         dtype = self._compute_dtype()
-        gate = self.gate_values().repeat_interleave(self.head_dim)
+        if self._association(hidden, shared, per_sample, training=True) == "token":
+            return gated_token_bypass(
+                hidden, self.base.weight, self.base.bias, self.down.weight, self.up.weight, shared, per_sample, offset,
+                self.gate_values(), mask, self._token_side(dtype, hidden.device),
+            )
+        prompts = _concatenated(shared, per_sample, offset)
         recompute = None
-        if prompt_keys.dim() == 2 and torch.is_grad_enabled():
+        if prompts.dim() == 2:
             # The shared prompt keys are cheap to recompute in backward and need not stay alive until then.
             recompute = partial(self._prompt_keys_in, dtype)
         return gated_prompt_bypass(
-            key, hidden_states.to(dtype), self.down.weight.to(dtype), prompt_affinity.to(dtype),
-            prompt_keys.to(dtype), gate, prompt_mask, self.scale, recompute,
+            self.base(hidden), hidden.to(dtype), self.down.weight.to(dtype),
+            torch.matmul(prompts, self.up.weight).to(dtype), self._keys_of(prompts).to(dtype),
+            self.gate_values().repeat_interleave(self.head_dim), mask, self.scale, recompute,
         )
+
+    def _inference_forward(self, hidden: torch.Tensor, memo: _InferenceMemo) -> torch.Tensor:
+        key = self.base(hidden)
+        x = hidden.to(memo.dtype)
+        prompts = memo.prompts
+        if self._association(hidden, prompts.shared, prompts.per_sample, training=False, memo=memo) == "prompt":
+            if memo.gated_keys is None:
+                keys = self._keys_of(_concatenated(*memo.pieces[:3])).to(memo.dtype)
+                memo.gated_keys = (keys * self.gate_values().repeat_interleave(self.head_dim)).to(memo.dtype)
+            return prompt_side_output(key, x, memo.down, memo.prompt_affinity, memo.gated_keys, memo.mask, self.scale)
+        return token_side_output(
+            key, x, memo.down, memo.prompt_affinity, prompts, self.base.weight, memo.gate, memo.mask,
+            self._token_side(memo.dtype, hidden.device),
+        )
+
+    def _association(
+        self, hidden: torch.Tensor, shared: torch.Tensor | None, per_sample: torch.Tensor | None, *, training: bool,
+        memo: _InferenceMemo | None = None,
+    ) -> str:
+        """'prompt' or 'token': the configured order, or under 'auto' the one with fewer multiply-adds.
+
+        Without gradients the prompt keys are memoised for the following calls on the same prompt set (decoding
+        steps); the token-side work already spent on a set counts towards their price, so a short generation stays
+        token-side and a long one builds the keys once they are the cheaper investment.
+        """
+        if self.key_association != "auto":
+            return self.key_association
+        num_prompts = (0 if shared is None else shared.shape[0]) + (0 if per_sample is None else per_sample.shape[1])
+        costs = association_costs(
+            tokens=hidden.numel() // hidden.shape[-1],
+            prompts=num_prompts,
+            prompt_rows=shared.shape[0] if per_sample is None else per_sample.shape[0] * num_prompts,
+            hidden=self.base.in_features,
+            key_width=self.base.out_features,
+            heads=self.num_kv_heads,
+            training=training,
+            shared_prompts=per_sample is None,
+            head_loop=_head_loop(hidden.device),
+            memoised=memo is not None and memo.gated_keys is not None,
+        )
+        if memo is None:
+            return "prompt" if costs.prompt_side <= costs.token_side else "token"
+        if memo.gated_keys is not None or memo.token_work + costs.token_side >= costs.prompt_side:
+            return "prompt"
+        memo.token_work += costs.token_side
+        return "token"
+
+    def _token_side(self, dtype: torch.dtype, device: torch.device) -> TokenSide:
+        projection_dtype = dtype if torch.is_autocast_enabled(device.type) else self.base.weight.dtype
+        return TokenSide(self.scale, dtype, projection_dtype, _head_loop(device))
 
     def _prompt_keys_in(self, dtype: torch.dtype) -> torch.Tensor:
         return self._keys_of(self.prompts).to(dtype)
@@ -116,56 +181,137 @@ class ExcitorKeyProjection(nn.Module):
             return torch.get_autocast_dtype(device_type)
         return self.prompts.dtype
 
-    def _prompt_set(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This layer's prompts P(b): K x C (language-only) or B x K' x C, and a B x K' validity mask."""
+    def _prompt_pieces(
+        self,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """This layer's prompts P(b) in pieces (see `PromptPieces`): shared (K x C), per-sample (B x N x C), the
+        offset added to the per-sample ones, and a B x K' validity mask."""
         if self._visual is None:
-            return self.prompts, None
+            return self.prompts, None, None, None
         tokens, has_image = self._visual
-        visual = tokens.to(self.prompts.dtype) + self.visual_offset
-        batch = visual.shape[0]
+        batch = tokens.shape[0]
         if self.visual_prompt_mode == "concat":
-            prompts = torch.cat([self.prompts.expand(batch, -1, -1), visual], dim=1)
             mask = torch.cat(
                 [
-                    torch.ones(batch, self.prompts.shape[0], dtype=torch.bool, device=visual.device),
-                    has_image[:, None].expand(batch, visual.shape[1]),
+                    torch.ones(batch, self.prompts.shape[0], dtype=torch.bool, device=tokens.device),
+                    has_image[:, None].expand(batch, tokens.shape[1]),
                 ],
                 dim=1,
             )
-            return prompts, mask
+            return self.prompts, tokens, self.visual_offset, mask
+        visual = tokens.to(self.prompts.dtype) + self.visual_offset
         resampled = F.adaptive_avg_pool1d(visual.transpose(1, 2), self.prompts.shape[0]).transpose(1, 2)
-        return self.prompts + resampled * has_image[:, None, None].to(resampled.dtype), None
+        return None, self.prompts + resampled * has_image[:, None, None].to(resampled.dtype), None, None
 
-    def _prompt_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Prompt keys W_k P, rank-r prompt projections P W_up and the mask, memoised while not training.
+    def _memo(self) -> _InferenceMemo:
+        """The current prompt set's memo for no-grad calls (rebuilt when the prompts or any parameter change).
 
-        Decoding calls the block once per new token with the same prompts; the memo makes that cost one
-        matrix-vector product instead of K' x C x C_kv work per token.
+        Decoding calls the block once per new token with the same prompts: the memo keeps what depends only on
+        them, so that a step costs what its tokens cost.
         """
-        if torch.is_grad_enabled():
-            self._inference_cache = None
-            return self._compute_prompt_terms()
         key = self._inference_cache_key()
-        if self._inference_cache is None or not _same_key(self._inference_cache[0], key):
-            self._inference_cache = (key, self._compute_prompt_terms())
-        return self._inference_cache[1]
-
-    def _compute_prompt_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        prompts, mask = self._prompt_set()
-        prompt_keys = self._keys_of(prompts)
-        prompt_affinity = torch.matmul(prompts, self.up.weight)
-        return prompt_keys, prompt_affinity, mask
+        memo = self._inference_memo
+        if memo is None or not _same_key(memo.key, key):
+            dtype = self._compute_dtype()
+            pieces = self._prompt_pieces()
+            prompts = PromptPieces(*pieces[:3], dtype)
+            memo = self._inference_memo = _InferenceMemo(
+                key=key, dtype=dtype, pieces=pieces, prompts=prompts,
+                prompt_affinity=prompts.affinity_rows(self.up.weight.to(dtype)), down=self.down.weight.to(dtype),
+                gate=self.gate_values(), mask=pieces[3],
+            )
+        return memo
 
     def _inference_cache_key(self) -> tuple:
         visual = self._visual or (None, None)
-        tensors = (*visual, *self.parameters())
+        tensors = (*visual, self.prompts, self.gate, self.visual_offset, self.down.weight, self.up.weight,
+                   self.base.weight, self.base.bias)
         return (
             tuple(id(t) for t in tensors),
             tuple(t._version if t is not None else None for t in tensors),
-            torch.is_autocast_enabled(self.prompts.device.type),
+            self._compute_dtype(),
             tensors,  # hold references so that ids cannot be reused while the memo lives
         )
 
 
+@dataclass
+class _InferenceMemo:
+    key: tuple
+    dtype: torch.dtype
+    pieces: tuple
+    """`_prompt_pieces()` as they were: the prompt keys are computed from them as in training."""
+    prompts: PromptPieces
+    """The pieces in the compute dtype, for the token side."""
+    prompt_affinity: torch.Tensor
+    down: torch.Tensor
+    gate: torch.Tensor
+    mask: torch.Tensor | None
+    gated_keys: torch.Tensor | None = None
+    """W_k P(b) * g, built the first time the prompt side is chosen."""
+    token_work: int = 0
+    """Multiply-adds spent token-side on this prompt set so far."""
+
+
 def _same_key(a: tuple, b: tuple) -> bool:
     return a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
+
+
+def _head_loop(device: torch.device) -> bool:
+    """Backpropagate the token side through W_k head by head on CPUs, where one pass over W_k and a few passes over
+    cached blocks cost less than two more products with W_k; GPUs multiply far faster than they move memory."""
+    return device.type == "cpu"
+
+
+def _grouped_by_sample(hidden: torch.Tensor, per_sample: torch.Tensor | None) -> torch.Tensor:
+    """B x M x C rows grouped per prompt set: generate() expands each sample to num_beams consecutive rows
+    (repeat_interleave), which become one sample of beams x M tokens here, so per-sample prompts need no copy."""
+    if per_sample is None or hidden.shape[0] == per_sample.shape[0]:
+        return hidden
+    samples = per_sample.shape[0]
+    if hidden.shape[0] % samples:
+        raise ValueError(f"batch of {hidden.shape[0]} rows does not expand the {samples} visual prompt sets")
+    return hidden.reshape(samples, -1, hidden.shape[-1])
+
+
+def _concatenated(
+    shared: torch.Tensor | None, per_sample: torch.Tensor | None, offset: torch.Tensor | None
+) -> torch.Tensor:
+    """P(b) as one tensor: K x C (shared by the batch) or B x K' x C, for the prompt side."""
+    if per_sample is None:
+        return shared
+    visual = per_sample if offset is None else per_sample.to(offset.dtype) + offset
+    if shared is None:
+        return visual
+    return torch.cat([shared.expand(visual.shape[0], -1, -1).to(visual.dtype), visual], dim=1)
+
+
+@dataclass(frozen=True)
+class AssociationCosts:
+    prompt_side: int
+    token_side: int
+
+
+def association_costs(
+    *, tokens: int, prompts: int, prompt_rows: int, hidden: int, key_width: int, heads: int, training: bool,
+    shared_prompts: bool, head_loop: bool, memoised: bool = False,
+) -> AssociationCosts:
+    """Multiply-adds of the work in which the two orders differ, for one call of one block.
+
+    `tokens` = B x M rows, `prompts` = K' per sample, `prompt_rows` = the prompt rows W_k would project (K when the
+    set is shared by the batch, else B x K'), `hidden` = C, `key_width` = C_kv. With gradients (training):
+    - prompt side: W_k P forward, the prompts' gradient through W_k, and for a shared set W_k P again in backward
+      (recomputed rather than kept); a . PK forward and its two gradients;
+    - token side: W_k on the mixes forward; backward either one pass over W_k head by head (CPUs: the frozen
+      projection's own input gradient, plus three cheap passes per head over the mixes) or two more products
+      with W_k; a . P forward, recomputed, and its two gradients.
+    Without gradients: one product each way, the prompt side's free once memoised (`memoised`).
+    """
+    projection = hidden * key_width
+    if training:
+        prompt_side = prompt_rows * projection * (3 if shared_prompts else 2) + 3 * tokens * prompts * key_width
+        token_side = tokens * projection + 4 * tokens * prompts * hidden
+        token_side += 3 * heads * tokens * hidden if head_loop else 2 * tokens * projection
+    else:
+        prompt_side = (0 if memoised else prompt_rows * projection) + tokens * prompts * key_width
+        token_side = tokens * projection + tokens * prompts * hidden
+    return AssociationCosts(prompt_side, token_side)
