@@ -9,13 +9,13 @@ rows, per sample or shared by the batch) or the tokens (M rows) are fewer (`mm_e
 g has one value per KV head and multiplies the keys after W_k, per output channel.
 
 Autograd would save z, the affinity, the prompt keys and the mixes for backward. These functions save only x
-(which the down projection's gradient needs; LoRA keeps it too), the small prompt-side tensors, and whatever the
-caller cannot cheaply recompute; z, the affinity and the mixes a . P are recomputed in backward (rank-r products and
-a softmax over K' prompts). So nothing grows with the sequence beyond x.
+(which the down projection's gradient needs; LoRA keeps it too), the small K' x r prompt-side tensors, and whatever
+the caller cannot cheaply recompute; z, the affinity and the mixes a . P are recomputed in backward (rank-r products,
+a softmax over K' prompts, a K'-wide mix). So nothing grows with the sequence beyond x.
 
-The token side computes the frozen projection x . W_k^T itself: on a CPU its backward then produces the frozen
-layer's input gradient G . W_k, the mixes' gradient (G * g) . W_k and the gate's gradient from one pass over W_k,
-head by head (see `_projection_backward`), instead of three products with W_k.
+The token side computes the frozen projection x . W_k^T itself. On a CPU it then goes through W_k head by head:
+forward (x + g_h a . P) . W_h^T, one product with W_k instead of two; backward the frozen layer's input gradient
+G . W_k, the mixes' gradient (G * g) . W_k and the gate's gradient from one product instead of three.
 
 The products run in the dtype of the tensors passed in or the one named (fp32, or the autocast dtype); the softmax,
 the gating and the gate's gradient run in at least fp32, the gate's own dtype.
@@ -26,10 +26,6 @@ from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
-
-# Rows of the head loop's work block: 2^18 fp32 elements (1 MiB), which a CPU core keeps in its L2 cache.
-_HEAD_LOOP_BLOCK_ELEMENTS = 1 << 18
-
 
 # ------------------------------------------------------------------------------------------------- shared pieces
 
@@ -163,11 +159,15 @@ class PromptPieces:
                 grad_up = self.shared.t() @ shared_rows
         if sample_rows is not None:
             if need_sample:
-                grad_sample = sample_rows @ up_weight.t()
-                if grad_mix is not None:
-                    grad_sample.baddbmm_(sample_part.transpose(1, 2), grad_mix)
+                if grad_mix is None:
+                    grad_sample = sample_rows @ up_weight.t()
+                else:  # one product [a^T | d PA] . [d mix ; W_up^T]: the B x N x C result is written once
+                    grad_sample = torch.bmm(
+                        torch.cat([sample_part.transpose(1, 2), sample_rows], dim=2),
+                        torch.cat([grad_mix, up_weight.t().expand(grad_mix.shape[0], -1, -1)], dim=1),
+                    )
             if need_up:
-                sample_up = _flat(self.per_sample).t() @ _flat(sample_rows)
+                sample_up = (_flat(sample_rows).t() @ _flat(self.per_sample)).t()  # the faster orientation on CPUs
                 grad_up = sample_up if grad_up is None else grad_up.add_(sample_up)
             if self.offset is not None:
                 row_sum = sample_rows.sum(dim=(0, 1))
@@ -283,22 +283,45 @@ class TokenSide(NamedTuple):
     projection_dtype: torch.dtype
     """Products with the frozen W_k: the autocast dtype, or W_k's own (as the frozen k_proj computes)."""
     head_loop: bool
-    """Backward through W_k head by head (one pass over W_k; cheaper on CPUs) or as three plain products."""
+    """Go through W_k head by head (see `_project_per_head`, `_projection_backward`): one pass over W_k forward
+    and one backward instead of two each, for a few cheap passes over the rows per head (CPUs, enough rows)."""
 
 
 def token_side_output(
-    key: torch.Tensor, hidden: torch.Tensor, down_weight: torch.Tensor, prompt_affinity: torch.Tensor,
-    prompts: PromptPieces, key_weight: torch.Tensor, gate: torch.Tensor, mask: torch.Tensor | None,
+    hidden: torch.Tensor, key_weight: torch.Tensor, key_bias: torch.Tensor | None, down_weight: torch.Tensor,
+    prompt_affinity: torch.Tensor, prompts: PromptPieces, gate: torch.Tensor, mask: torch.Tensor | None,
     options: TokenSide,
 ) -> torch.Tensor:
-    """key + g * W_k (a . P), the token-side forward (also used as is without autograd, e.g. while decoding).
-
-    `hidden`, `down_weight` and `prompt_affinity` are in the compute dtype; `gate` has one value per KV head.
-    """
-    _, affinity = _affinity(hidden, down_weight, prompt_affinity, mask, options.scale)
+    """x . W_k^T + b + g * W_k (a . P), the token-side forward (also used as is without autograd, e.g. while
+    decoding). `hidden` is the frozen k_proj's input; `down_weight` and `prompt_affinity` are in the compute dtype;
+    `gate` has one value per KV head. With g = 0 the result is exactly the frozen k_proj's output."""
+    gains = gate.tolist() if options.head_loop else None
+    if gains is not None and not any(gains):
+        return F.linear(hidden, key_weight, key_bias)
+    _, affinity = _affinity(hidden.to(options.compute_dtype), down_weight, prompt_affinity, mask, options.scale)
     mixed = prompts.mix(affinity)
+    if gains is not None:
+        return _project_per_head(hidden, mixed, key_weight, key_bias, gains, options.projection_dtype)
     dtype = options.projection_dtype
+    key = F.linear(hidden, key_weight, key_bias)  # exactly the frozen k_proj (autocast applies as it would)
     return _add_gated(key, F.linear(mixed.to(dtype), key_weight.to(dtype)), gate)
+
+
+def _project_per_head(
+    hidden: torch.Tensor, mixed: torch.Tensor, key_weight: torch.Tensor, key_bias: torch.Tensor | None,
+    gains: list[float], dtype: torch.dtype,
+) -> torch.Tensor:
+    """x . W^T + b + g * (mixed . W^T) as (x + g_h mixed) . W_h^T head by head: one pass over W instead of two."""
+    x, mixed = _flat(hidden).to(dtype), _flat(mixed).to(dtype)
+    weight = key_weight.to(dtype)
+    head_dim = weight.shape[0] // len(gains)
+    out = torch.empty(len(gains), x.shape[0], head_dim, dtype=dtype, device=x.device)
+    inputs = torch.empty_like(x)
+    for head, gain in enumerate(gains):
+        torch.add(x, mixed, alpha=gain, out=inputs)
+        torch.mm(inputs, weight[head * head_dim : (head + 1) * head_dim].t(), out=out[head])
+    out = out.transpose(0, 1).reshape(*hidden.shape[:-1], -1)
+    return out if key_bias is None else out.add_(key_bias.to(dtype))
 
 
 def gated_token_bypass(
@@ -335,9 +358,9 @@ def _projection_backward(
     """For out = x . W^T + g * (mixed . W^T): (d x through W, d mixed, d g), rows flattened.
 
     Per KV head h, with G_h the output gradient's columns of that head and W_h its rows of W: d x = sum_h G_h W_h,
-    d mixed = sum_h g_h G_h W_h and d g_h = <G_h W_h, mixed>. The head loop forms each G_h W_h once, block by
-    block of rows so that it stays in cache, and uses it three times: the same multiply-adds as the frozen
-    projection's own input gradient. Without it: G W, (G * g) W and mixed W^T for the gate, three products with W.
+    d mixed = sum_h g_h G_h W_h and d g_h = <G_h W_h, mixed>. The head loop forms each G_h W_h once and uses it
+    three times: the multiply-adds of the frozen projection's own input gradient, and three passes over the rows.
+    Without it: G W, (G * g) W and mixed W^T for the gate, three products with W.
     """
     dtype = options.projection_dtype
     weight = key_weight.to(dtype)
@@ -354,34 +377,26 @@ def _projection_backward(
         return grad_input, grad_mixed, grad_gate
 
     accumulate = torch.promote_types(dtype, torch.float32)
-    rows, width = mixed.shape
+    mixed = mixed.to(accumulate).reshape(-1)
     head_dim = weight.shape[0] // heads
-    block = max(1, _HEAD_LOOP_BLOCK_ELEMENTS // width)
-    gains = gate.tolist()
-    grad_mixed = torch.empty(rows, width, dtype=accumulate, device=grad.device)
-    grad_input = torch.empty_like(grad_mixed) if need_input else None
-    product = torch.empty(min(block, rows), width, dtype=dtype, device=grad.device)
+    product = torch.empty(grad.shape[0], weight.shape[1], dtype=dtype, device=grad.device)
+    grad_mixed = grad_input = None
     dots: list[torch.Tensor] = []
-    for start in range(0, rows, block):
-        stop = min(start + block, rows)
-        mixed_block = mixed[start:stop].to(accumulate).reshape(-1)
-        mixed_out, input_out = grad_mixed[start:stop], grad_input[start:stop] if need_input else None
-        part = product[: stop - start]
-        for head in range(heads):
-            columns = slice(head * head_dim, (head + 1) * head_dim)
-            torch.mm(grad[start:stop, columns], weight[columns], out=part)
-            term = part.to(accumulate)
-            if head == 0:
-                torch.mul(term, gains[0], out=mixed_out)
-                if need_input:
-                    input_out.copy_(term)
-            else:
-                mixed_out.add_(term, alpha=gains[head])
-                if need_input:
-                    input_out.add_(term)
-            if need_gate:
-                dots.append(torch.dot(term.reshape(-1), mixed_block))
-    grad_gate = torch.stack(dots).view(-1, heads).sum(dim=0).to(gate.dtype) if need_gate else None
+    for head, gain in enumerate(gate.tolist()):
+        columns = slice(head * head_dim, (head + 1) * head_dim)
+        torch.mm(grad[:, columns], weight[columns], out=product)
+        term = product.to(accumulate)
+        if grad_mixed is None:
+            grad_mixed = term * gain
+            if need_input:
+                grad_input = term.clone() if term is product else term
+        else:
+            grad_mixed.add_(term, alpha=gain)
+            if need_input:
+                grad_input.add_(term)
+        if need_gate:
+            dots.append(torch.dot(term.reshape(-1), mixed))
+    grad_gate = torch.stack(dots).to(gate.dtype) if need_gate else None
     return grad_input, grad_mixed, grad_gate
 
 
@@ -389,26 +404,28 @@ class _GatedTokenBypass(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, key_weight, key_bias, down_weight, up_weight, shared, per_sample, offset, gate, mask,  # noqa: D102
                 options):
-        ctx.save_for_backward(hidden, key_weight, down_weight, up_weight, shared, per_sample, offset, gate, mask)
-        ctx.options = options
         dtype = options.compute_dtype
         prompts = PromptPieces(shared, per_sample, offset, dtype)
-        key = F.linear(hidden, key_weight, key_bias)  # exactly the frozen k_proj (autocast applies as it would)
+        prompt_affinity = prompts.affinity_rows(up_weight.to(dtype))  # K' x r per sample: kept, not recomputed
+        ctx.save_for_backward(
+            hidden, key_weight, down_weight, up_weight, shared, per_sample, offset, gate, mask, prompt_affinity
+        )
+        ctx.options = options
         return token_side_output(
-            key, hidden.to(dtype), down_weight.to(dtype), prompts.affinity_rows(up_weight.to(dtype)), prompts,
-            key_weight, gate, mask, options,
+            hidden, key_weight, key_bias, down_weight.to(dtype), prompt_affinity, prompts, gate, mask, options
         )
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # noqa: D102
-        hidden, key_weight, down_weight, up_weight, shared, per_sample, offset, gate, mask = ctx.saved_tensors
+        hidden, key_weight, down_weight, up_weight, shared, per_sample, offset, gate, mask, prompt_affinity = (
+            ctx.saved_tensors
+        )
         options = ctx.options
         needs = ctx.needs_input_grad
         dtype = options.compute_dtype
         prompts = PromptPieces(shared, per_sample, offset, dtype)
         x, down, up = hidden.to(dtype), down_weight.to(dtype), up_weight.to(dtype)
-        prompt_affinity = prompts.affinity_rows(up)
         z, affinity = _affinity(x, down, prompt_affinity, mask, options.scale)
         mixed = prompts.mix(affinity)
         grad_input, grad_mixed, grad_gate = _projection_backward(

@@ -104,7 +104,7 @@ class ExcitorKeyProjection(nn.Module):
         if self._association(hidden, shared, per_sample, training=True) == "token":
             return gated_token_bypass(
                 hidden, self.base.weight, self.base.bias, self.down.weight, self.up.weight, shared, per_sample, offset,
-                self.gate_values(), mask, self._token_side(dtype, hidden.device),
+                self.gate_values(), mask, self._token_side(dtype, hidden),
             )
         prompts = _concatenated(shared, per_sample, offset)
         recompute = None
@@ -118,17 +118,18 @@ class ExcitorKeyProjection(nn.Module):
         )
 
     def _inference_forward(self, hidden: torch.Tensor, memo: _InferenceMemo) -> torch.Tensor:
-        key = self.base(hidden)
-        x = hidden.to(memo.dtype)
         prompts = memo.prompts
-        if self._association(hidden, prompts.shared, prompts.per_sample, training=False, memo=memo) == "prompt":
-            if memo.gated_keys is None:
-                keys = self._keys_of(_concatenated(*memo.pieces[:3])).to(memo.dtype)
-                memo.gated_keys = (keys * self.gate_values().repeat_interleave(self.head_dim)).to(memo.dtype)
-            return prompt_side_output(key, x, memo.down, memo.prompt_affinity, memo.gated_keys, memo.mask, self.scale)
-        return token_side_output(
-            key, x, memo.down, memo.prompt_affinity, prompts, self.base.weight, memo.gate, memo.mask,
-            self._token_side(memo.dtype, hidden.device),
+        if self._association(hidden, prompts.shared, prompts.per_sample, training=False, memo=memo) == "token":
+            return token_side_output(
+                hidden, self.base.weight, self.base.bias, memo.down, memo.prompt_affinity, prompts, memo.gate,
+                memo.mask, self._token_side(memo.dtype, hidden),
+            )
+        if memo.gated_keys is None:
+            keys = self._keys_of(_concatenated(*memo.pieces[:3])).to(memo.dtype)
+            memo.gated_keys = (keys * self.gate_values().repeat_interleave(self.head_dim)).to(memo.dtype)
+        return prompt_side_output(
+            self.base(hidden), hidden.to(memo.dtype), memo.down, memo.prompt_affinity, memo.gated_keys, memo.mask,
+            self.scale,
         )
 
     def _association(
@@ -153,7 +154,7 @@ class ExcitorKeyProjection(nn.Module):
             heads=self.num_kv_heads,
             training=training,
             shared_prompts=per_sample is None,
-            head_loop=_head_loop(hidden.device),
+            head_loop=_head_loop(hidden),
             memoised=memo is not None and memo.gated_keys is not None,
         )
         if memo is None:
@@ -163,9 +164,9 @@ class ExcitorKeyProjection(nn.Module):
         memo.token_work += costs.token_side
         return "token"
 
-    def _token_side(self, dtype: torch.dtype, device: torch.device) -> TokenSide:
-        projection_dtype = dtype if torch.is_autocast_enabled(device.type) else self.base.weight.dtype
-        return TokenSide(self.scale, dtype, projection_dtype, _head_loop(device))
+    def _token_side(self, dtype: torch.dtype, hidden: torch.Tensor) -> TokenSide:
+        projection_dtype = dtype if torch.is_autocast_enabled(hidden.device.type) else self.base.weight.dtype
+        return TokenSide(self.scale, dtype, projection_dtype, _head_loop(hidden))
 
     def _prompt_keys_in(self, dtype: torch.dtype) -> torch.Tensor:
         return self._keys_of(self.prompts).to(dtype)
@@ -256,10 +257,16 @@ def _same_key(a: tuple, b: tuple) -> bool:
     return a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
 
 
-def _head_loop(device: torch.device) -> bool:
-    """Backpropagate the token side through W_k head by head on CPUs, where one pass over W_k and a few passes over
-    cached blocks cost less than two more products with W_k; GPUs multiply far faster than they move memory."""
-    return device.type == "cpu"
+# Fewer token rows than this go through W_k in plain products: per-head products would be too small to pay for
+# their own overhead (decoding steps).
+HEAD_LOOP_MIN_ROWS = 64
+
+
+def _head_loop(hidden: torch.Tensor) -> bool:
+    """Go through W_k head by head (`bypass.TokenSide.head_loop`) on CPUs, where a product with W_k costs more than
+    a few passes over the rows per head, and where there are enough rows; GPUs multiply far faster than they move
+    memory, so plain products are cheaper there."""
+    return hidden.device.type == "cpu" and hidden.numel() // hidden.shape[-1] >= HEAD_LOOP_MIN_ROWS
 
 
 def _grouped_by_sample(hidden: torch.Tensor, per_sample: torch.Tensor | None) -> torch.Tensor:

@@ -8,11 +8,20 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from mm_excitor import ExcitorConfig, apply_excitor, count_parameters, excitor_blocks
+from mm_excitor import ExcitorConfig, apply_excitor, count_parameters, excitor_blocks, layer
 from tests.tiny_models import FAMILIES, tiny_model
 
 CONFIG = ExcitorConfig(num_layers=3, num_prompts=5, rank=4)
-ORDERS = ("auto", "prompt", "token")
+ORDERS = ("auto", "prompt", "token", "token-head-loop")
+
+
+def with_order(order: str, monkeypatch) -> ExcitorConfig:
+    """CONFIG with this association of W_k; 'token-head-loop' is the token side through W_k head by head, as on a
+    CPU with enough token rows (the tiny test batches have fewer, and would use plain products)."""
+    if order == "token-head-loop":
+        monkeypatch.setattr(layer, "HEAD_LOOP_MIN_ROWS", 1)
+        order = "token"
+    return replace(CONFIG, key_association=order)
 
 
 def padded_batch(padding_side: str, vocab: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,9 +40,9 @@ def padded_batch(padding_side: str, vocab: int = 96) -> tuple[torch.Tensor, torc
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("order", ORDERS)
-def test_logits_equal_unmodified_model_at_init(family, attn, padding_side, order):
+def test_logits_equal_unmodified_model_at_init(family, attn, padding_side, order, monkeypatch):
     base = tiny_model(family, attn)
-    adapted = apply_excitor(copy.deepcopy(base), replace(CONFIG, key_association=order))
+    adapted = apply_excitor(copy.deepcopy(base), with_order(order, monkeypatch))
     ids, mask = padded_batch(padding_side)
     with torch.no_grad():
         expected = base(input_ids=ids, attention_mask=mask).logits
@@ -140,10 +149,10 @@ def test_llama_7b_defaults_count_on_meta_device():
 
 
 @pytest.mark.parametrize("order", ORDERS)
-def test_bf16_base_with_fp32_trainables_under_autocast_and_gradient_checkpointing(order):
+def test_bf16_base_with_fp32_trainables_under_autocast_and_gradient_checkpointing(order, monkeypatch):
     def grads(checkpointing: bool):
         model = tiny_model().to(torch.bfloat16)
-        apply_excitor(model, replace(CONFIG, key_association=order))
+        apply_excitor(model, with_order(order, monkeypatch))
         with torch.no_grad():
             for block in excitor_blocks(model):
                 block.gate.fill_(0.3)
@@ -166,9 +175,9 @@ def test_bf16_base_with_fp32_trainables_under_autocast_and_gradient_checkpointin
 
 
 @pytest.mark.parametrize("order", ORDERS)
-def test_bf16_base_without_autocast_is_exact_at_init(order):
+def test_bf16_base_without_autocast_is_exact_at_init(order, monkeypatch):
     base = tiny_model().to(torch.bfloat16)
-    adapted = apply_excitor(copy.deepcopy(base), replace(CONFIG, key_association=order))
+    adapted = apply_excitor(copy.deepcopy(base), with_order(order, monkeypatch))
     ids, mask = padded_batch("left")
     with torch.no_grad():
         assert torch.equal(adapted(input_ids=ids, attention_mask=mask).logits,
