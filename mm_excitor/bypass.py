@@ -63,11 +63,12 @@ def _gated(projected: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
 
 
 def _add_gated(key: torch.Tensor, projected: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """key + g * projected; with g = 0 the key comes back exactly (x + 0 = x)."""
-    gated = _gated(projected, gate)
-    if gated.dtype == key.dtype:
-        return gated.add_(key)  # addition commutes exactly: the same bits as key + gated
-    return key + gated.to(key.dtype)
+    """key + g * projected, `projected` overwritten; with g = 0 the key comes back exactly (x + 0 = x)."""
+    if projected.dtype == key.dtype == gate.dtype:
+        # In place: the same bits as key + g * projected (the addition commutes exactly).
+        projected.unflatten(-1, (gate.shape[0], -1)).mul_(gate[:, None])
+        return projected.add_(key)
+    return key + _gated(projected, gate).to(key.dtype)
 
 
 class PromptPieces:

@@ -106,14 +106,14 @@ class ExcitorKeyProjection(nn.Module):
                 hidden, self.base.weight, self.base.bias, self.down.weight, self.up.weight, shared, per_sample, offset,
                 self.gate_values(), mask, self._token_side(dtype, hidden),
             )
-        prompts = _concatenated(shared, per_sample, offset)
         recompute = None
-        if prompts.dim() == 2:
+        if per_sample is None:
             # The shared prompt keys are cheap to recompute in backward and need not stay alive until then.
             recompute = partial(self._prompt_keys_in, dtype)
+        prompt_affinity = PromptPieces(shared, per_sample, offset, self.prompts.dtype).affinity_rows(self.up.weight)
         return gated_prompt_bypass(
-            self.base(hidden), hidden.to(dtype), self.down.weight.to(dtype),
-            torch.matmul(prompts, self.up.weight).to(dtype), self._keys_of(prompts).to(dtype),
+            self.base(hidden), hidden.to(dtype), self.down.weight.to(dtype), prompt_affinity.to(dtype),
+            self._prompt_keys(shared, per_sample, offset).to(dtype),
             self.gate_values().repeat_interleave(self.head_dim), mask, self.scale, recompute,
         )
 
@@ -125,10 +125,10 @@ class ExcitorKeyProjection(nn.Module):
                 memo.mask, self._token_side(memo.dtype, hidden),
             )
         if memo.gated_keys is None:
-            keys = self._keys_of(_concatenated(*memo.pieces[:3])).to(memo.dtype)
+            keys = self._prompt_keys(*memo.pieces[:3]).to(memo.dtype)
             memo.gated_keys = (keys * self.gate_values().repeat_interleave(self.head_dim)).to(memo.dtype)
         return prompt_side_output(
-            self.base(hidden), hidden.to(memo.dtype), memo.down, memo.prompt_affinity, memo.gated_keys, memo.mask,
+            F.linear(hidden, self.base.weight, self.base.bias), hidden.to(memo.dtype), memo.down, memo.prompt_affinity, memo.gated_keys, memo.mask,
             self.scale,
         )
 
@@ -144,22 +144,24 @@ class ExcitorKeyProjection(nn.Module):
         """
         if self.key_association != "auto":
             return self.key_association
-        num_prompts = (0 if shared is None else shared.shape[0]) + (0 if per_sample is None else per_sample.shape[1])
+        if memo is not None and memo.gated_keys is not None:
+            return "prompt"
+        shared_rows = 0 if shared is None else shared.shape[0]
         costs = association_costs(
             tokens=hidden.numel() // hidden.shape[-1],
-            prompts=num_prompts,
-            prompt_rows=shared.shape[0] if per_sample is None else per_sample.shape[0] * num_prompts,
+            prompts=shared_rows + (0 if per_sample is None else per_sample.shape[1]),
+            prompt_rows=shared_rows + (0 if per_sample is None else per_sample.shape[0] * per_sample.shape[1]),
             hidden=self.base.in_features,
             key_width=self.base.out_features,
             heads=self.num_kv_heads,
             training=training,
             shared_prompts=per_sample is None,
             head_loop=_head_loop(hidden),
-            memoised=memo is not None and memo.gated_keys is not None,
+            operator_cost=OPERATOR_COST.get(hidden.device.type, ACCELERATOR_OPERATOR_COST),
         )
         if memo is None:
             return "prompt" if costs.prompt_side <= costs.token_side else "token"
-        if memo.gated_keys is not None or memo.token_work + costs.token_side >= costs.prompt_side:
+        if memo.token_work + costs.token_side >= costs.prompt_side:
             return "prompt"
         memo.token_work += costs.token_side
         return "token"
@@ -170,6 +172,19 @@ class ExcitorKeyProjection(nn.Module):
 
     def _prompt_keys_in(self, dtype: torch.dtype) -> torch.Tensor:
         return self._keys_of(self.prompts).to(dtype)
+
+    def _prompt_keys(
+        self, shared: torch.Tensor | None, per_sample: torch.Tensor | None, offset: torch.Tensor | None
+    ) -> torch.Tensor:
+        """W_k P(b) from the pieces (see `PromptPieces`): the shared prompts pass W_k once for the whole batch."""
+        if per_sample is None:
+            return self._keys_of(shared)
+        keys = self._keys_of(per_sample)
+        if offset is not None:
+            keys = keys + self._keys_of(offset)
+        if shared is None:
+            return keys
+        return torch.cat([self._keys_of(shared).expand(keys.shape[0], -1, -1), keys], dim=1)
 
     def _keys_of(self, prompts: torch.Tensor) -> torch.Tensor:
         """W_k P: the frozen key projection of a prompt set, in the frozen model's dtype."""
@@ -224,12 +239,12 @@ class ExcitorKeyProjection(nn.Module):
         return memo
 
     def _inference_cache_key(self) -> tuple:
-        visual = self._visual or (None, None)
-        tensors = (*visual, self.prompts, self.gate, self.visual_offset, self.down.weight, self.up.weight,
-                   self.base.weight, self.base.bias)
+        tensors = [t for t in self._visual or () if t is not None]
+        for module in (self, self.down, self.up, self.base):  # _parameters: no per-name attribute lookups per call
+            tensors += [t for t in module._parameters.values() if t is not None]
         return (
-            tuple(id(t) for t in tensors),
-            tuple(t._version if t is not None else None for t in tensors),
+            tuple(map(id, tensors)),
+            tuple(t._version for t in tensors),  # in-place changes: optimizer steps, load_state_dict
             self._compute_dtype(),
             tensors,  # hold references so that ids cannot be reused while the memo lives
         )
@@ -280,45 +295,49 @@ def _grouped_by_sample(hidden: torch.Tensor, per_sample: torch.Tensor | None) ->
     return hidden.reshape(samples, -1, hidden.shape[-1])
 
 
-def _concatenated(
-    shared: torch.Tensor | None, per_sample: torch.Tensor | None, offset: torch.Tensor | None
-) -> torch.Tensor:
-    """P(b) as one tensor: K x C (shared by the batch) or B x K' x C, for the prompt side."""
-    if per_sample is None:
-        return shared
-    visual = per_sample if offset is None else per_sample.to(offset.dtype) + offset
-    if shared is None:
-        return visual
-    return torch.cat([shared.expand(visual.shape[0], -1, -1).to(visual.dtype), visual], dim=1)
-
-
 @dataclass(frozen=True)
 class AssociationCosts:
     prompt_side: int
     token_side: int
+    prompt_keys: int
+    """The part of `prompt_side` that computes W_k P: memoised without gradients, free for the following calls."""
+
+
+# What a device multiplies (multiply-adds) in the time Python and the dispatcher take to launch one operator,
+# roughly: ~20 us at ~50 G multiply-adds/s on a CPU core, ~10 us at ~100 T/s on a GPU. It matters only for the
+# small calls of decoding, where the token side's extra operators cost more than its multiply-adds.
+OPERATOR_COST = {"cpu": 1_000_000}
+ACCELERATOR_OPERATOR_COST = 1_000_000_000
+# Operators launched by one no-grad call besides the frozen projection: the memoised prompt side, the token side.
+PROMPT_SIDE_OPERATORS = 6
+TOKEN_SIDE_OPERATORS = 12
 
 
 def association_costs(
     *, tokens: int, prompts: int, prompt_rows: int, hidden: int, key_width: int, heads: int, training: bool,
-    shared_prompts: bool, head_loop: bool, memoised: bool = False,
+    shared_prompts: bool, head_loop: bool, operator_cost: int = 0,
 ) -> AssociationCosts:
     """Multiply-adds of the work in which the two orders differ, for one call of one block.
 
-    `tokens` = B x M rows, `prompts` = K' per sample, `prompt_rows` = the prompt rows W_k would project (K when the
-    set is shared by the batch, else B x K'), `hidden` = C, `key_width` = C_kv. With gradients (training):
+    `tokens` = B x M rows, `prompts` = K' per sample, `prompt_rows` = the prompt rows W_k projects (K when the set
+    is shared by the batch, else K + B x N: the shared prompts once, the per-sample ones per sample), `hidden` = C,
+    `key_width` = C_kv. With gradients (training):
     - prompt side: W_k P forward, the prompts' gradient through W_k, and for a shared set W_k P again in backward
       (recomputed rather than kept); a . PK forward and its two gradients;
     - token side: W_k on the mixes forward; backward either one pass over W_k head by head (CPUs: the frozen
       projection's own input gradient, plus three cheap passes per head over the mixes) or two more products
       with W_k; a . P forward, recomputed, and its two gradients.
-    Without gradients: one product each way, the prompt side's free once memoised (`memoised`).
+    Without gradients: one product each way (W_k P is then memoised: `prompt_keys`), plus `operator_cost` per
+    operator launched.
     """
     projection = hidden * key_width
     if training:
-        prompt_side = prompt_rows * projection * (3 if shared_prompts else 2) + 3 * tokens * prompts * key_width
+        prompt_keys = prompt_rows * projection * (3 if shared_prompts else 2)
+        prompt_side = prompt_keys + 3 * tokens * prompts * key_width
         token_side = tokens * projection + 4 * tokens * prompts * hidden
         token_side += 3 * heads * tokens * hidden if head_loop else 2 * tokens * projection
     else:
-        prompt_side = (0 if memoised else prompt_rows * projection) + tokens * prompts * key_width
-        token_side = tokens * projection + tokens * prompts * hidden
-    return AssociationCosts(prompt_side, token_side)
+        prompt_keys = prompt_rows * projection
+        prompt_side = prompt_keys + tokens * prompts * key_width + PROMPT_SIDE_OPERATORS * operator_cost
+        token_side = tokens * projection + tokens * prompts * hidden + TOKEN_SIDE_OPERATORS * operator_cost
+    return AssociationCosts(prompt_side, token_side, prompt_keys)
