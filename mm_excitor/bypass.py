@@ -9,9 +9,10 @@ rows, per sample or shared by the batch) or the tokens (M rows) are fewer (`mm_e
 g has one value per KV head and multiplies the keys after W_k, per output channel.
 
 Autograd would save z, the affinity, the prompt keys and the mixes for backward. These functions save only x
-(which the down projection's gradient needs; LoRA keeps it too), the small K' x r prompt-side tensors, and whatever
-the caller cannot cheaply recompute; z, the affinity and the mixes a . P are recomputed in backward (rank-r products,
-a softmax over K' prompts, a K'-wide mix). So nothing grows with the sequence beyond x.
+(which the down projection's gradient needs; LoRA keeps it too), the prompt side's small K' x r prompt projections,
+and whatever the caller cannot cheaply recompute; z, the affinity and the mixes a . P (and on the token side the
+prompt projections) are recomputed in backward (rank-r products, a softmax over K' prompts, a K'-wide mix). So
+nothing grows with the sequence beyond x.
 
 The token side computes the frozen projection x . W_k^T itself. On a CPU it then goes through W_k head by head:
 forward (x + g_h a . P) . W_h^T, one product with W_k instead of two; backward the frozen layer's input gradient
@@ -405,28 +406,26 @@ class _GatedTokenBypass(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, key_weight, key_bias, down_weight, up_weight, shared, per_sample, offset, gate, mask,  # noqa: D102
                 options):
+        ctx.save_for_backward(hidden, key_weight, down_weight, up_weight, shared, per_sample, offset, gate, mask)
+        ctx.options = options
         dtype = options.compute_dtype
         prompts = PromptPieces(shared, per_sample, offset, dtype)
-        prompt_affinity = prompts.affinity_rows(up_weight.to(dtype))  # K' x r per sample: kept, not recomputed
-        ctx.save_for_backward(
-            hidden, key_weight, down_weight, up_weight, shared, per_sample, offset, gate, mask, prompt_affinity
-        )
-        ctx.options = options
         return token_side_output(
-            hidden, key_weight, key_bias, down_weight.to(dtype), prompt_affinity, prompts, gate, mask, options
+            hidden, key_weight, key_bias, down_weight.to(dtype), prompts.affinity_rows(up_weight.to(dtype)), prompts,
+            gate, mask, options,
         )
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # noqa: D102
-        hidden, key_weight, down_weight, up_weight, shared, per_sample, offset, gate, mask, prompt_affinity = (
-            ctx.saved_tensors
-        )
+        hidden, key_weight, down_weight, up_weight, shared, per_sample, offset, gate, mask = ctx.saved_tensors
         options = ctx.options
         needs = ctx.needs_input_grad
         dtype = options.compute_dtype
         prompts = PromptPieces(shared, per_sample, offset, dtype)
         x, down, up = hidden.to(dtype), down_weight.to(dtype), up_weight.to(dtype)
+        # The K' x r prompt projections are recomputed too: per sample they outweigh LoRA's rank-r activations.
+        prompt_affinity = prompts.affinity_rows(up)
         z, affinity = _affinity(x, down, prompt_affinity, mask, options.scale)
         mixed = prompts.mix(affinity)
         grad_input, grad_mixed, grad_gate = _projection_backward(

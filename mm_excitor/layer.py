@@ -96,6 +96,12 @@ class ExcitorKeyProjection(nn.Module):
             keys = self._inference_forward(hidden, memo)
         return keys.view(*hidden_states.shape[:-1], keys.shape[-1])
 
+    def training_association(self, hidden_states: torch.Tensor) -> str:
+        """The order ('prompt' or 'token') a training call on `hidden_states` (B x M x C) uses with the current
+        prompts: for benchmarks and logs."""
+        shared, per_sample, _, _ = self._prompt_pieces()
+        return self._association(_grouped_by_sample(hidden_states, per_sample), shared, per_sample, training=True)
+
     def _training_forward(
         self, hidden: torch.Tensor, shared: torch.Tensor | None, per_sample: torch.Tensor | None,
         offset: torch.Tensor | None, mask: torch.Tensor | None,

@@ -141,11 +141,10 @@ def saved_storages(tokens: int, pieces: str) -> dict[int, int]:
 
 
 @pytest.mark.parametrize("pieces", ["shared", "concat"])
-def test_token_side_saves_nothing_per_token_but_its_input(pieces):
-    """Besides its arguments, only the K' x r prompt projections are kept (3 x 2 shared, 2 x 7 x 2 per sample):
-    no affinity, mix, projected mix or concatenated prompt set, and nothing that grows with the tokens."""
-    expected = 3 * 2 * 4 if pieces == "shared" else 2 * 7 * 2 * 4
-    assert list(saved_storages(4, pieces).values()) == list(saved_storages(400, pieces).values()) == [expected]
+def test_token_side_saves_only_its_arguments(pieces):
+    """No affinity, mix, projected mix, prompt projection or concatenated prompt set is kept: backward recomputes
+    them; so nothing grows with the tokens but the input."""
+    assert saved_storages(4, pieces) == saved_storages(400, pieces) == {}
 
 
 # ------------------------------------------------------------------------------------------ the block
