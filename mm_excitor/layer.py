@@ -317,33 +317,38 @@ ACCELERATOR_OPERATOR_COST = 1_000_000_000
 # Operators launched by one no-grad call besides the frozen projection: the memoised prompt side, the token side.
 PROMPT_SIDE_OPERATORS = 6
 TOKEN_SIDE_OPERATORS = 12
+# An element-wise pass over a float on a CPU core (memory-bound, ~3 G/s) costs about as much as 20 multiply-adds
+# in a product (~60 G/s): the price of the head loop's passes.
+PASS_COST = 20
 
 
 def association_costs(
     *, tokens: int, prompts: int, prompt_rows: int, hidden: int, key_width: int, heads: int, training: bool,
     shared_prompts: bool, head_loop: bool, operator_cost: int = 0,
 ) -> AssociationCosts:
-    """Multiply-adds of the work in which the two orders differ, for one call of one block.
+    """Multiply-adds (or their equivalent) of the work in which the two orders differ, for one call of one block.
 
     `tokens` = B x M rows, `prompts` = K' per sample, `prompt_rows` = the prompt rows W_k projects (K when the set
     is shared by the batch, else K + B x N: the shared prompts once, the per-sample ones per sample), `hidden` = C,
-    `key_width` = C_kv. With gradients (training):
-    - prompt side: W_k P forward, the prompts' gradient through W_k, and for a shared set W_k P again in backward
-      (recomputed rather than kept); a . PK forward and its two gradients;
-    - token side: W_k on the mixes forward; backward either one pass over W_k head by head (CPUs: the frozen
-      projection's own input gradient, plus three cheap passes per head over the mixes) or two more products
-      with W_k; a . P forward, recomputed, and its two gradients.
-    Without gradients: one product each way (W_k P is then memoised: `prompt_keys`), plus `operator_cost` per
-    operator launched.
+    `key_width` = C_kv, `heads` = KV heads.
+    - prompt side: W_k P (with gradients also the prompts' gradient through W_k, and for a shared set W_k P again in
+      backward, recomputed rather than kept: 2 or 3 products of the prompt rows); a . PK (and its two gradients);
+    - token side, with the head loop (`head_loop`, CPUs): no product with W_k beyond the frozen projection's own,
+      but one pass over the tokens per head forward and three backward (`PASS_COST` each); without it, W_k on the
+      mixes (and with gradients two more products: the mixes' gradient and the gate's); a . P (forward,
+      recomputed and its two gradients).
+    Without gradients W_k P is memoised for the following calls (`prompt_keys` is its part of `prompt_side`), and
+    each order also costs `operator_cost` per operator it launches.
     """
     projection = hidden * key_width
+    passes = (4 if training else 1) * PASS_COST * heads * tokens * hidden
     if training:
         prompt_keys = prompt_rows * projection * (3 if shared_prompts else 2)
         prompt_side = prompt_keys + 3 * tokens * prompts * key_width
-        token_side = tokens * projection + 4 * tokens * prompts * hidden
-        token_side += 3 * heads * tokens * hidden if head_loop else 2 * tokens * projection
+        token_side = 4 * tokens * prompts * hidden + (passes if head_loop else 3 * tokens * projection)
     else:
         prompt_keys = prompt_rows * projection
         prompt_side = prompt_keys + tokens * prompts * key_width + PROMPT_SIDE_OPERATORS * operator_cost
-        token_side = tokens * projection + tokens * prompts * hidden + TOKEN_SIDE_OPERATORS * operator_cost
+        token_side = tokens * prompts * hidden + (passes if head_loop else tokens * projection)
+        token_side += TOKEN_SIDE_OPERATORS * operator_cost
     return AssociationCosts(prompt_side, token_side, prompt_keys)
