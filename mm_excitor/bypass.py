@@ -31,22 +31,32 @@ import torch.nn.functional as F
 # ------------------------------------------------------------------------------------------------- shared pieces
 
 
+def prepare_affinity(
+    prompt_affinity: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(s . PA)^T and an additive mask (0, or -inf at masked prompts, B x 1 x K'): what `_affinity` multiplies with.
+
+    Decoding memoises them with the prompt set, so that a step's affinity is two products and a softmax.
+    """
+    rows_t = (prompt_affinity * scale).transpose(-1, -2)
+    if mask is None:
+        return rows_t, None
+    bias = torch.zeros(mask.shape[0], 1, mask.shape[1], dtype=prompt_affinity.dtype, device=mask.device)
+    return rows_t, bias.masked_fill_(~mask[:, None, :], float("-inf"))
+
+
 def _affinity(
-    hidden: torch.Tensor, down_weight: torch.Tensor, prompt_affinity: torch.Tensor, mask: torch.Tensor | None,
-    scale: float,
+    hidden: torch.Tensor, down_weight: torch.Tensor, rows_t: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z, softmax(z . PA^T * s)) with masked prompts at zero weight."""
+    """(z, softmax(z . (s . PA)^T + mask)): masked prompts at zero weight, the softmax in at least fp32."""
     z = torch.matmul(hidden, down_weight.t())
-    softmax_dtype = torch.promote_types(z.dtype, torch.float32)
-    logits = torch.matmul(z, prompt_affinity.transpose(-1, -2)).to(softmax_dtype) * scale
-    if mask is not None:
-        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
-    return z, logits.softmax(dim=-1).to(z.dtype)
+    logits = torch.matmul(z, rows_t) if bias is None else torch.baddbmm(bias, z, rows_t)
+    return z, logits.to(torch.promote_types(z.dtype, torch.float32)).softmax(dim=-1).to(z.dtype)
 
 
-def _softmax_backward(affinity: torch.Tensor, grad_affinity: torch.Tensor, scale: float) -> torch.Tensor:
-    """The gradient of the scaled logits from the affinity's gradient."""
-    return affinity * (grad_affinity - (grad_affinity * affinity).sum(dim=-1, keepdim=True)) * scale
+def _softmax_backward(affinity: torch.Tensor, grad_affinity: torch.Tensor) -> torch.Tensor:
+    """The logits' gradient from the affinity's."""
+    return affinity * (grad_affinity - (grad_affinity * affinity).sum(dim=-1, keepdim=True))
 
 
 def _sum_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -186,11 +196,12 @@ class PromptPieces:
 
 
 def prompt_side_output(
-    key: torch.Tensor, hidden: torch.Tensor, down_weight: torch.Tensor, prompt_affinity: torch.Tensor,
-    gated_keys: torch.Tensor, mask: torch.Tensor | None, scale: float,
+    key: torch.Tensor, hidden: torch.Tensor, down_weight: torch.Tensor, rows_t: torch.Tensor,
+    bias: torch.Tensor | None, gated_keys: torch.Tensor,
 ) -> torch.Tensor:
-    """key + a . (PK * g), the prompt-side forward (also used as is without autograd, e.g. while decoding)."""
-    _, affinity = _affinity(hidden, down_weight, prompt_affinity, mask, scale)
+    """key + a . (PK * g), the prompt-side forward (also used as is without autograd, e.g. while decoding);
+    `rows_t`/`bias` from `prepare_affinity`."""
+    _, affinity = _affinity(hidden, down_weight, rows_t, bias)
     gated_keys = gated_keys.to(affinity.dtype)
     if key.dtype != affinity.dtype:  # a frozen bf16 model with fp32 adapters and no autocast
         return key + torch.matmul(affinity, gated_keys).to(key.dtype)
@@ -234,7 +245,8 @@ class _GatedPromptBypass(torch.autograd.Function):
         ctx.save_for_backward(hidden, down_weight, prompt_affinity, saved_keys, gate, mask)
         ctx.scale = scale
         ctx.recompute = recompute
-        return prompt_side_output(key, hidden, down_weight, prompt_affinity, prompt_keys * gate, mask, scale)
+        return prompt_side_output(key, hidden, down_weight, *prepare_affinity(prompt_affinity, mask, scale),
+                                  prompt_keys * gate)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -243,7 +255,8 @@ class _GatedPromptBypass(torch.autograd.Function):
         if ctx.recompute is not None:
             prompt_keys = ctx.recompute()
         needs = ctx.needs_input_grad
-        z, affinity = _affinity(hidden, down_weight, prompt_affinity, mask, ctx.scale)
+        rows_t, bias = prepare_affinity(prompt_affinity, mask, ctx.scale)
+        z, affinity = _affinity(hidden, down_weight, rows_t, bias)
         grad = grad_out.to(affinity.dtype)
         batch, tokens, num_prompts = affinity.shape
         if prompt_keys.dim() == 2:
@@ -259,12 +272,12 @@ class _GatedPromptBypass(torch.autograd.Function):
         if needs[5]:
             grad_gate = (key_grad.to(gate.dtype) * prompt_keys.to(gate.dtype)).reshape(-1, gate.shape[-1]).sum(dim=0)
 
-        grad_logits = _softmax_backward(affinity, grad_affinity, ctx.scale)
+        grad_logits = _softmax_backward(affinity, grad_affinity)
         grad_prompt_affinity = None
         if needs[3]:
-            grad_prompt_affinity = _sum_to(grad_logits.transpose(-1, -2).matmul(z), prompt_affinity.shape)
+            grad_prompt_affinity = _sum_to(grad_logits.transpose(-1, -2).matmul(z), prompt_affinity.shape) * ctx.scale
             grad_prompt_affinity = grad_prompt_affinity.to(prompt_affinity.dtype)
-        grad_z = grad_logits.matmul(prompt_affinity.to(grad_logits.dtype))
+        grad_z = grad_logits.matmul(rows_t.transpose(-1, -2).to(grad_logits.dtype))
         grad_down = None
         if needs[2]:
             grad_down = (_flat(grad_z).t().mm(_flat(hidden))).to(down_weight.dtype)
@@ -291,16 +304,16 @@ class TokenSide(NamedTuple):
 
 def token_side_output(
     hidden: torch.Tensor, key_weight: torch.Tensor, key_bias: torch.Tensor | None, down_weight: torch.Tensor,
-    prompt_affinity: torch.Tensor, prompts: PromptPieces, gate: torch.Tensor, mask: torch.Tensor | None,
-    options: TokenSide,
+    rows_t: torch.Tensor, bias: torch.Tensor | None, prompts: PromptPieces, gate: torch.Tensor, options: TokenSide,
 ) -> torch.Tensor:
     """x . W_k^T + b + g * W_k (a . P), the token-side forward (also used as is without autograd, e.g. while
-    decoding). `hidden` is the frozen k_proj's input; `down_weight` and `prompt_affinity` are in the compute dtype;
-    `gate` has one value per KV head. With g = 0 the result is exactly the frozen k_proj's output."""
+    decoding). `hidden` is the frozen k_proj's input; `down_weight` and `rows_t`/`bias` (from `prepare_affinity`)
+    are in the compute dtype; `gate` has one value per KV head. With g = 0 the result is exactly the frozen
+    k_proj's output."""
     gains = gate.tolist() if options.head_loop else None
     if gains is not None and not any(gains):
         return F.linear(hidden, key_weight, key_bias)
-    _, affinity = _affinity(hidden.to(options.compute_dtype), down_weight, prompt_affinity, mask, options.scale)
+    _, affinity = _affinity(hidden.to(options.compute_dtype), down_weight, rows_t, bias)
     mixed = prompts.mix(affinity)
     if gains is not None:
         return _project_per_head(hidden, mixed, key_weight, key_bias, gains, options.projection_dtype)
@@ -410,9 +423,9 @@ class _GatedTokenBypass(torch.autograd.Function):
         ctx.options = options
         dtype = options.compute_dtype
         prompts = PromptPieces(shared, per_sample, offset, dtype)
+        rows_t, bias = prepare_affinity(prompts.affinity_rows(up_weight.to(dtype)), mask, options.scale)
         return token_side_output(
-            hidden, key_weight, key_bias, down_weight.to(dtype), prompts.affinity_rows(up_weight.to(dtype)), prompts,
-            gate, mask, options,
+            hidden, key_weight, key_bias, down_weight.to(dtype), rows_t, bias, prompts, gate, options
         )
 
     @staticmethod
@@ -426,22 +439,23 @@ class _GatedTokenBypass(torch.autograd.Function):
         x, down, up = hidden.to(dtype), down_weight.to(dtype), up_weight.to(dtype)
         # The K' x r prompt projections are recomputed too: per sample they outweigh LoRA's rank-r activations.
         prompt_affinity = prompts.affinity_rows(up)
-        z, affinity = _affinity(x, down, prompt_affinity, mask, options.scale)
+        rows_t, bias = prepare_affinity(prompt_affinity, mask, options.scale)
+        z, affinity = _affinity(x, down, rows_t, bias)
         mixed = prompts.mix(affinity)
         grad_input, grad_mixed, grad_gate = _projection_backward(
             grad_out, key_weight, mixed, gate, needs[0], needs[8], options
         )
         del mixed
         grad_mixed = grad_mixed.to(dtype).view_as(x)
-        grad_logits = _softmax_backward(affinity, prompts.grad_affinity(grad_mixed), options.scale)
+        grad_logits = _softmax_backward(affinity, prompts.grad_affinity(grad_mixed))
         if prompt_affinity.dim() == 2:
-            grad_rows = _flat(grad_logits).t() @ _flat(z)
+            grad_rows = (_flat(grad_logits).t() @ _flat(z)).mul_(options.scale)
         else:
-            grad_rows = grad_logits.transpose(1, 2).bmm(z)
+            grad_rows = grad_logits.transpose(1, 2).bmm(z).mul_(options.scale)
         grad_shared, grad_sample, grad_offset, grad_up = prompts.grads(
             affinity, grad_mixed, grad_rows, up, (needs[5], needs[6], needs[7], needs[4])
         )
-        grad_z = torch.matmul(grad_logits, prompt_affinity)
+        grad_z = torch.matmul(grad_logits, rows_t.transpose(-1, -2))
         grad_down = (_flat(grad_z).t() @ _flat(x)).to(down_weight.dtype) if needs[3] else None
         grad_hidden = None
         if needs[0]:

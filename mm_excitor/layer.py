@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bypass import (
-    PromptPieces, TokenSide, gated_prompt_bypass, gated_token_bypass, prompt_side_output, token_side_output,
+    PromptPieces, TokenSide, gated_prompt_bypass, gated_token_bypass, prepare_affinity, prompt_side_output,
+    token_side_output,
 )
 from .config import ExcitorConfig
 
@@ -127,15 +128,15 @@ class ExcitorKeyProjection(nn.Module):
         prompts = memo.prompts
         if self._association(hidden, prompts.shared, prompts.per_sample, training=False, memo=memo) == "token":
             return token_side_output(
-                hidden, self.base.weight, self.base.bias, memo.down, memo.prompt_affinity, prompts, memo.gate,
-                memo.mask, self._token_side(memo.dtype, hidden),
+                hidden, self.base.weight, self.base.bias, memo.down, memo.rows_t, memo.bias, prompts, memo.gate,
+                self._token_side(memo.dtype, hidden),
             )
         if memo.gated_keys is None:
             keys = self._prompt_keys(*memo.pieces[:3]).to(memo.dtype)
             memo.gated_keys = (keys * self.gate_values().repeat_interleave(self.head_dim)).to(memo.dtype)
         return prompt_side_output(
-            F.linear(hidden, self.base.weight, self.base.bias), hidden.to(memo.dtype), memo.down, memo.prompt_affinity, memo.gated_keys, memo.mask,
-            self.scale,
+            F.linear(hidden, self.base.weight, self.base.bias), hidden.to(memo.dtype), memo.down, memo.rows_t,
+            memo.bias, memo.gated_keys,
         )
 
     def _association(
@@ -237,10 +238,10 @@ class ExcitorKeyProjection(nn.Module):
             dtype = self._compute_dtype()
             pieces = self._prompt_pieces()
             prompts = PromptPieces(*pieces[:3], dtype)
+            rows_t, bias = prepare_affinity(prompts.affinity_rows(self.up.weight.to(dtype)), pieces[3], self.scale)
             memo = self._inference_memo = _InferenceMemo(
-                key=key, dtype=dtype, pieces=pieces, prompts=prompts,
-                prompt_affinity=prompts.affinity_rows(self.up.weight.to(dtype)), down=self.down.weight.to(dtype),
-                gate=self.gate_values(), mask=pieces[3],
+                key=key, dtype=dtype, pieces=pieces, prompts=prompts, rows_t=rows_t.contiguous(), bias=bias,
+                down=self.down.weight.to(dtype), gate=self.gate_values(),
             )
         return memo
 
@@ -264,10 +265,11 @@ class _InferenceMemo:
     """`_prompt_pieces()` as they were: the prompt keys are computed from them as in training."""
     prompts: PromptPieces
     """The pieces in the compute dtype, for the token side."""
-    prompt_affinity: torch.Tensor
+    rows_t: torch.Tensor
+    bias: torch.Tensor | None
+    """The affinity's prompt side (`bypass.prepare_affinity`)."""
     down: torch.Tensor
     gate: torch.Tensor
-    mask: torch.Tensor | None
     gated_keys: torch.Tensor | None = None
     """W_k P(b) * g, built the first time the prompt side is chosen."""
     token_work: int = 0
