@@ -112,3 +112,75 @@ def write_results(results: dict[str, Any], out: Path, quiet: bool) -> None:
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     if not quiet:
         print(f"wrote {out} ({results['environment']['wall_s']:.0f}s)")
+
+
+# ------------------------------------------------------------------------------------------- GPU accounting
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, no sparsity), matched against
+# torch.cuda.get_device_name in this order (more specific names first). Anything else needs --peak-tflops.
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+)
+
+
+def peak_tflops(device_name: str, override: float | None = None) -> float | None:
+    """The device's dense bf16 peak in TFLOP/s: `override` if given, else from PEAK_BF16_TFLOPS, else None."""
+    if override is not None:
+        return override
+    for name, tflops in PEAK_BF16_TFLOPS:
+        if name in device_name:
+            return tflops
+    return None
+
+
+def decoder_flops(config: Any, batch: int, seq: int, *, backward: bool) -> int:
+    """FLOPs of a LLaMA-family decoder (config: hidden_size, intermediate_size, num_hidden_layers,
+    num_attention_heads, num_key_value_heads, vocab_size) on `batch` sequences of `seq` tokens.
+
+    Forward: 2 FLOPs per multiply-add of every weight matrix (q, k, v, o, gate, up, down and the LM head) per token,
+    plus the attention products Q K^T and A V (2 x 2 x seq^2 x hidden per sequence and layer, not halved for the
+    causal mask, as in the PaLM MFU convention). `backward`: adds the backward of a *frozen* model, which computes
+    the gradients of the activations only: again 2 x weights x tokens, and twice the attention products.
+    """
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    kv_width = hidden // config.num_attention_heads * (config.num_key_value_heads or config.num_attention_heads)
+    layer_weights = 2 * hidden * hidden + 2 * hidden * kv_width + 3 * hidden * config.intermediate_size
+    weights = layers * layer_weights + hidden * config.vocab_size
+    tokens = batch * seq
+    attention = layers * batch * 4 * seq * seq * hidden
+    forward = 2 * weights * tokens + attention
+    return forward + (2 * weights * tokens + 2 * attention if backward else 0)
+
+
+def model_flops_utilization(flops: int, seconds: float, peak: float | None) -> float | None:
+    """FLOPs / (seconds x peak TFLOP/s); None without a known peak."""
+    if peak is None or seconds <= 0:
+        return None
+    return flops / seconds / (peak * 1e12)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16/fp16 autocast around a step when the frozen model runs in that dtype (the recipes' setting on GPUs);
+    a no-op context in fp32."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def gpu_accounting(device: torch.device, peak_override: float | None) -> dict[str, Any]:
+    """What the CUDA path reports next to the timings, or why it is absent."""
+    if device.type != "cuda":
+        return {"measured": False, "note": "not measured on a GPU (CPU run): no MFU, no CUDA peak memory"}
+    name = torch.cuda.get_device_name(device)
+    return {
+        "measured": True,
+        "device_name": name,
+        "peak_bf16_tflops": peak_tflops(name, peak_override),
+        "flash_sdp_enabled": torch.backends.cuda.flash_sdp_enabled(),
+        "mem_efficient_sdp_enabled": torch.backends.cuda.mem_efficient_sdp_enabled(),
+    }

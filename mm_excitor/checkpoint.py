@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import ExcitorConfig
+from .config import COMPUTE_ONLY_FIELDS, ExcitorConfig
 from .diff import Difference, describe_all, differences
 from .io import atomic_directory, atomic_write_json, read_json
 from .model import apply_excitor, decoder_layers, excitor_blocks
@@ -134,6 +134,12 @@ def identity_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
     return differences(saved, current, ignore=ignore)
 
 
+def adapter_config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[Difference]:
+    """The method hyper-parameters that differ, under `config.`; settings of how the arithmetic runs do not count."""
+    return differences({"config": saved}, {"config": current},
+                       ignore=lambda d: d.key.rsplit(".", 1)[-1] in COMPUTE_ONLY_FIELDS)
+
+
 def check_adapter_fits(metadata: Mapping[str, Any], model: nn.Module, where: Path | str,
                        strict_identity: bool = True) -> None:
     """Refuse an adapter of another method, other hyper-parameters or another base model, listing what differs."""
@@ -141,7 +147,7 @@ def check_adapter_fits(metadata: Mapping[str, Any], model: nn.Module, where: Pat
     if metadata.get("method") != current["method"]:
         raise ValueError(f"{where} holds a {metadata.get('method')!r} adapter; this model uses the "
                          f"{current['method']!r} method")
-    found = differences({"config": metadata.get("config", {})}, {"config": current["config"]})
+    found = adapter_config_differences(metadata.get("config", {}), current["config"])
     found += identity_differences(metadata.get("identity", {}), current["identity"], strict_identity)
     if found:
         raise ValueError(f"adapter {where} does not fit this model:" + describe_all(found, "adapter", "model"))

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 VISUAL_PROMPT_MODES = ("concat", "add")
+KEY_ASSOCIATIONS = ("auto", "prompt", "token")
+
+
+COMPUTE_ONLY_FIELDS = ("key_association",)
+"""How the block's arithmetic is carried out, not what it computes: an adapter trained with one setting loads and
+resumes with another."""
 
 
 @dataclass
@@ -30,6 +36,10 @@ class ExcitorConfig:
     visual_prompt_mode: str | None = None
     """None for language-only; 'concat' appends projected visual tokens to each layer's prompts (K' = K + N_v),
     'add' resamples them to K tokens and adds them to the learnable prompts."""
+    key_association: str = "auto"
+    """Where the frozen W_k meets the prompts: 'prompt' (W_k P, K' rows per sample or once for a shared set),
+    'token' (W_k (a . P), M rows) or 'auto' (per call, whichever needs fewer multiply-adds). The values are the
+    same; only the cost differs. Overriding it is for tests and benchmarks."""
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_prompts", "rank"):
@@ -42,6 +52,10 @@ class ExcitorConfig:
             raise ValueError(
                 f"ExcitorConfig.visual_prompt_mode must be one of {VISUAL_PROMPT_MODES} or None, "
                 f"got {self.visual_prompt_mode!r}"
+            )
+        if self.key_association not in KEY_ASSOCIATIONS:
+            raise ValueError(
+                f"ExcitorConfig.key_association must be one of {KEY_ASSOCIATIONS}, got {self.key_association!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:

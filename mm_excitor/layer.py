@@ -5,21 +5,26 @@
     K' = W_k x + g * W_k (a . P)               g: one zero-initialised gate per KV head
 
 Only the keys change; RoPE, the KV cache and whatever attention kernel the model uses consume K' unchanged, and
-values and hidden states are never touched. Two algebraic shortcuts keep the block cheap: the affinity is the
-rank-r product z . (P W_up)^T, and W_k (a . P) = a . (W_k P), so the frozen W_k is applied to the K' prompts
-once per forward, never to M reconstructed tokens. The token-side arithmetic, with its hand-written backward that
-keeps as little as possible alive, lives in `bypass.py`.
+values and hidden states are never touched. The affinity is the rank-r product z . (P W_up)^T, and
+W_k (a . P) = a . (W_k P) leaves a choice, made per call by counting multiply-adds (`association_costs`): the
+prompt side applies the frozen W_k to the K' prompts (once per layer for a shared set, memoised while decoding),
+the token side to the M tokens' mixes a . P (cheaper when M < K', e.g. 257 visual prompts and 32 caption tokens).
+The arithmetic of both, with hand-written backwards that keep as little as possible alive, is in `bypass.py`.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bypass import gated_prompt_bypass
+from .bypass import (
+    PromptPieces, TokenSide, gated_prompt_bypass, gated_token_bypass, prepare_affinity, prompt_side_output,
+    token_side_output,
+)
 from .config import ExcitorConfig
 from .memo import InferenceMemo
 
@@ -36,6 +41,7 @@ class ExcitorKeyProjection(nn.Module):
         self.head_dim = base.out_features // num_kv_heads
         self.gate_tanh = config.gate_tanh
         self.visual_prompt_mode = config.visual_prompt_mode
+        self.key_association = config.key_association
         hidden = base.in_features
         self.scale = 1.0 / math.sqrt(hidden)
         # Trainable tensors live in fp32 whatever the frozen model's dtype.
@@ -49,17 +55,22 @@ class ExcitorKeyProjection(nn.Module):
         )
         nn.init.normal_(self.prompts, std=config.prompt_init_std)
         self._visual: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._memo: InferenceMemo[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = InferenceMemo()
+        self._memo_store: InferenceMemo[_InferenceMemo] = InferenceMemo()
 
     def extra_repr(self) -> str:
         return (
             f"prompts={tuple(self.prompts.shape)}, rank={self.down.out_features}, kv_heads={self.num_kv_heads}, "
-            f"gate_tanh={self.gate_tanh}, visual_prompt_mode={self.visual_prompt_mode}"
+            f"gate_tanh={self.gate_tanh}, visual_prompt_mode={self.visual_prompt_mode}, "
+            f"key_association={self.key_association}"
         )
 
     def set_visual_tokens(self, tokens: torch.Tensor | None, has_image: torch.Tensor | None = None) -> None:
         """Per-sample visual prompts for the following forward calls (None: learnable prompts only); set them
-        through `mm_excitor.model.visual_prompts`, which always clears them again."""
+        through `mm_excitor.model.visual_prompts`, which always clears them again.
+
+        `tokens` are the projected visual tokens (B x N_v x C); `has_image` (B, bool) masks out samples without
+        an image so that they see the learnable prompts alone.
+        """
         if tokens is None:
             self._visual = None
             return
@@ -80,24 +91,113 @@ class ExcitorKeyProjection(nn.Module):
         return self.gate.tanh() if self.gate_tanh else self.gate
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        key = self.base(hidden_states)
-        prompt_keys, prompt_affinity, prompt_mask = self._prompt_terms()
-        if prompt_keys.dim() == 3 and prompt_keys.shape[0] != hidden_states.shape[0]:
-            raise ValueError(f"a batch of {hidden_states.shape[0]} rows was given {prompt_keys.shape[0]} visual prompt "
-                             "sets: pass one image (or visual tokens) per row")
+        if torch.is_grad_enabled():
+            self._memo_store.clear()
+            prompts = self._prompt_pieces()
+            _check_one_set_per_row(hidden_states, prompts[1])
+            keys = self._training_forward(hidden_states, *prompts)
+        else:
+            memo = self._memo()
+            _check_one_set_per_row(hidden_states, memo.prompts.per_sample)
+            keys = self._inference_forward(hidden_states, memo)
+        return keys.view(*hidden_states.shape[:-1], keys.shape[-1])
+
+    def training_association(self, hidden_states: torch.Tensor) -> str:
+        """The order ('prompt' or 'token') a training call on `hidden_states` (B x M x C) uses with the current
+        prompts: for benchmarks and logs."""
+        shared, per_sample, _, _ = self._prompt_pieces()
+        _check_one_set_per_row(hidden_states, per_sample)
+        return self._association(hidden_states, shared, per_sample, training=True)
+
+    def _training_forward(
+        self, hidden: torch.Tensor, shared: torch.Tensor | None, per_sample: torch.Tensor | None,
+        offset: torch.Tensor | None, mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         dtype = self._compute_dtype()
-        gate = self.gate_values().repeat_interleave(self.head_dim)
+        if self._association(hidden, shared, per_sample, training=True) == "token":
+            return gated_token_bypass(
+                hidden, self.base.weight, self.base.bias, self.down.weight, self.up.weight, shared, per_sample, offset,
+                self.gate_values(), mask, self._token_side(dtype, hidden),
+            )
         recompute = None
-        if prompt_keys.dim() == 2 and torch.is_grad_enabled():
+        if per_sample is None:
             # The shared prompt keys are cheap to recompute in backward and need not stay alive until then.
             recompute = partial(self._prompt_keys_in, dtype)
+        prompt_affinity = PromptPieces(shared, per_sample, offset, self.prompts.dtype).affinity_rows(self.up.weight)
         return gated_prompt_bypass(
-            key, hidden_states.to(dtype), self.down.weight.to(dtype), prompt_affinity.to(dtype),
-            prompt_keys.to(dtype), gate, prompt_mask, self.scale, recompute,
+            self.base(hidden), hidden.to(dtype), self.down.weight.to(dtype), prompt_affinity.to(dtype),
+            self._prompt_keys(shared, per_sample, offset).to(dtype),
+            self.gate_values().repeat_interleave(self.head_dim), mask, self.scale, recompute,
         )
+
+    def _inference_forward(self, hidden: torch.Tensor, memo: _InferenceMemo) -> torch.Tensor:
+        prompts = memo.prompts
+        if self._association(hidden, prompts.shared, prompts.per_sample, training=False, memo=memo) == "token":
+            return token_side_output(
+                hidden, self.base.weight, self.base.bias, memo.down, memo.rows_t, memo.bias, prompts, memo.gate,
+                self._token_side(memo.dtype, hidden),
+            )
+        if memo.gated_keys is None:
+            keys = self._prompt_keys(*memo.pieces[:3]).to(memo.dtype)
+            memo.gated_keys = (keys * self.gate_values().repeat_interleave(self.head_dim)).to(memo.dtype)
+        return prompt_side_output(
+            F.linear(hidden, self.base.weight, self.base.bias), hidden.to(memo.dtype), memo.down, memo.rows_t,
+            memo.bias, memo.gated_keys,
+        )
+
+    def _association(
+        self, hidden: torch.Tensor, shared: torch.Tensor | None, per_sample: torch.Tensor | None, *, training: bool,
+        memo: _InferenceMemo | None = None,
+    ) -> str:
+        """'prompt' or 'token': the configured order, or under 'auto' the one with fewer multiply-adds.
+
+        Without gradients the prompt keys are memoised for the following calls on the same prompt set (decoding
+        steps); the token-side work already spent on a set counts towards their price, so a short generation stays
+        token-side and a long one builds the keys once they are the cheaper investment.
+        """
+        if self.key_association != "auto":
+            return self.key_association
+        if memo is not None and memo.gated_keys is not None:
+            return "prompt"
+        shared_rows = 0 if shared is None else shared.shape[0]
+        costs = association_costs(
+            tokens=hidden.numel() // hidden.shape[-1],
+            prompts=shared_rows + (0 if per_sample is None else per_sample.shape[1]),
+            prompt_rows=shared_rows + (0 if per_sample is None else per_sample.shape[0] * per_sample.shape[1]),
+            hidden=self.base.in_features,
+            key_width=self.base.out_features,
+            heads=self.num_kv_heads,
+            training=training,
+            shared_prompts=per_sample is None,
+            head_loop=_head_loop(hidden),
+            operator_cost=OPERATOR_COST.get(hidden.device.type, ACCELERATOR_OPERATOR_COST),
+        )
+        if memo is None:
+            return "prompt" if costs.prompt_side <= costs.token_side else "token"
+        if memo.token_work + costs.token_side >= costs.prompt_side:
+            return "prompt"
+        memo.token_work += costs.token_side
+        return "token"
+
+    def _token_side(self, dtype: torch.dtype, hidden: torch.Tensor) -> TokenSide:
+        projection_dtype = dtype if torch.is_autocast_enabled(hidden.device.type) else self.base.weight.dtype
+        return TokenSide(self.scale, dtype, projection_dtype, _head_loop(hidden))
 
     def _prompt_keys_in(self, dtype: torch.dtype) -> torch.Tensor:
         return self._keys_of(self.prompts).to(dtype)
+
+    def _prompt_keys(
+        self, shared: torch.Tensor | None, per_sample: torch.Tensor | None, offset: torch.Tensor | None
+    ) -> torch.Tensor:
+        """W_k P(b) from the pieces (see `PromptPieces`): the shared prompts pass W_k once for the whole batch."""
+        if per_sample is None:
+            return self._keys_of(shared)
+        keys = self._keys_of(per_sample)
+        if offset is not None:
+            keys = keys + self._keys_of(offset)
+        if shared is None:
+            return keys
+        return torch.cat([self._keys_of(shared).expand(keys.shape[0], -1, -1), keys], dim=1)
 
     def _keys_of(self, prompts: torch.Tensor) -> torch.Tensor:
         """W_k P: the frozen key projection of a prompt set, in the frozen model's dtype."""
@@ -110,37 +210,137 @@ class ExcitorKeyProjection(nn.Module):
             return torch.get_autocast_dtype(device_type)
         return self.prompts.dtype
 
-    def _prompt_set(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This layer's prompts P(b): K x C (language-only) or B x K' x C, and a B x K' validity mask."""
+    def _prompt_pieces(
+        self,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """This layer's prompts P(b) in pieces (see `PromptPieces`): shared (K x C), per-sample (B x N x C), the
+        offset added to the per-sample ones, and a B x K' validity mask."""
         if self._visual is None:
-            return self.prompts, None
+            return self.prompts, None, None, None
         tokens, has_image = self._visual
-        visual = tokens.to(self.prompts.dtype) + self.visual_offset
-        batch = visual.shape[0]
+        batch = tokens.shape[0]
         if self.visual_prompt_mode == "concat":
-            prompts = torch.cat([self.prompts.expand(batch, -1, -1), visual], dim=1)
             mask = torch.cat(
                 [
-                    torch.ones(batch, self.prompts.shape[0], dtype=torch.bool, device=visual.device),
-                    has_image[:, None].expand(batch, visual.shape[1]),
+                    torch.ones(batch, self.prompts.shape[0], dtype=torch.bool, device=tokens.device),
+                    has_image[:, None].expand(batch, tokens.shape[1]),
                 ],
                 dim=1,
             )
-            return prompts, mask
+            return self.prompts, tokens, self.visual_offset, mask
+        visual = tokens.to(self.prompts.dtype) + self.visual_offset
         resampled = F.adaptive_avg_pool1d(visual.transpose(1, 2), self.prompts.shape[0]).transpose(1, 2)
-        return self.prompts + resampled * has_image[:, None, None].to(resampled.dtype), None
+        return None, self.prompts + resampled * has_image[:, None, None].to(resampled.dtype), None, None
 
-    def _prompt_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Prompt keys W_k P, rank-r prompt projections P W_up and the mask, memoised while not training.
+    def _memo(self) -> _InferenceMemo:
+        """The current prompt set's memo for no-grad calls (rebuilt when the prompts or any parameter change).
 
-        Decoding calls the block once per new token with the same prompts; the memo makes that cost one
-        matrix-vector product instead of K' x C x C_kv work per token.
+        Decoding calls the block once per new token with the same prompts: the memo keeps what depends only on
+        them, so that a step costs what its tokens cost.
         """
-        visual = self._visual or (None, None)
-        return self._memo.get((*visual, *self.parameters()), self._compute_prompt_terms)
+        tensors = [t for t in self._visual or () if t is not None]
+        for module in (self, self.down, self.up, self.base):  # _parameters: no per-name attribute lookups per call
+            tensors += [t for t in module._parameters.values() if t is not None]
+        return self._memo_store.get(tensors, self._build_memo)
 
-    def _compute_prompt_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        prompts, mask = self._prompt_set()
-        prompt_keys = self._keys_of(prompts)
-        prompt_affinity = torch.matmul(prompts, self.up.weight)
-        return prompt_keys, prompt_affinity, mask
+    def _build_memo(self) -> _InferenceMemo:
+        dtype = self._compute_dtype()
+        pieces = self._prompt_pieces()
+        prompts = PromptPieces(*pieces[:3], dtype)
+        rows_t, bias = prepare_affinity(prompts.affinity_rows(self.up.weight.to(dtype)), pieces[3], self.scale)
+        return _InferenceMemo(dtype=dtype, pieces=pieces, prompts=prompts, rows_t=rows_t.contiguous(), bias=bias,
+                              down=self.down.weight.to(dtype), gate=self.gate_values())
+
+
+@dataclass
+class _InferenceMemo:
+    """What no-grad calls on one prompt set share (mm_excitor.memo keeps it while the prompts and parameters are
+    the same tensors, unmodified, under the same autocast dtype)."""
+
+    dtype: torch.dtype
+    pieces: tuple
+    """`_prompt_pieces()` as they were: the prompt keys are computed from them as in training."""
+    prompts: PromptPieces
+    """The pieces in the compute dtype, for the token side."""
+    rows_t: torch.Tensor
+    bias: torch.Tensor | None
+    """The affinity's prompt side (`bypass.prepare_affinity`)."""
+    down: torch.Tensor
+    gate: torch.Tensor
+    gated_keys: torch.Tensor | None = None
+    """W_k P(b) * g, built the first time the prompt side is chosen."""
+    token_work: int = 0
+    """Multiply-adds spent token-side on this prompt set so far."""
+
+
+# Fewer token rows than this go through W_k in plain products: per-head products would be too small to pay for
+# their own overhead (decoding steps).
+HEAD_LOOP_MIN_ROWS = 64
+
+
+def _head_loop(hidden: torch.Tensor) -> bool:
+    """Go through W_k head by head (`bypass.TokenSide.head_loop`) on CPUs, where a product with W_k costs more than
+    a few passes over the rows per head, and where there are enough rows; GPUs multiply far faster than they move
+    memory, so plain products are cheaper there."""
+    return hidden.device.type == "cpu" and hidden.numel() // hidden.shape[-1] >= HEAD_LOOP_MIN_ROWS
+
+
+def _check_one_set_per_row(hidden: torch.Tensor, per_sample: torch.Tensor | None) -> None:
+    """One visual prompt set per row, never broadcast: a caller that expands its batch (beam search) expands the
+    visual tokens the same way (methods.prompted.PromptedModel.generate_ids)."""
+    if per_sample is not None and per_sample.shape[0] != hidden.shape[0]:
+        raise ValueError(f"a batch of {hidden.shape[0]} rows was given {per_sample.shape[0]} visual prompt sets: pass "
+                         "one image (or visual tokens) per row")
+
+
+@dataclass(frozen=True)
+class AssociationCosts:
+    prompt_side: int
+    token_side: int
+    prompt_keys: int
+    """The part of `prompt_side` that computes W_k P: memoised without gradients, free for the following calls."""
+
+
+# What a device multiplies (multiply-adds) in the time Python and the dispatcher take to launch one operator,
+# roughly: ~20 us at ~50 G multiply-adds/s on a CPU core, ~10 us at ~100 T/s on a GPU. It matters only for the
+# small calls of decoding, where the token side's extra operators cost more than its multiply-adds.
+OPERATOR_COST = {"cpu": 1_000_000}
+ACCELERATOR_OPERATOR_COST = 1_000_000_000
+# Operators launched by one no-grad call besides the frozen projection: the memoised prompt side, the token side.
+PROMPT_SIDE_OPERATORS = 6
+TOKEN_SIDE_OPERATORS = 12
+# An element-wise pass over a float on a CPU core (memory-bound, ~3 G/s) costs about as much as 20 multiply-adds
+# in a product (~60 G/s): the price of the head loop's passes.
+PASS_COST = 20
+
+
+def association_costs(
+    *, tokens: int, prompts: int, prompt_rows: int, hidden: int, key_width: int, heads: int, training: bool,
+    shared_prompts: bool, head_loop: bool, operator_cost: int = 0,
+) -> AssociationCosts:
+    """Multiply-adds (or their equivalent) of the work in which the two orders differ, for one call of one block.
+
+    `tokens` = B x M rows, `prompts` = K' per sample, `prompt_rows` = the prompt rows W_k projects (K when the set
+    is shared by the batch, else K + B x N: the shared prompts once, the per-sample ones per sample), `hidden` = C,
+    `key_width` = C_kv, `heads` = KV heads.
+    - prompt side: W_k P (with gradients also the prompts' gradient through W_k, and for a shared set W_k P again in
+      backward, recomputed rather than kept: 2 or 3 products of the prompt rows); a . PK (and its two gradients);
+    - token side, with the head loop (`head_loop`, CPUs): no product with W_k beyond the frozen projection's own,
+      but one pass over the tokens per head forward and three backward (`PASS_COST` each); without it, W_k on the
+      mixes (and with gradients two more products: the mixes' gradient and the gate's); a . P (forward,
+      recomputed and its two gradients).
+    Without gradients W_k P is memoised for the following calls (`prompt_keys` is its part of `prompt_side`), and
+    each order also costs `operator_cost` per operator it launches.
+    """
+    projection = hidden * key_width
+    passes = (4 if training else 1) * PASS_COST * heads * tokens * hidden
+    if training:
+        prompt_keys = prompt_rows * projection * (3 if shared_prompts else 2)
+        prompt_side = prompt_keys + 3 * tokens * prompts * key_width
+        token_side = 4 * tokens * prompts * hidden + (passes if head_loop else 3 * tokens * projection)
+    else:
+        prompt_keys = prompt_rows * projection
+        prompt_side = prompt_keys + tokens * prompts * key_width + PROMPT_SIDE_OPERATORS * operator_cost
+        token_side = tokens * prompts * hidden + (passes if head_loop else tokens * projection)
+        token_side += TOKEN_SIDE_OPERATORS * operator_cost
+    return AssociationCosts(prompt_side, token_side, prompt_keys)

@@ -25,12 +25,17 @@ class InferenceMemo(Generic[T]):
             self._entry = None
             return compute()
         device = next(t.device.type for t in tensors if t is not None)
+        autocast = torch.is_autocast_enabled(device)
         key = (
             tuple(id(t) for t in tensors),
             tuple(None if t is None else (t._version, t.device, t.dtype) for t in tensors),
-            torch.is_autocast_enabled(device),
+            torch.get_autocast_dtype(device) if autocast else None,
         )
         if self._entry is None or self._entry[0] != key:
             # the tensors are held with the value, so that their ids cannot be reused while the entry lives
             self._entry = (key, compute(), tuple(tensors))
         return self._entry[1]
+
+    def clear(self) -> None:
+        """Drop the value (and the tensors it holds), e.g. when training starts."""
+        self._entry = None

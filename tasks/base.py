@@ -30,6 +30,8 @@ COMMON_FREE_KEYS = (
     # where the same files live; the model's identity (LM weights fingerprint, encoder weights) and the training
     # data's identity are checked instead
     "model.language_model", "model.vision.pretrained", "model.vision.model_config_file", "data.feature_cache",
+    # how the same arithmetic runs (mm_excitor.config.COMPUTE_ONLY_FIELDS)
+    "model.excitor.key_association",
 )
 """Run-config keys that may change when a run of any task is resumed (besides mm_excitor.train.FREE_TRAIN_KEYS)."""
 

@@ -110,3 +110,12 @@ def test_adapter_fingerprint_follows_the_trainable_weights_only(tmp_path):
     with torch.no_grad():
         excitor_blocks(model)[0].gate.add_(1.0)
     assert adapter_fingerprint(model) != before
+
+
+def test_how_the_arithmetic_runs_is_not_part_of_the_adapter(tmp_path):
+    """key_association only chooses how W_k is applied: an adapter trained token-side loads on an `auto` model."""
+    from dataclasses import replace
+
+    save_adapter(apply_excitor(tiny_model(), replace(CONFIG, key_association="token")), tmp_path / "a")
+    model = load_adapter(apply_excitor(tiny_model(), CONFIG), tmp_path / "a")
+    assert model.excitor_config.key_association == CONFIG.key_association

@@ -22,23 +22,41 @@ def test_benchmark_writes_json_with_all_fields(tmp_path):
 
     assert results["language_model"]["source"] == "random-init"
     assert results["excitor_config"]["visual_prompt_mode"] == "concat"
-    assert results["vision"]["num_tokens"] == 65 and results["vision"]["width"] == 128  # Tiny-ViT
-    assert results["trainable_params"] > 0
-    assert results["feature_cache"]["images"] == 4 and results["feature_cache"]["images_per_s"] > 0
+    assert results["excitor_config"]["key_association"] == "auto"
+    assert results["targets"] == {"cache_over_in_memory_max": 1.05, "generation_over_bare_min": 0.95}
+    assert results["frozen_lm_train_step_flops"] > 0
+    tiny_vit = results["visions"]["tiny-vit"]
+    assert tiny_vit["vision"]["num_tokens"] == 65 and tiny_vit["vision"]["width"] == 128  # Tiny-ViT
+    assert tiny_vit["trainable_params"] > 0
+    assert tiny_vit["feature_cache"]["images"] == 4 and tiny_vit["feature_cache"]["images_per_s"] > 0
+    assert tiny_vit["gpu"]["measured"] is False and "not measured on a GPU" in tiny_vit["gpu"]["note"]
 
-    check = results["loss_check"]
+    check = tiny_vit["loss_check"]
     assert abs(check["loss_from_cache"] - check["loss_online"]) == check["abs_difference"] < 1e-3
 
-    train = results["train_step"]
+    train = tiny_vit["train_step"]
     assert train["batch"] == 2 and train["seq_len"] == 8
-    for side in ("from_cache", "online_encoder"):
+    for side in ("in_memory", "from_cache", "online"):
         assert train[side]["median_s"] > 0 and len(train[side]["samples_s"]) == 1
-    assert train["ratio_from_cache_over_online"] > 0 and train["cpu_time_ratio_from_cache_over_online"] > 0
+    for key in ("from_cache_over_in_memory", "from_cache_over_in_memory_cpu_time", "online_over_in_memory",
+                "from_cache_over_online"):
+        assert train[key] > 0, key
 
-    generation = results["generation"]
+    generation = tiny_vit["generation"]
     assert generation["batch"] == 2 and generation["new_tokens"] == 3
-    for side in ("bare_lm", "multimodal_from_cache", "multimodal_online_encoder"):
+    for side in ("bare_lm", "language_only", "from_cache", "online"):
         assert generation[side]["tokens"] == 6 and generation[side]["tokens_per_s"] > 0
-    for side in ("multimodal_from_cache", "multimodal_online_encoder"):
+    for side in ("language_only", "from_cache", "online"):
         assert generation[side]["throughput_ratio_over_bare_lm"] > 0
-    assert "| train step, batch 2x8" in results["table"] and "MM, cached tokens" in results["table"]
+    table = results["table"]
+    assert "| tiny-vit (65x128) | train step, batch 2x8 (s)" in table and "MM, cached tokens" in table
+    assert "cache / memory" in table and "Command: `python bench/multimodal_speed.py" in table
+
+
+def test_unknown_vision_is_refused():
+    import pytest
+
+    from bench import multimodal_speed as bench
+
+    with pytest.raises(SystemExit, match="unknown encoders"):
+        bench.main(["--vision", "tiny-vit,vit-h-14", "--quiet"])

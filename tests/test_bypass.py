@@ -1,4 +1,6 @@
-"""The fused bypass (hand-written backward) against the plain autograd composition of method.md §1."""
+"""The prompt-side bypass (hand-written backward) against the plain autograd composition of method.md §1.
+
+The token side has its own tests in test_association.py."""
 from __future__ import annotations
 
 import pytest
@@ -129,11 +131,13 @@ def test_recomputed_prompt_keys_give_the_same_gradients_and_are_not_kept():
             torch.testing.assert_close(with_recompute, with_saved, rtol=0, atol=0)
 
 
-def test_language_only_block_keeps_no_prompt_keys_and_nothing_per_token_but_its_input():
+@pytest.mark.parametrize("order,expected", [("prompt", [(8,), (30, 4)]), ("token", [])])
+def test_language_only_block_keeps_no_prompt_keys_and_nothing_per_token_but_its_input(order, expected):
     from mm_excitor import ExcitorConfig
     from mm_excitor.layer import ExcitorKeyProjection
 
-    block = ExcitorKeyProjection(torch.nn.Linear(16, 8, bias=False).requires_grad_(False), 2, ExcitorConfig(rank=4))
+    config = ExcitorConfig(rank=4, key_association=order)
+    block = ExcitorKeyProjection(torch.nn.Linear(16, 8, bias=False).requires_grad_(False), 2, config)
     parameters = {p.untyped_storage().data_ptr() for p in block.parameters()}
     hidden = torch.randn(2, 7, 16, requires_grad=True)
     kept: list[torch.Tensor] = []
@@ -146,6 +150,6 @@ def test_language_only_block_keeps_no_prompt_keys_and_nothing_per_token_but_its_
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         block(hidden).sum().backward()
     others = sorted(tuple(t.shape) for t in kept if t.untyped_storage().data_ptr() != hidden.untyped_storage().data_ptr())
-    # Besides its input: the K x r prompt projections and the gate, expanded to the key width. No prompt keys
-    # (K x C_kv) and nothing per token.
-    assert others == [(8,), (30, 4)]
+    # Besides its input, the prompt side keeps the K x r prompt projections and the gate expanded to the key width,
+    # the token side nothing: no prompt keys (K x C_kv) and nothing per token.
+    assert others == expected

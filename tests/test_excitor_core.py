@@ -2,15 +2,26 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from mm_excitor import ExcitorConfig, apply_excitor, count_parameters, excitor_blocks
+from mm_excitor import ExcitorConfig, apply_excitor, count_parameters, excitor_blocks, layer
 from tests.tiny_models import FAMILIES, tiny_model
 
 CONFIG = ExcitorConfig(num_layers=3, num_prompts=5, rank=4)
+ORDERS = ("auto", "prompt", "token", "token-head-loop")
+
+
+def with_order(order: str, monkeypatch) -> ExcitorConfig:
+    """CONFIG with this association of W_k; 'token-head-loop' is the token side through W_k head by head, as on a
+    CPU with enough token rows (the tiny test batches have fewer, and would use plain products)."""
+    if order == "token-head-loop":
+        monkeypatch.setattr(layer, "HEAD_LOOP_MIN_ROWS", 1)
+        order = "token"
+    return replace(CONFIG, key_association=order)
 
 
 def padded_batch(padding_side: str, vocab: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,15 +39,18 @@ def padded_batch(padding_side: str, vocab: int = 96) -> tuple[torch.Tensor, torc
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_logits_equal_unmodified_model_at_init(family, attn, padding_side):
+@pytest.mark.parametrize("order", ORDERS)
+def test_logits_equal_unmodified_model_at_init(family, attn, padding_side, order, monkeypatch):
     base = tiny_model(family, attn)
-    adapted = apply_excitor(copy.deepcopy(base), CONFIG)
+    adapted = apply_excitor(copy.deepcopy(base), with_order(order, monkeypatch))
     ids, mask = padded_batch(padding_side)
     with torch.no_grad():
         expected = base(input_ids=ids, attention_mask=mask).logits
         got = adapted(input_ids=ids, attention_mask=mask).logits
     assert len(excitor_blocks(adapted)) == CONFIG.num_layers
     assert torch.equal(got, expected)
+    # With gradients on: the autograd functions of the training step are exact too.
+    assert torch.equal(adapted(input_ids=ids, attention_mask=mask).logits.detach(), expected)
 
 
 def test_excitor_changes_logits_once_gate_is_open():
@@ -134,10 +148,11 @@ def test_llama_7b_defaults_count_on_meta_device():
     assert all(p.is_meta for p in model.parameters())
 
 
-def test_bf16_base_with_fp32_trainables_under_autocast_and_gradient_checkpointing():
+@pytest.mark.parametrize("order", ORDERS)
+def test_bf16_base_with_fp32_trainables_under_autocast_and_gradient_checkpointing(order, monkeypatch):
     def grads(checkpointing: bool):
         model = tiny_model().to(torch.bfloat16)
-        apply_excitor(model, CONFIG)
+        apply_excitor(model, with_order(order, monkeypatch))
         with torch.no_grad():
             for block in excitor_blocks(model):
                 block.gate.fill_(0.3)
@@ -159,9 +174,10 @@ def test_bf16_base_with_fp32_trainables_under_autocast_and_gradient_checkpointin
         torch.testing.assert_close(checkpointed[name], plain[name])
 
 
-def test_bf16_base_without_autocast_is_exact_at_init():
+@pytest.mark.parametrize("order", ORDERS)
+def test_bf16_base_without_autocast_is_exact_at_init(order, monkeypatch):
     base = tiny_model().to(torch.bfloat16)
-    adapted = apply_excitor(copy.deepcopy(base), CONFIG)
+    adapted = apply_excitor(copy.deepcopy(base), with_order(order, monkeypatch))
     ids, mask = padded_batch("left")
     with torch.no_grad():
         assert torch.equal(adapted(input_ids=ids, attention_mask=mask).logits,
@@ -184,7 +200,7 @@ def test_bad_use_gives_clear_errors():
 
 
 def test_config_json_round_trip_and_unknown_keys():
-    config = ExcitorConfig(num_layers=7, gate_tanh=True, visual_prompt_mode="add")
+    config = ExcitorConfig(num_layers=7, gate_tanh=True, visual_prompt_mode="add", key_association="token")
     assert ExcitorConfig.from_json(config.to_json()) == config
     with pytest.raises(ValueError, match="unknown ExcitorConfig keys \\['rnak'\\]"):
         ExcitorConfig.from_dict({"rnak": 3})

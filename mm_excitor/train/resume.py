@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import identity_differences
+from ..checkpoint import adapter_config_differences, identity_differences
 from ..diff import Difference, differences
 from . import checkpoints as ckpt
 from .state import ResumeState
@@ -81,8 +81,8 @@ def check_resume(
                        "learning rate and data shards depend on it)")
     if state.model.get("method") != model.get("method"):
         refused.append(f"model.method: checkpoint {state.model.get('method')!r}, this run {model.get('method')!r}")
-    refused += [d.describe("checkpoint", "this run")
-                for d in differences({"adapter": state.model.get("config", {})}, {"adapter": model.get("config", {})})]
+    refused += [f"adapter {d.describe('checkpoint', 'this run')}"
+                for d in adapter_config_differences(state.model.get("config", {}), model.get("config", {}))]
     refused += [f"model.identity.{d.describe('checkpoint', 'this model')}"
                 for d in identity_differences(state.model.get("identity", {}), model.get("identity", {}))]
     refused += [f"data.identity.{d.describe('checkpoint', 'this run')}" for d in differences(state.data, data)]

@@ -1,0 +1,393 @@
+"""The two associations of W_k (a . P): prompt side W_k P and token side W_k (a . P) give the same keys.
+
+Checked against the unmodified Hugging Face model (exact at init), against autograd's own composition of the
+token side (gradcheck in float64 and op by op), and against each other after training (gates open)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mm_excitor import ExcitorConfig, apply_excitor, excitor_blocks
+from mm_excitor import layer
+from mm_excitor.bypass import TokenSide, gated_token_bypass
+from mm_excitor.layer import association_costs
+from tests.tiny_models import tiny_model
+
+ORDERS = ("prompt", "token", "token-head-loop")
+
+
+def set_visual_tokens(model, tokens, has_image=None) -> None:
+    """Visual prompts held by the blocks until changed (the models' calls scope them with visual_prompts; these
+    tests drive the blocks and Hugging Face generate directly)."""
+    for block in excitor_blocks(model):
+        block.set_visual_tokens(tokens, has_image)
+
+
+def key_association(order: str, monkeypatch) -> str:
+    """'token-head-loop' is the token side through W_k head by head, as on a CPU with enough token rows (the tiny
+    test batches have fewer, and would use plain products)."""
+    if order == "token-head-loop":
+        monkeypatch.setattr(layer, "HEAD_LOOP_MIN_ROWS", 1)
+        return "token"
+    return order
+PIECES = {
+    "shared": dict(shared=True, per_sample=False, offset=False, masked=False),
+    "concat": dict(shared=True, per_sample=True, offset=True, masked=True),
+    "per-sample": dict(shared=False, per_sample=True, offset=False, masked=False),
+}
+
+
+# ---------------------------------------------------------------------------------- the autograd function
+
+
+def token_inputs(pieces: dict, dtype=torch.float64, batch=2, tokens=3, width=8, heads=2, head_dim=3, rank=2,
+                 num_shared=3, num_visual=4, bias=True):
+    torch.manual_seed(0)
+    tensors = dict(
+        hidden=torch.randn(batch, tokens, width, dtype=dtype),
+        key_weight=torch.randn(heads * head_dim, width, dtype=dtype),
+        key_bias=torch.randn(heads * head_dim, dtype=dtype) if bias else None,
+        down_weight=torch.randn(rank, width, dtype=dtype),
+        up_weight=torch.randn(width, rank, dtype=dtype),
+        shared=torch.randn(num_shared, width, dtype=dtype) if pieces["shared"] else None,
+        per_sample=torch.randn(batch, num_visual, width, dtype=dtype) if pieces["per_sample"] else None,
+        offset=torch.randn(width, dtype=dtype) if pieces["offset"] else None,
+        gate=torch.randn(heads, dtype=dtype),
+    )
+    for name, tensor in tensors.items():
+        if tensor is not None and not name.startswith("key_"):
+            tensor.requires_grad_(True)
+    mask = None
+    if pieces["masked"]:
+        mask = torch.ones(batch, num_shared * pieces["shared"] + num_visual, dtype=torch.bool)
+        mask[0, -num_visual:] = False  # a sample without an image sees the shared prompts only
+    return tensors, mask
+
+
+def token_reference(hidden, key_weight, key_bias, down_weight, up_weight, shared, per_sample, offset, gate, mask,
+                    scale):
+    """The token side written op by op, as autograd differentiates it."""
+    parts = []
+    if shared is not None:
+        parts.append(shared.expand(hidden.shape[0], -1, -1))
+    if per_sample is not None:
+        parts.append(per_sample if offset is None else per_sample + offset)
+    prompts = torch.cat(parts, dim=1)
+    logits = (hidden @ down_weight.t()) @ (prompts @ up_weight).transpose(1, 2) * scale
+    if mask is not None:
+        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+    mixed = logits.softmax(dim=-1) @ prompts
+    gate = gate.repeat_interleave(key_weight.shape[0] // gate.shape[0])
+    return torch.nn.functional.linear(hidden, key_weight, key_bias) + gate * (mixed @ key_weight.t())
+
+
+@pytest.fixture(params=[True, False], ids=["head-loop", "plain-products"])
+def head_loop(request):
+    return request.param
+
+
+@pytest.mark.parametrize("pieces", list(PIECES))
+def test_token_side_passes_gradcheck(pieces, head_loop):
+    tensors, mask = token_inputs(PIECES[pieces])
+    names = [n for n, t in tensors.items() if t is not None and t.requires_grad]
+    options = TokenSide(0.3, torch.float64, torch.float64, head_loop)
+
+    def function(*args):
+        return gated_token_bypass(**{**tensors, **dict(zip(names, args))}, mask=mask, options=options)
+
+    assert torch.autograd.gradcheck(function, tuple(tensors[n] for n in names))
+
+
+@pytest.mark.parametrize("pieces", list(PIECES))
+def test_token_side_equals_the_autograd_composition(pieces, head_loop):
+    tensors, mask = token_inputs(PIECES[pieces], dtype=torch.float32, bias=pieces != "shared")
+    names = [n for n, t in tensors.items() if t is not None and t.requires_grad]
+    out = gated_token_bypass(**tensors, mask=mask, options=TokenSide(0.3, torch.float32, torch.float32, head_loop))
+    expected = token_reference(**tensors, mask=mask, scale=0.3)
+    torch.testing.assert_close(out, expected)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [tensors[n] for n in names], grad_out)
+    expected_grads = torch.autograd.grad(expected, [tensors[n] for n in names], grad_out)
+    for name, grad, expected_grad in zip(names, grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_token_side_at_zero_gate_returns_the_frozen_key_exactly():
+    tensors, mask = token_inputs(PIECES["concat"], dtype=torch.float32)
+    with torch.no_grad():
+        tensors["gate"].zero_()
+        out = gated_token_bypass(**tensors, mask=mask, options=TokenSide(0.3, torch.float32, torch.float32, True))
+        frozen = torch.nn.functional.linear(tensors["hidden"], tensors["key_weight"], tensors["key_bias"])
+    assert torch.equal(out, frozen)
+
+
+def test_token_side_refuses_a_trainable_key_projection():
+    tensors, mask = token_inputs(PIECES["shared"], dtype=torch.float32)
+    tensors["key_weight"].requires_grad_(True)
+    with pytest.raises(ValueError, match="must be frozen"):
+        gated_token_bypass(**tensors, mask=mask, options=TokenSide(0.3, torch.float32, torch.float32, True))
+
+
+def saved_storages(tokens: int, pieces: str) -> dict[int, int]:
+    """Bytes of each storage the token side saves for backward, apart from its tensor arguments."""
+    tensors, mask = token_inputs(PIECES[pieces], dtype=torch.float32, tokens=tokens)
+    arguments = {t.untyped_storage().data_ptr() for t in (*tensors.values(), mask) if t is not None}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in arguments:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        gated_token_bypass(**tensors, mask=mask, options=TokenSide(0.3, torch.float32, torch.float32, True))
+    return storages
+
+
+@pytest.mark.parametrize("pieces", ["shared", "concat"])
+def test_token_side_saves_only_its_arguments(pieces):
+    """No affinity, mix, projected mix, prompt projection or concatenated prompt set is kept: backward recomputes
+    them; so nothing grows with the tokens but the input."""
+    assert saved_storages(4, pieces) == saved_storages(400, pieces) == {}
+
+
+# ------------------------------------------------------------------------------------------ the block
+
+
+def model_with(order: str, family: str = "llama-gqa", visual: str | None = None, dtype=torch.float32, **config):
+    values = dict(num_layers=3, num_prompts=5, rank=4, visual_prompt_mode=visual, key_association=order)
+    excitor = ExcitorConfig(**{**values, **config})
+    return apply_excitor(tiny_model(family).to(dtype), excitor)
+
+
+def open_gates(model, seed: int = 3) -> None:
+    """Trained-looking blocks: every trainable tensor random, gates well away from zero."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in excitor_blocks(model):
+            for parameter in block.parameters():
+                if parameter.requires_grad:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+
+def batch(vocab: int = 96):
+    torch.manual_seed(1)
+    ids = torch.randint(3, vocab, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def visual_tokens(samples: int = 3, count: int = 11, width: int = 64):
+    torch.manual_seed(2)
+    return torch.randn(samples, count, width) * 3, torch.tensor([True, False, True])[:samples]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_visual_prompts_are_exact_at_init_in_both_orders(order, attn, monkeypatch):
+    base = tiny_model("qwen2", attn)
+    config = ExcitorConfig(num_layers=3, num_prompts=5, rank=4, visual_prompt_mode="concat",
+                           key_association=key_association(order, monkeypatch))
+    adapted = apply_excitor(copy.deepcopy(base), config)
+    set_visual_tokens(adapted, *visual_tokens())
+    ids, mask = batch()
+    with torch.no_grad():
+        expected = base(input_ids=ids, attention_mask=mask).logits
+        assert torch.equal(adapted(input_ids=ids, attention_mask=mask).logits, expected)
+    # With gradients, through the autograd functions, too.
+    assert torch.equal(adapted(input_ids=ids, attention_mask=mask).logits.detach(), expected)
+
+
+def outputs_and_grads(order: str, family: str, visual: str | None, monkeypatch):
+    model = model_with(key_association(order, monkeypatch), family, visual)
+    open_gates(model)
+    ids, mask = batch()
+    inputs = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if visual:
+        tokens, has_image = visual_tokens()
+        inputs["visual tokens"] = tokens.requires_grad_(True)
+        set_visual_tokens(model, tokens, has_image)
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    loss = logits.log_softmax(-1)[..., 5].mean()
+    return logits.detach(), dict(zip(inputs, torch.autograd.grad(loss, list(inputs.values()))))
+
+
+@pytest.mark.parametrize("token_order", ORDERS[1:])
+@pytest.mark.parametrize("family,visual", [("llama-mha", None), ("qwen2", "concat"), ("mistral", "add")])
+def test_both_orders_give_the_same_outputs_and_gradients_after_training(family, visual, token_order, monkeypatch):
+    logits_p, grads_p = outputs_and_grads("prompt", family, visual, monkeypatch)
+    logits_t, grads_t = outputs_and_grads(token_order, family, visual, monkeypatch)
+    ids, mask = batch()
+    with torch.no_grad():
+        assert not torch.allclose(logits_p, tiny_model(family)(input_ids=ids, attention_mask=mask).logits)
+    torch.testing.assert_close(logits_t, logits_p, rtol=1e-5, atol=1e-5)
+    assert grads_p.keys() == grads_t.keys()
+    for name in grads_p:
+        assert grads_p[name].abs().sum() > 0, name
+        torch.testing.assert_close(grads_t[name], grads_p[name], rtol=1e-5, atol=1e-5,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("visual", [False, True], ids=["language-only", "visual"])
+def test_cached_generation_equals_uncached_in_both_orders(order, visual, monkeypatch):
+    model = model_with(key_association(order, monkeypatch), "llama-gqa", "concat" if visual else None)
+    open_gates(model)
+    if visual:
+        set_visual_tokens(model, *visual_tokens())
+    ids, mask = batch()
+    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        cached = model.generate(**kwargs, use_cache=True)
+        uncached = model.generate(**kwargs, use_cache=False)
+        if visual:  # each row's prompts for each of its beams, as generate expands the rows
+            tokens, has_image = visual_tokens()
+            set_visual_tokens(model, tokens.repeat_interleave(3, 0), has_image.repeat_interleave(3, 0))
+        beams_cached = model.generate(**kwargs, num_beams=3, use_cache=True)
+        beams_uncached = model.generate(**kwargs, num_beams=3, use_cache=False)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(beams_cached, beams_uncached)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_bf16_base_with_autocast_matches_fp32_in_both_orders(order, monkeypatch):
+    """fp32 adapters on a bf16 base under autocast: the same block as in fp32, to bf16 precision, with fp32
+    gradients for every trainable tensor."""
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = model_with(key_association(order, monkeypatch), "qwen2", "concat", dtype=dtype)
+        open_gates(model)
+        tokens, has_image = visual_tokens()
+        set_visual_tokens(model, tokens, has_image)
+        ids, mask = batch()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        loss.backward()
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in trainable.values())
+        results[dtype] = loss.item(), {n: p.grad for n, p in trainable.items()}
+    (loss32, grads32), (loss16, grads16) = results[torch.float32], results[torch.bfloat16]
+    assert abs(loss16 - loss32) < 0.05 * abs(loss32)
+    for name, grad in grads32.items():
+        cosine = torch.nn.functional.cosine_similarity(grads16[name].flatten(), grad.flatten(), dim=0)
+        assert cosine > 0.95, (name, cosine)
+
+
+# ---------------------------------------------------------------------------------------- the choice
+
+
+LLAMA7B = dict(hidden=4096, key_width=4096, heads=32)
+
+
+def test_costs_favour_the_token_side_for_visual_prompts_and_short_captions():
+    # The COCO recipe's micro-batch: 16 captions x 32 tokens, 30 learnable + 257 visual prompts per sample.
+    for head_loop in (True, False):
+        costs = association_costs(tokens=16 * 32, prompts=287, prompt_rows=30 + 16 * 257, training=True,
+                                  shared_prompts=False, head_loop=head_loop, **LLAMA7B)
+        assert costs.token_side < costs.prompt_side / 2
+    # One forward without gradients on new images (scoring): M rows instead of K' rows per sample.
+    costs = association_costs(tokens=16 * 32, prompts=287, prompt_rows=30 + 16 * 257, training=False,
+                              shared_prompts=False, head_loop=True, **LLAMA7B)
+    assert costs.token_side < costs.prompt_side
+
+
+def test_costs_favour_the_prompt_side_for_shared_prompts_and_decoding():
+    # Language-only, 2 x 512 tokens: 30 shared prompts, three products with W_k per step, against the token side's
+    # passes over 1,024 rows (CPU) or its three products of 1,024 rows (GPU).
+    for head_loop in (True, False):
+        costs = association_costs(tokens=1024, prompts=30, prompt_rows=30, training=True, shared_prompts=True,
+                                  head_loop=head_loop, **LLAMA7B)
+        assert costs.prompt_side < costs.token_side
+    # 1 x 128 tokens on a GPU: 90 rows through W_k against 384.
+    costs = association_costs(tokens=128, prompts=30, prompt_rows=30, training=True, shared_prompts=True,
+                              head_loop=False, **LLAMA7B)
+    assert costs.prompt_side < costs.token_side / 3
+    # Decoding one token per sample once the prompt keys are memoised: no product with W_k at all.
+    costs = association_costs(tokens=16, prompts=287, prompt_rows=30 + 16 * 257, training=False,
+                              shared_prompts=False, head_loop=False, **LLAMA7B)
+    assert costs.prompt_side - costs.prompt_keys < costs.token_side / 10
+
+
+def spy_on_orders(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    for name, order in (("gated_prompt_bypass", "prompt"), ("prompt_side_output", "prompt"),
+                        ("gated_token_bypass", "token"), ("token_side_output", "token")):
+        original = getattr(layer, name)
+
+        def spy(*args, original=original, order=order, **kwargs):
+            calls.append(order)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(layer, name, spy)
+    return calls
+
+
+def test_auto_picks_the_cheaper_order_per_call(monkeypatch):
+    calls = spy_on_orders(monkeypatch)
+    model = model_with("auto", visual="concat")
+    open_gates(model)
+    ids, mask = batch()  # 3 x 7 tokens; tiny model: C = 64, C_kv = 32, 2 KV heads; 5 learnable prompts
+    for visual_count in (None, 40):
+        if visual_count is None:
+            set_visual_tokens(model, None)
+            prompts, rows = 5, 5
+        else:
+            set_visual_tokens(model, torch.randn(3, visual_count, 64), torch.ones(3, dtype=torch.bool))
+            prompts, rows = 5 + visual_count, 5 + 3 * visual_count
+        costs = association_costs(tokens=3 * 7, prompts=prompts, prompt_rows=rows, hidden=64, key_width=32, heads=2,
+                                  training=True, shared_prompts=visual_count is None, head_loop=True)
+        expected = "prompt" if costs.prompt_side <= costs.token_side else "token"
+        assert expected == ("prompt" if visual_count is None else "token")  # both orders are exercised
+        calls.clear()
+        model(input_ids=ids, attention_mask=mask).logits.sum().backward()
+        assert calls == [expected] * 3
+
+
+def test_decoding_builds_the_prompt_keys_once_token_side_work_would_exceed_them(monkeypatch):
+    calls = spy_on_orders(monkeypatch)
+    model = model_with("auto", visual="concat", num_layers=1)
+    open_gates(model)
+    block = excitor_blocks(model)[0]
+    visual = torch.randn(1, 40, 64), torch.ones(1, dtype=torch.bool)
+    set_visual_tokens(model, *visual)
+    hidden = torch.randn(1, 3, 64)
+    # Counting multiply-adds only: building the keys of one sample's 45 prompts costs 45 rows through W_k, a
+    # decoding step one row (and its mix), so the first steps stay token-side.
+    monkeypatch.setattr(layer, "OPERATOR_COST", {"cpu": 0})
+    costs = association_costs(tokens=1, prompts=45, prompt_rows=5 + 40, hidden=64, key_width=32, heads=2,
+                              training=False, shared_prompts=False, head_loop=False)
+    steps_before_keys = -(-(costs.prompt_side - costs.token_side) // costs.token_side)
+    assert 5 < steps_before_keys < 40
+    with torch.no_grad():
+        for _ in range(40):
+            block(hidden[:, :1])
+    assert calls == ["token"] * steps_before_keys + ["prompt"] * (40 - steps_before_keys)
+    # New prompts start over; the token side gives the same keys as the prompt side.
+    set_visual_tokens(model, visual[0].clone(), visual[1])
+    calls.clear()
+    with torch.no_grad():
+        out = block(hidden)
+    assert calls == ["token"]
+    forced = model_with("prompt", visual="concat", num_layers=1)
+    forced.load_state_dict(model.state_dict())
+    set_visual_tokens(forced, *visual)
+    with torch.no_grad():
+        torch.testing.assert_close(excitor_blocks(forced)[0](hidden), out, rtol=1e-5, atol=1e-5)
+    # With the cost of launching operators, a block this small builds the keys at once: decoding uses the memo.
+    monkeypatch.undo()
+    calls = spy_on_orders(monkeypatch)
+    set_visual_tokens(model, visual[0].clone(), visual[1])
+    with torch.no_grad():
+        for _ in range(3):
+            block(hidden[:, :1])
+    assert calls == ["prompt"] * 3
+
+
+def test_key_association_is_validated():
+    with pytest.raises(ValueError, match="key_association must be one of"):
+        ExcitorConfig(key_association="keys")
+    assert ExcitorConfig().key_association == "auto"
