@@ -155,11 +155,14 @@ def _size(scene: Scene, config: ShapesConfig, rng: random.Random) -> Question | 
 
 
 def _count(scene: Scene, config: ShapesConfig, rng: random.Random) -> Question:
-    """The answer is drawn uniformly from the counts the scene offers, so that "0" or "1" does not dominate."""
+    """The answer is drawn uniformly from the counts the scene offers, so that "0" or "1" does not dominate, and
+    the wrong options are the other counts a scene of this config can have (a one-object scene: "0" or "1"), so
+    that no option is wrong on its face."""
     counts = {shape: sum(o.shape == shape for o in scene.objects) for shape in config.shapes}
     n = rng.choice(sorted(set(counts.values())))
     shape = rng.choice([s for s, k in counts.items() if k == n])
-    others = tuple(str(k) for k in range(max(3, config.max_objects) + 1) if k != n)
+    most = 1 if config.difficulty == "simple" else config.max_objects
+    others = tuple(str(k) for k in range(most + 1) if k != n)
     noun = shape if n == 1 else shape + "s"
     return Question("count", f"How many {shape}s are in the picture?", str(n), others,
                     f"There {'is' if n == 1 else 'are'} {n} {noun} in the picture.")
@@ -192,14 +195,20 @@ def _relation(scene: Scene, config: ShapesConfig, rng: random.Random) -> Questio
 
 
 def _describe(scene: Scene, config: ShapesConfig, rng: random.Random) -> Question | None:
-    """Wrong sentences change one attribute of one object, so only the picture tells them apart."""
+    """Wrong sentences recolour and/or reshape one object, with colours and shapes from a grid of up to 3 x 3
+    around the true ones. Every option is then a cell of the same grid and none is the "centre" that the others
+    vary around (as the answer is when each wrong sentence changes one attribute: the option sharing the most
+    words with the others), so only the picture tells them apart."""
+    index = rng.randrange(len(scene.objects))
+    obj = scene.objects[index]
+    colours = [obj.colour, *rng.sample([c for c in config.colours if c != obj.colour], min(2, len(config.colours) - 1))]
+    shapes = [obj.shape, *rng.sample([s for s in config.shapes if s != obj.shape], min(2, len(config.shapes) - 1))]
     answer = canonical_caption(scene, config.mention_size)
     wrong: dict[str, None] = {}
-    for i, obj in enumerate(scene.objects):
-        variants = [ShapeObject(obj.shape, c, obj.size, obj.position, obj.x, obj.y) for c in config.colours]
-        variants += [ShapeObject(s, obj.colour, obj.size, obj.position, obj.x, obj.y) for s in config.shapes]
-        for variant in variants:
-            changed = Scene(scene.objects[:i] + (variant,) + scene.objects[i + 1:], scene.noise_seed)
+    for colour in colours:
+        for shape in shapes:
+            variant = ShapeObject(shape, colour, obj.size, obj.position, obj.x, obj.y)
+            changed = Scene(scene.objects[:index] + (variant,) + scene.objects[index + 1:], scene.noise_seed)
             wrong[canonical_caption(changed, config.mention_size)] = None
     wrong.pop(answer, None)
     if not wrong:

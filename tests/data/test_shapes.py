@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import random
 import re
 import subprocess
 import sys
@@ -22,7 +23,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from data.shapes import ShapesConfig, ShapesManifest, generate_shapes_dataset
-from data.shapes_scene import BACKGROUND, PALETTE, PLACE, RADIUS, SHAPES, caption_scene, item_rng, sample_scene
+from data.shapes_questions import AnswerSlots, scene_question, to_problem
+from data.shapes_scene import (BACKGROUND, PALETTE, PLACE, RADIUS, SHAPES, SIZES, caption_scene, item_rng,
+                               sample_scene)
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 96  # big enough for the fill ratio to tell a small triangle from a small star
@@ -267,6 +270,46 @@ def test_image_questions_need_the_image_and_text_only_ones_are_answered_by_the_h
             assert answer in p["hint"], pid
             checked["hint"] += 1
     assert checked["image colour"] > 10 and checked["hint"] > 10
+
+
+def _blind_accuracy(config: ShapesConfig, kind: str, rule, n: int = 3000) -> tuple[float, float]:
+    """(accuracy of a text-only `rule`, chance) over the `kind` questions of `n` scenes; `rule(choices)` returns
+    the indices it finds equally good, scored as a fraction."""
+    slots = AnswerSlots(random.Random(0))
+    hits = chance = total = 0.0
+    for index in range(n):
+        rng = item_rng(config.seed, "test", index)
+        question = scene_question(sample_scene(config, rng), config, rng)
+        if question.kind != kind:
+            continue
+        problem = to_problem(question, rng, slots, hint="", image="image.png", split="test")
+        picked = rule(problem["choices"])
+        hits += (problem["answer"] in picked) / len(picked)
+        chance += 1 / len(problem["choices"])
+        total += 1
+    assert total > 300, (kind, total)
+    return hits / total, chance / total
+
+
+def _most_shared_words(choices: list[str]) -> list[int]:
+    words = Counter(w for c in choices for w in set(c.split()))
+    scores = [sum(words[w] for w in set(c.split())) for c in choices]
+    return [i for i, s in enumerate(scores) if s == max(scores)]
+
+
+@pytest.mark.parametrize("difficulty", ["simple", "compositional"])
+def test_sentence_options_do_not_give_the_answer_away(difficulty: str) -> None:
+    # When each wrong sentence changed one attribute of the answer, this rule found it 72% of the time (chance 32%).
+    config = ShapesConfig(difficulty=difficulty, sizes=("large",) if difficulty == "simple" else SIZES)
+    accuracy, chance = _blind_accuracy(config, "describe", _most_shared_words)
+    assert abs(accuracy - chance) < 0.06, (accuracy, chance)
+
+
+def test_count_options_of_one_object_scenes_are_counts_it_can_have() -> None:
+    # With "2" and "3" among the options of a one-object scene, picking "0" or "1" was right 66% of the time (chance 36%).
+    config = ShapesConfig(difficulty="simple", sizes=("large",))
+    accuracy, chance = _blind_accuracy(config, "count", lambda choices: [i for i, c in enumerate(choices) if c in ("0", "1")])
+    assert chance == 0.5 and accuracy == 0.5
 
 
 def test_pid_splits_are_disjoint_and_cover_every_problem(shapes: ShapesManifest,
