@@ -32,8 +32,10 @@ def caption_example(caption: str, template: CaptionTemplate = CaptionTemplate())
     return template.prompt, template.target.format(caption=caption)
 
 
-# ScienceQA, after lupantech/ScienceQA models/base_prompt.py (create_one_example), without captions.
-SCIENCEQA_FORMATS = ("QCM-A", "CQM-A", "QCM-LEA")
+# ScienceQA, after lupantech/ScienceQA models/base_prompt.py (create_one_example), without captions; plus
+# QCM-option (not an official format): the same prompt answered by the option's own text, which is what the
+# multiple-choice likelihood protocol (eval.scienceqa_likelihood) scores instead of a letter.
+SCIENCEQA_FORMATS = ("QCM-A", "CQM-A", "QCM-LEA", "QCM-option")
 OPTION_LETTERS = string.ascii_uppercase
 
 
@@ -70,7 +72,9 @@ def scienceqa_example(
     else:  # CQM
         text_in = f"Context: {context}\nQuestion: {question}\nOptions: {options}\n"
     letter = OPTION_LETTERS[answer]
-    if output_format == "A":
+    if output_format == "option":
+        text_out = f"Answer: {choices[answer]}"
+    elif output_format == "A":
         text_out = f"Answer: The answer is {letter}."
     else:  # LEA
         lec = lecture.replace("\n", "\\n")

@@ -23,6 +23,10 @@ from .generation import Decoding
 from .vision import VisionEncoder
 
 
+IGNORE_INDEX = -100
+"""Hugging Face's label for positions the loss leaves out (prompt, padding, inserted slots)."""
+
+
 class VisualProjection(nn.Module):
     """phi = LayerNorm o Linear(D -> C): puts visual tokens on the LM's hidden-state scale."""
 
@@ -169,6 +173,33 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
         finally:
             self.train(was_training)
         return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def label_log_likelihoods(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        images: torch.Tensor | None = None,
+        visual_tokens: torch.Tensor | None = None,
+        has_image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Each row's summed log-probability of its labelled tokens (IGNORE_INDEX elsewhere), for a collated training
+        batch: how the multiple-choice likelihood protocol ranks answers, whatever the method."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(input_ids, attention_mask, images=images, visual_tokens=visual_tokens, has_image=has_image)
+        finally:
+            self.train(was_training)
+        logits = self.text_logits(out.logits, attention_mask.to(out.logits.device))[:, :-1].float()
+        targets = labels[:, 1:].to(logits.device)
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        return (logp * (targets != IGNORE_INDEX)).sum(-1)
+
+    def text_logits(self, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The logits at the text's own positions (B x T x V); methods that insert positions override it."""
+        return logits
 
     def pad_token_id(self) -> int:
         pad = self.tokenizer.pad_token_id

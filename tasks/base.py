@@ -93,6 +93,10 @@ class Task(abc.ABC):
         """Score an output file of the eval split, write the report into `out_dir`, return the headline metrics on
         the scale papers report them (CIDEr 146.1, accuracy 88.4)."""
 
+    def protocol(self, config: Any) -> str:
+        """How the scores are made, printed and stored next to them (a task with one protocol: its scorer's)."""
+        return "official scorer"
+
     def for_split(self, config: Any, split: str) -> Any:
         """The run config that evaluates `split` (its data section's eval split set to it)."""
         return dataclasses.replace(config, data=dataclasses.replace(config.data, eval_split=split))
@@ -110,14 +114,25 @@ class Task(abc.ABC):
         only if they came from the same adapter weights."""
         table = {}
         for run, dataset in (("image", data.eval), ("blind", ImageBlind(data.eval))):
-            merged = generate_outputs(
-                model, dataset, collator, task=self.name, id_key=self.id_key, decoding=decoding,
-                output=out_dir / run / self.output_name, write_output=self.write_outputs, rank=rank,
-                world_size=world_size, source={"adapter": adapter_fingerprint, "images": run == "image"},
-            )
-            if merged is not None:
-                table[run] = self.score(merged, config, data, out_dir / run, decoding, allow_subset)
+            source = {"adapter": adapter_fingerprint, "images": run == "image"}
+            metrics = self.evaluate_run(model, config, data, dataset, collator, decoding, out_dir / run, source=source,
+                                        rank=rank, world_size=world_size, allow_subset=allow_subset)
+            if metrics is not None:
+                table[run] = metrics
         return table or None
+
+    def evaluate_run(
+        self, model: GenerativeModel, config: Any, data: TaskData, dataset: EvalDataset, collator: Collator,
+        decoding: Decoding, out_dir: Path, *, source: dict[str, Any], rank: int, world_size: int, allow_subset: bool,
+    ) -> dict[str, float] | None:
+        """One pass of `evaluate`: generate `dataset`'s outputs (sharded, resumable), then, on the merging rank,
+        score them into `out_dir` and return the headline metrics (None on the other ranks)."""
+        merged = generate_outputs(
+            model, dataset, collator, task=self.name, id_key=self.id_key, decoding=decoding,
+            output=out_dir / self.output_name, write_output=self.write_outputs, rank=rank, world_size=world_size,
+            source=source,
+        )
+        return None if merged is None else self.score(merged, config, data, out_dir, decoding, allow_subset)
 
     def sample(self, model: Any, data: TaskData, collator: Collator, decoding: Decoding, n: int = 4) -> list[dict]:
         """A few generations from the eval (or validation) split, logged during training."""

@@ -76,10 +76,11 @@ def train(task: Task, argv: Sequence[str]) -> dict[str, Any]:
                                   adapter_fingerprint=trainer.adapter_fingerprint, rank=dist.rank,
                                   world_size=dist.world_size)
         if table is not None:
-            summary["eval"] = table
+            summary["eval"], summary["eval_protocol"] = table, task.protocol(config)
             atomic_write_json(Path(config.train.output_dir) / SUMMARY_FILE, summary)
             clip = config.model.vision.pretrained or "RANDOM-INIT"
-            print(f"\n{task.name} scores on the {config.data.eval_split} split (CLIP: {clip}):")
+            print(f"\n{task.name} scores on the {config.data.eval_split} split, {summary['eval_protocol']} "
+                  f"(CLIP: {clip}):")
             print(format_comparison(table))
     cleanup_distributed()
     return summary

@@ -9,6 +9,7 @@ from typing import Any
 from data.datasets import ScienceQADataset
 from data.scienceqa import load_scienceqa
 from eval.scienceqa import score_predictions_file, write_answers
+from eval.scienceqa_likelihood import LIKELIHOOD_FORMAT, PROTOCOL, evaluate_likelihood
 from mm_excitor.factory import ModelConfig
 from mm_excitor.generation import Decoding
 from mm_excitor.train import TrainConfig
@@ -24,6 +25,8 @@ class ScienceQADataConfig:
     val_split: str | None = "val"
     eval_split: str = "test"
     prompt_format: str = "QCM-A"
+    """QCM-A (the official letter protocol), CQM-A, QCM-LEA, or QCM-option: answers are the options' texts and
+    evaluation ranks the options by likelihood (eval.scienceqa_likelihood; a second protocol, reported as such)."""
     feature_cache: str | None = None
     max_length: int = 512
     on_bad_image: str = "error"
@@ -60,6 +63,27 @@ class ScienceQATask(Task):
         identity = data_fingerprint([p.pid, p.answer, p.image_key] for p in train.problems) if train else {}
         some = train or val or test
         return TaskData(train, val, test, blank=some.blank() if some is not None else {}, identity=identity)
+
+    def protocol(self, config: ScienceQARunConfig) -> str:
+        if config.data.prompt_format == LIKELIHOOD_FORMAT:
+            return PROTOCOL
+        return "official letter protocol (the option letter read from the generated answer)"
+
+    def evaluate_run(
+        self, model: Any, config: ScienceQARunConfig, data: TaskData, dataset: Any, collator: Any,
+        decoding: Decoding, out_dir: Path, *, source: dict[str, Any], rank: int, world_size: int, allow_subset: bool,
+    ) -> dict[str, Any] | None:
+        """The letter protocol generates and reads letters (Task.evaluate_run); the likelihood protocol scores every
+        option on rank 0 (nothing to generate, nothing to shard)."""
+        if config.data.prompt_format != LIKELIHOOD_FORMAT:
+            return super().evaluate_run(model, config, data, dataset, collator, decoding, out_dir, source=source,
+                                        rank=rank, world_size=world_size, allow_subset=allow_subset)
+        if rank != 0:
+            return None
+        scores = evaluate_likelihood(model, dataset, collator, Path(config.data.root) / "problems.json", out_dir,
+                                     split=config.data.eval_split, batch_size=decoding.batch_size,
+                                     allow_subset=allow_subset, source=source)
+        return {name: accuracy.percent for name, accuracy in scores.categories.items()}
 
     def write_outputs(self, records: list[dict], path: Path) -> None:
         write_answers(records, path)

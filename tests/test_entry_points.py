@@ -58,6 +58,16 @@ def test_train_scienceqa_scores_the_official_breakdown(assets, tmp_path):
     assert set(official) >= {"results"} and official["results"]
 
 
+def test_train_scienceqa_option_format_is_scored_by_option_likelihood(assets, tmp_path):
+    summary = train_scienceqa.main(common(assets, tmp_path / "run") + [
+        f"data.root={assets / 'shapes' / 'scienceqa'}", "data.max_length=256", "data.prompt_format=QCM-option",
+    ])
+    assert set(summary["eval"]) == {"image", "blind"} and summary["eval_protocol"].startswith("option likelihood")
+    for run in summary["eval"]:
+        report = json.loads((tmp_path / "run" / "eval" / "step-3" / run / "scienceqa_scores.json").read_text())
+        assert report["decoding"]["protocol"].startswith("option likelihood") and report["n_unparsed"] == 0
+
+
 def test_unknown_config_key_lists_the_valid_ones(assets, tmp_path):
     with pytest.raises(ValueError, match="did you mean 'train.blr'"):
         train_caption.main(common(assets, tmp_path) + ["train.blrr=1"])

@@ -290,6 +290,20 @@ def test_the_loss_is_the_summed_label_loss_over_num_items_in_batch(method):
     torch.testing.assert_close(summed, mean * batch.num_label_tokens, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ALL)
+def test_label_log_likelihoods_are_each_rows_own_summed_label_log_probability(method):
+    """The multiple-choice likelihood protocol's scores: row by row, minus the loss of that row alone (padding,
+    the prefix's slots and the other rows change nothing)."""
+    model = perturb(build(method)).eval()
+    batch = collator()(items())
+    scores = model.label_log_likelihoods(**batch.inputs)
+    for row, item in enumerate(items()):
+        alone = collator()([item])
+        with torch.no_grad():
+            loss = model(**alone.inputs, num_items_in_batch=1.0).loss
+        torch.testing.assert_close(scores[row], -loss, rtol=1e-4, atol=1e-4, msg=f"row {row}")
+
+
 # --- checkpoints -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ALL)

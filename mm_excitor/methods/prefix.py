@@ -23,13 +23,12 @@ import torch
 from torch import nn
 
 from ..generation import Decoding
-from ..multimodal import VisionLanguageModel
+from ..multimodal import IGNORE_INDEX, VisionLanguageModel
 from ..vision import VisionEncoder
 
 if TYPE_CHECKING:
     from ..factory import ModelConfig
 
-IGNORE_INDEX = -100
 PROJECTORS = ("mlp2x_gelu", "linear")
 
 
@@ -131,6 +130,16 @@ class VisualPrefixModel(VisionLanguageModel):
             return inputs if labels is None else {**inputs, "labels": labels}
         embeds = self.language_model.get_input_embeddings()(input_ids)
         return insert_prefix(embeds, attention_mask, self.projector(tokens), has_image, labels)
+
+    def text_logits(self, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Drop each row's prefix slots (just before its first real token, see `insert_prefix`)."""
+        size = logits.shape[1] - attention_mask.shape[1]
+        if size == 0:
+            return logits
+        start = (attention_mask.cumsum(1) == 0).sum(1, keepdim=True)
+        positions = torch.arange(attention_mask.shape[1], device=logits.device)[None]
+        index = torch.where(positions >= start, positions + size, positions)
+        return logits.gather(1, index[..., None].expand(-1, -1, logits.shape[2]))
 
     def forward_ids(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,

@@ -100,6 +100,13 @@ def test_lea_with_empty_lecture_collapses_the_double_space():
         " Ozone (O3) is made of oxygen atoms only. So, ozone is an elementary substance. The answer is B.")
 
 
+def test_qcm_option_keeps_the_qcm_prompt_and_answers_with_the_option_text():
+    problem = _problem("7", "test")
+    prompt, target = build_example(problem, "QCM-option")
+    assert prompt == build_example(problem, "QCM-A")[0]
+    assert target == " a good"
+
+
 def test_unknown_prompt_format():
     with pytest.raises(ValueError, match="unknown ScienceQA prompt format 'QCM-X'"):
         scienceqa_example("q", "", ["a", "b"], 0, fmt="QCM-X")
