@@ -43,17 +43,23 @@ class TaskPreset:
     """The headline held-out metric (as the task reports it)."""
     columns: tuple[str, ...]
     """Metrics shown with images and without them."""
+    overrides: tuple[str, ...] = ()
+    """Run-config overrides that make the preset (e.g. the likelihood protocol's answer format)."""
 
 
+SCIENCEQA_COLUMNS = ("Avg", "NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
 PRESETS = {
     "shapes-caption": TaskPreset("caption", "configs/demo.yaml", 300, "CIDEr",
                                  ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr")),
-    "shapes-sqa": TaskPreset("scienceqa", "configs/shapes_scienceqa.yaml", 300, "Avg",
-                             ("Avg", "NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")),
+    "shapes-sqa": TaskPreset("scienceqa", "configs/shapes_scienceqa.yaml", 300, "Avg", SCIENCEQA_COLUMNS),
+    # the second, clearly separate protocol: answers are option texts, options ranked by likelihood
+    "shapes-sqa-likelihood": TaskPreset("scienceqa", "configs/shapes_scienceqa.yaml", 500, "Avg", SCIENCEQA_COLUMNS,
+                                        ("data.prompt_format=QCM-option",)),
 }
 LEARNING_RATES = {
     "shapes-caption": {"excitor": 5e-3, "lora": 5e-3, "llama_adapter": 5e-3, "prefix": 5e-3},
     "shapes-sqa": {"excitor": 5e-3, "lora": 5e-3, "llama_adapter": 5e-3, "prefix": 5e-3},
+    "shapes-sqa-likelihood": {"excitor": 5e-3, "lora": 5e-3, "llama_adapter": 5e-3, "prefix": 5e-3},
 }
 """Each method's learning rate per task: the best validation loss of the sweep (bench/README.md)."""
 
@@ -69,7 +75,7 @@ def run_method(preset: TaskPreset, method: str, lr: float, steps: int, out: Path
             return summary
     args = [sys.executable, f"train_{preset.task}.py", "--config", preset.recipe, f"model.method={method}",
             f"train.lr={lr}", f"train.max_steps={steps}", f"train.output_dir={out}", "train.resume=latest",
-            "train.progress_bar=false", f"evaluate={str(evaluate).lower()}", *overrides]
+            "train.progress_bar=false", f"evaluate={str(evaluate).lower()}", *preset.overrides, *overrides]
     print(f"{method}: training {steps} steps at lr {lr:g} -> {out}", flush=True)
     result = subprocess.run(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     if result.returncode != 0:
@@ -124,11 +130,12 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             "train_time_s": summary["train_time_s_total"],
             "peak_memory_bytes": summary["peak_memory_bytes"], "peak_memory_kind": summary["peak_memory_kind"],
             "tokens_per_s": summary["tokens_per_s"],
+            "protocol": summary.get("eval_protocol"),
             "image": summary["eval"]["image"], "blind": summary["eval"]["blind"],
             "generation_tokens_per_s": generation_speed(preset, run_dir, args.gen_prompts, args.gen_tokens),
         })
     results = {"task": args.task, "recipe": preset.recipe, "steps": steps, "metric": preset.metric,
-               "columns": list(preset.columns), "overrides": args.override, "rows": rows}
+               "columns": list(preset.columns), "overrides": [*preset.overrides, *args.override], "rows": rows}
     atomic_write_json(out / "compare.json", results)
     atomic_write_text(out / "compare.md", markdown(results))
     plot(results, out / "compare.png")
@@ -165,7 +172,9 @@ def markdown(results: dict[str, Any]) -> str:
     columns = results["columns"]
     header = ["method", "trainable params", "step (s)", "peak memory", "tokens/s",
               *[f"{c} image" for c in columns], f"{results['metric']} blind", "gen tokens/s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    protocols = sorted({str(row.get("protocol")) for row in results["rows"]})
+    lines = [f"{results['task']}, {results['steps']} steps per method; scored by: {'; '.join(protocols)}", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results["rows"]:
         cells = [row["method"], f"{row['trainable_parameters']:,}", f"{row['step_s']:.2f}",
                  f"{row['peak_memory_bytes'] / 2**30:.2f} GiB", f"{row['tokens_per_s']:.0f}",

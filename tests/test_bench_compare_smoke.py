@@ -53,3 +53,18 @@ def test_compare_trains_each_method_once_and_writes_the_table(assets, tmp_path, 
 def test_an_unknown_method_is_a_one_line_error():
     with pytest.raises(SystemExit, match="unknown method"):
         compare.main(["--task", "shapes-caption", "--methods", "excitor,lorra"])
+
+
+def test_the_likelihood_preset_runs_the_second_protocol_and_says_so(assets, tmp_path):
+    caption_only = {"data.train_annotations", "data.image_root"}
+    overrides = tiny_overrides(assets)
+    pairs = [(flag, value) for flag, value in zip(overrides[::2], overrides[1::2])
+             if value.split("=")[0] not in caption_only]
+    argv = ["--task", "shapes-sqa-likelihood", "--methods", "excitor", "--steps", "2", "--out", str(tmp_path),
+            "--gen-prompts", "2", "--gen-tokens", "2", "--override", f"data.root={assets / 'shapes' / 'scienceqa'}",
+            "--override", "data.max_length=256", *[item for pair in pairs for item in pair]]
+    results = compare.main(argv)
+    assert "data.prompt_format=QCM-option" in results["overrides"]
+    (row,) = results["rows"]
+    assert "likelihood" in row["protocol"] and "Avg" in row["image"] and "IMG" in row["blind"]
+    assert "option likelihood" in (tmp_path / "compare.md").read_text().splitlines()[0]
