@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SMOLLM2 := .cache/smollm2-135m-instruct
 SHAPES := .cache/shapes-demo
 
-.PHONY: setup test test-slow demo bench clean
+.PHONY: setup test test-slow demo bench compare clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ $(SHAPES)/manifest.json: $(STAMP)
 # Train the captioner on the embedded default, then score it next to the image-blind control.
 demo: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 	$(PY) train_caption.py --config configs/demo.yaml
+
+# The method comparison tables of the README (each method trains in its own resumable run under runs/compare/).
+compare: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
+	$(PY) -m bench.compare --task shapes-caption
+	$(PY) -m bench.compare --task shapes-sqa-likelihood
 
 bench: $(STAMP)
 	$(PY) bench/excitor_overhead.py

@@ -6,11 +6,13 @@ the same data, prompts, budget and scorer, each next to its image-blind control.
     python -m bench.compare --task shapes-caption --sweep 2e-3,5e-3,1e-2 --steps 100    # the learning-rate sweep
 
 Every method trains with the same recipe (configs/demo.yaml or configs/shapes_scienceqa.yaml): the same steps,
-batch, data order and seed, and its own learning rate (LEARNING_RATES, from the sweep in bench/README.md). Each
+batch, data order and seed, and its own learning rate (LEARNING_RATES; `--sweep` finds it by validation loss). Each
 run is `train_<task>.py` in its own process (its peak memory is its own) with `train.resume=latest` in
 `<out>/<method>`, so an interrupted comparison continues where it stopped and a finished method is not trained
 again. After training, the run's own evaluation scores the held-out test split with the images and without them.
-Then generation speed is measured on the same prompts for every method. Writes `<out>/compare.json`,
+Then generation speed is measured on the same prompts for every method, and every method's training step is timed
+again on one fixed batch, all methods interleaved in one process: the runs' own step times depend on what else the
+machine did while each ran, the side-by-side ratios do not. Writes `<out>/compare.json`,
 `<out>/compare.md` and `<out>/compare.png` (held-out metric against training wall-clock time and against
 trainable parameters).
 """
@@ -49,7 +51,7 @@ class TaskPreset:
 
 SCIENCEQA_COLUMNS = ("Avg", "NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
 PRESETS = {
-    "shapes-caption": TaskPreset("caption", "configs/demo.yaml", 300, "CIDEr",
+    "shapes-caption": TaskPreset("caption", "configs/demo.yaml", 100, "CIDEr",
                                  ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr")),
     "shapes-sqa": TaskPreset("scienceqa", "configs/shapes_scienceqa.yaml", 300, "Avg", SCIENCEQA_COLUMNS),
     # the second, clearly separate protocol: answers are option texts, options ranked by likelihood
@@ -61,7 +63,9 @@ LEARNING_RATES = {
     "shapes-sqa": {"excitor": 5e-3, "lora": 5e-3, "llama_adapter": 5e-3, "prefix": 5e-3},
     "shapes-sqa-likelihood": {"excitor": 5e-3, "lora": 5e-3, "llama_adapter": 5e-3, "prefix": 5e-3},
 }
-"""Each method's learning rate per task: the best validation loss of the sweep (bench/README.md)."""
+"""Each method's learning rate per task. Today all are the demo's 5e-3 (the rate the Excitor demo was tuned at),
+not yet a per-method sweep: `--sweep` costs ~3 x 4 short runs per task, beyond the 2-core budget the tables were
+made in (README "Method comparison"). Replace a value only with a sweep's winner."""
 
 
 def run_method(preset: TaskPreset, method: str, lr: float, steps: int, out: Path, overrides: list[str],
@@ -110,6 +114,41 @@ def generation_speed(preset: TaskPreset, output_dir: Path, prompts: int, new_tok
     return len(items) * new_tokens / elapsed
 
 
+def side_by_side_step_times(preset: TaskPreset, methods: list[str], overrides: list[str],
+                            repeats: int) -> dict[str, float]:
+    """Median seconds per training step (forward, backward, AdamW) of each method on one fixed training batch of
+    the recipe, timed interleaved in this one process after a warm-up round: every method sees the same machine
+    load, so the ratios between them hold even where the separate runs' step times were measured under other
+    loads."""
+    import torch
+
+    from mm_excitor.recipe import load_config
+    from tasks import get_task
+    from tasks.run import build
+
+    task = get_task(preset.task)
+    steps = {}
+    for method in methods:
+        config = load_config(task.config_class, REPO / preset.recipe,
+                             [*preset.overrides, *overrides, f"model.method={method}", "train.device=cpu"])
+        torch.manual_seed(config.train.seed)
+        model, data = build(task, config, torch.device("cpu"), ("train",))
+        batch = task.collator(model.tokenizer, config, data)(
+            [data.train[i] for i in range(min(config.train.batch_size, len(data.train)))])
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.train.lr)
+        steps[method] = (model.train(), batch, optimizer)
+    times: dict[str, list[float]] = {method: [] for method in methods}
+    for round_ in range(repeats + 1):
+        for method, (model, batch, optimizer) in steps.items():
+            start = time.perf_counter()
+            model(**batch.inputs).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if round_:  # round 0 warms up
+                times[method].append(time.perf_counter() - start)
+    return {method: statistics.median(values) for method, values in times.items()}
+
+
 def trainable_parameters(output_dir: Path, steps: int) -> int:
     return int(read_json(output_dir / "checkpoints" / f"step-{steps}" / "adapter_config.json")["num_parameters"])
 
@@ -134,6 +173,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             "image": summary["eval"]["image"], "blind": summary["eval"]["blind"],
             "generation_tokens_per_s": generation_speed(preset, run_dir, args.gen_prompts, args.gen_tokens),
         })
+    if args.side_by_side_repeats:
+        side_by_side = side_by_side_step_times(preset, args.methods, args.override, args.side_by_side_repeats)
+        for row in rows:
+            row["step_s_side_by_side"] = side_by_side[row["method"]]
     results = {"task": args.task, "recipe": preset.recipe, "steps": steps, "metric": preset.metric,
                "columns": list(preset.columns), "overrides": [*preset.overrides, *args.override], "rows": rows}
     atomic_write_json(out / "compare.json", results)
@@ -170,13 +213,17 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     columns = results["columns"]
-    header = ["method", "trainable params", "step (s)", "peak memory", "tokens/s",
+    side_by_side = all("step_s_side_by_side" in row for row in results["rows"])
+    reference = next((row for row in results["rows"] if row["method"] == "excitor"), results["rows"][0])
+    header = ["method", "trainable params", "step (s)",
+              *([f"step / {reference['method']}'s, side by side"] if side_by_side else []), "peak memory", "tokens/s",
               *[f"{c} image" for c in columns], f"{results['metric']} blind", "gen tokens/s"]
     protocols = sorted({str(row.get("protocol")) for row in results["rows"]})
     lines = [f"{results['task']}, {results['steps']} steps per method; scored by: {'; '.join(protocols)}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results["rows"]:
         cells = [row["method"], f"{row['trainable_parameters']:,}", f"{row['step_s']:.2f}",
+                 *([f"{row['step_s_side_by_side'] / reference['step_s_side_by_side']:.2f}"] if side_by_side else []),
                  f"{row['peak_memory_bytes'] / 2**30:.2f} GiB", f"{row['tokens_per_s']:.0f}",
                  *[_number(row["image"].get(c)) for c in columns], _number(row["blind"].get(results["metric"])),
                  f"{row['generation_tokens_per_s']:.1f}"]
@@ -230,6 +277,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="learning rates to try for each method (short runs; the best validation loss wins)")
     parser.add_argument("--gen-prompts", type=int, default=16, help="prompts in the generation-speed batch")
     parser.add_argument("--gen-tokens", type=int, default=8, help="new tokens per prompt when timing generation")
+    parser.add_argument("--side-by-side-repeats", type=int, default=3,
+                        help="timed rounds of the interleaved one-batch step timing of every method (0: skip it)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a run-config override applied to every method (repeatable)")
     return parser.parse_args(argv)

@@ -39,10 +39,10 @@ def test_compare_trains_each_method_once_and_writes_the_table(assets, tmp_path, 
     for row in results["rows"]:
         assert row["trainable_parameters"] > 0 and row["step_s"] > 0 and row["peak_memory_bytes"] > 0
         assert set(row["image"]) >= {"CIDEr", "Bleu_4"} and set(row["blind"]) >= {"CIDEr"}
-        assert row["generation_tokens_per_s"] > 0
+        assert row["generation_tokens_per_s"] > 0 and row["step_s_side_by_side"] > 0
     assert [r["method"] for r in json.loads((tmp_path / "compare.json").read_text())["rows"]] == methods
     table = (tmp_path / "compare.md").read_text()
-    assert all(f"| {method} |" in table for method in methods)
+    assert all(f"| {method} |" in table for method in methods) and "excitor's, side by side" in table
     assert (tmp_path / "compare.png").stat().st_size > 1000
     capsys.readouterr()
     compare.main(argv)  # a finished method is not trained again
