@@ -9,9 +9,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
-NEUTRAL_LOGIT_PROCESSING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_p": 0.0, "typical_p": 1.0,
-                            "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+NEUTRAL_LOGIT_PROCESSING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
 """Settings a model's generation_config.json may hold that this record does not offer: always off."""
+NEUTRAL_SAMPLING = {"min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+"""The same for the sampling-only warpers: off when sampling, unset when greedy (where transformers ignores them and
+warns that a set one is not valid)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Decoding:
             **NEUTRAL_LOGIT_PROCESSING,
         )
         if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0, **NEUTRAL_SAMPLING)
         else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+            kwargs.update(temperature=None, top_p=None, top_k=None, **dict.fromkeys(NEUTRAL_SAMPLING))
         return kwargs

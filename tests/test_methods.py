@@ -440,3 +440,18 @@ def test_llama_adapter_settings_that_cannot_work_are_refused():
     flex.config._attn_implementation_internal = "flex_attention"
     with pytest.raises(ValueError, match="runs on attn_implementation eager or sdpa, not 'flex_attention'"):
         apply_adaption_prompts(flex, LlamaAdapterSettings(adapter_layers=1))
+
+
+@pytest.mark.parametrize("method", ["excitor", "prefix"])
+def test_greedy_output_ignores_the_model_generation_config_and_sets_no_sampling_flag(method, encoder):
+    """Scores depend on the Decoding record alone: a generation_config.json's penalties and warpers change nothing,
+    and greedy decoding passes no sampling-only flag (transformers warns that such a flag is not valid)."""
+    model = perturb(build(method, vision=encoder), std=0.1)
+    prompts = collator("image", (3, 32, 32)).prompts(items(key="image", shape=(3, 32, 32), targets=False))
+    greedy = Decoding(max_new_tokens=5)
+    plain = model.generate(**prompts.inputs, decoding=greedy)
+    config = model.language_model.generation_config
+    config.repetition_penalty, config.no_repeat_ngram_size, config.min_p, config.typical_p = 5.0, 1, 0.5, 0.2
+    assert model.generate(**prompts.inputs, decoding=greedy) == plain
+    kwargs = greedy.generate_kwargs(pad_token_id=0, eos_token_id=1)
+    assert all(kwargs[name] is None for name in ("temperature", "top_p", "top_k", "min_p", "typical_p"))
