@@ -59,9 +59,14 @@ def delia_items(config: DeliaMixConfig, task_items: int) -> list[dict[str, Any]]
 def delia_item(record: dict[str, Any], index: int) -> dict[str, Any]:
     """A text-only training item from one self-sampled record (`index`: its line, the id if it has none)."""
     user, assistant = record["messages"]
-    prompt, target = instruction_example(user["content"], assistant["content"])
-    return {"prompt": prompt, "target": target, "has_image": False,
-            "meta": {"delia_id": record.get("id", index)}}
+    return instruction_item(user["content"], assistant["content"], {"delia_id": record.get("id", index)})
+
+
+def instruction_item(query: str, answer: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """A text-only item of a general instruction and its answer, through the one instruction template (what DELIA
+    trains on, and what the ablation's retention measure scores)."""
+    prompt, target = instruction_example(query, answer)
+    return {"prompt": prompt, "target": target, "has_image": False, "meta": meta}
 
 
 class MixedDataset(Dataset):

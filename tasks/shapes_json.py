@@ -33,7 +33,9 @@ class ShapesJsonDataConfig:
     eval_split: str = "test"
     train_limit: int | None = None
     """Keep a seeded sample of this many training images (the low-resource slice); None keeps all."""
-    train_limit_seed: int = 0
+    eval_limit: int | None = None
+    """Evaluate a seeded sample of this many images of the eval split (CPU budgets); None: the whole split."""
+    limit_seed: int = 0
     feature_cache: str | None = None
     max_length: int = 96
     on_bad_image: str = "error"
@@ -64,7 +66,7 @@ class ShapesJsonTask(Task):
     id_key = "image_id"
     output_name = "answers.jsonl"
     resume_free_keys = (*COMMON_FREE_KEYS, "data.annotations", "data.image_root", "data.val_split",
-                        "data.eval_split")
+                        "data.eval_split", "data.eval_limit")
 
     def build_data(self, config: ShapesJsonRunConfig, visual: VisualSource,
                    splits: Iterable[str] = ("train", "val", "eval")) -> ShapesJsonData:
@@ -77,10 +79,10 @@ class ShapesJsonTask(Task):
             if not name or wanted not in splits:
                 return None
             return ShapesJsonDataset(load_shapes_json(data.annotations, data.image_root, name, limit,
-                                                      data.train_limit_seed), **kwargs)
+                                                      data.limit_seed), **kwargs)
 
         train = split(data.train_split, "train", data.train_limit)
-        val, test = split(data.val_split, "val"), split(data.eval_split, "eval")
+        val, test = split(data.val_split, "val"), split(data.eval_split, "eval", data.eval_limit)
         identity = data_fingerprint([e.image_key, e.colour, e.shape] for e in train.examples) if train else {}
         truth = {e.image_id: (e.colour, e.shape) for e in test.examples} if test else None
         some = train or val or test
