@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SMOLLM2 := .cache/smollm2-135m-instruct
 SHAPES := .cache/shapes-demo
 
-.PHONY: setup test test-slow demo bench clean
+.PHONY: setup test test-slow demo bench delia clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ $(SHAPES)/manifest.json: $(STAMP)
 # Train the captioner on the embedded default, then score it next to the image-blind control.
 demo: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 	$(PY) train_caption.py --config configs/demo.yaml
+
+# DELIA's ablation over R (bench/delia.py): pool, self-samples, one run per R, scores and retention (~35 CPU min).
+delia: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
+	OMP_NUM_THREADS=1 $(PY) -m bench.delia
 
 bench: $(STAMP)
 	$(PY) bench/excitor_overhead.py
