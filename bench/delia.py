@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.compare import TaskPreset, run_method  # noqa: E402
-from mm_excitor.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json  # noqa: E402
+from mm_excitor.io import atomic_write_json, atomic_write_jsonl, atomic_write_text  # noqa: E402
 
 RECIPE = "configs/shapes_json.yaml"
 SEEDS = "data/delia/seed_tasks.jsonl"
@@ -70,7 +70,7 @@ def prepare_pool(args: argparse.Namespace) -> Path:
     return out
 
 
-def split_pool(pool_path: Path, holdout: int, needed: int, cache: Path):
+def split_pool(pool_path: Path, holdout: int, needed: int) -> tuple[list, list]:
     """(records to self-sample, held-out records): the last `holdout` records are held out."""
     from mm_excitor.delia import load_pool
 
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     needed = round(max(args.ratios) * args.task_items)
     pool_path = prepare_pool(args)
-    to_sample, held_out = split_pool(pool_path, args.holdout, needed, args.cache)
+    to_sample, held_out = split_pool(pool_path, args.holdout, needed)
     samples = prepare_samples(args, to_sample, pool_path)
     stages = {"data_s": time.perf_counter() - started}
     rows = []
