@@ -35,7 +35,7 @@ $(SHAPES)/manifest.json: $(STAMP)
 demo: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 	$(PY) train_caption.py --config configs/demo.yaml
 
-# DELIA's ablation over R (bench/delia.py): pool, self-samples, one run per R, scores and retention (~35 CPU min).
+# DELIA's ablation over R (bench/delia.py): pool, self-samples, one run per R, scores, retention (~65 min, 1 thread).
 delia: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 	OMP_NUM_THREADS=1 $(PY) -m bench.delia
 

@@ -113,6 +113,11 @@ def train_ratio(args: argparse.Namespace, ratio: float, samples: Path) -> dict[s
     return {**summary, "bench_wall_s": time.perf_counter() - start}
 
 
+def shown(path: Path) -> str:
+    """A path as recorded in the results: relative to the repository when inside it."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def run_dir(args: argparse.Namespace, ratio: float) -> Path:
     return args.out / f"R{ratio:g}"
 
@@ -173,9 +178,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row["retention_nll"] = kept["tuned"][f"{row['ratio']:g}"]
     stages["retention_s"] = time.perf_counter() - started - stages["data_s"] - stages["runs_s"]
     results = {
-        "method": args.method, "recipe": args.recipe, "model": str(args.model), "task_items": args.task_items,
+        "method": args.method, "recipe": args.recipe, "model": shown(args.model), "task_items": args.task_items,
         "eval_items": args.eval_items, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "pool": str(pool_path), "samples": str(samples), "sampled": needed, "max_new_tokens": args.max_new_tokens,
+        "pool": shown(pool_path), "samples": shown(samples), "sampled": needed, "max_new_tokens": args.max_new_tokens,
         "retention_items": kept["items"], "base_nll": kept["base"], "rows": rows, "overrides": args.override,
         "wall_s": stages,
     }
