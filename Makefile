@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SMOLLM2 := .cache/smollm2-135m-instruct
 SHAPES := .cache/shapes-demo
 
-.PHONY: setup test test-slow demo bench compare clean
+.PHONY: setup test test-slow demo bench compare delia clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ demo: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 compare: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 	$(PY) -m bench.compare --task shapes-caption
 	$(PY) -m bench.compare --task shapes-sqa-likelihood
+
+# DELIA's ablation over R (bench/delia.py): pool, self-samples, one run per R, scores, retention (~65 min, 1 thread).
+delia: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
+	OMP_NUM_THREADS=1 $(PY) -m bench.delia
 
 bench: $(STAMP)
 	$(PY) bench/excitor_overhead.py

@@ -69,21 +69,23 @@ made in (README "Method comparison"). Replace a value only with a sweep's winner
 
 
 def run_method(preset: TaskPreset, method: str, lr: float, steps: int, out: Path, overrides: list[str],
-               evaluate: bool = True) -> dict[str, Any]:
-    """Train (or finish training) one method in its own process; its summary.json."""
+               evaluate: bool = True, label: str | None = None) -> dict[str, Any]:
+    """Train (or finish training) one method in its own process; its summary.json. `label` names the run in the
+    progress lines (default: the method)."""
+    label = label or method
     summary_path = out / "summary.json"
     if summary_path.is_file():
         summary = read_json(summary_path)
         if summary.get("steps") == steps and not summary.get("interrupted") and (not evaluate or "eval" in summary):
-            print(f"{method}: done before ({summary_path})", flush=True)
+            print(f"{label}: done before ({summary_path})", flush=True)
             return summary
     args = [sys.executable, f"train_{preset.task}.py", "--config", preset.recipe, f"model.method={method}",
             f"train.lr={lr}", f"train.max_steps={steps}", f"train.output_dir={out}", "train.resume=latest",
             "train.progress_bar=false", f"evaluate={str(evaluate).lower()}", *preset.overrides, *overrides]
-    print(f"{method}: training {steps} steps at lr {lr:g} -> {out}", flush=True)
+    print(f"{label}: training {steps} steps at lr {lr:g} -> {out}", flush=True)
     result = subprocess.run(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     if result.returncode != 0:
-        raise SystemExit(f"error: {method} failed (exit {result.returncode}); rerun to continue from its checkpoint")
+        raise SystemExit(f"error: {label} failed (exit {result.returncode}); rerun to continue from its checkpoint")
     return read_json(summary_path)
 
 

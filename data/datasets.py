@@ -25,8 +25,10 @@ from torch.utils.data import Dataset
 
 from data.coco import CaptionImage, CaptionSample
 from data.errors import ImageError
+from data.paraphrases import InstructionParaphrases
 from data.prompts import SCIENCEQA_FORMATS, CaptionTemplate, caption_example
 from data.scienceqa import ScienceQAProblem, build_example, problem_meta
+from data.shapes_json import ShapesJsonExample, shapes_json_example
 from mm_excitor.images import ImageReadError, open_rgb
 
 log = logging.getLogger(__name__)
@@ -200,6 +202,32 @@ class ScienceQADataset(_VisualDataset):
         return {"prompt": prompt, "target": target, **visual, "has_image": p.has_image, "meta": problem_meta(p)}
 
 
+class ShapesJsonDataset(_VisualDataset):
+    """The format-following task: one item per image, the instruction prompt and the JSON answer as target
+    (always present; the evaluator ignores it). `meta` holds the truth the scorer compares with."""
+
+    def __init__(self, examples: Sequence[ShapesJsonExample], *, instruction: str,
+                 image_transform: ImageTransform | None = None,
+                 visual_features: Mapping[str, torch.Tensor] | None = None,
+                 on_bad_image: OnBadImage = "error") -> None:
+        super().__init__(image_transform, visual_features, on_bad_image)
+        self.instruction = instruction
+        self.examples = [e for e in examples if self._check(f"image id {e.image_id}", e.image_path, e.image_key)]
+        self._report_skipped("shapes_json set")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict | None:
+        e = self.examples[index]
+        visual = self._visual(f"image id {e.image_id}", e.image_path, e.image_key)
+        if visual is None:
+            return None
+        prompt, target = shapes_json_example(self.instruction, e.colour, e.shape)
+        return {"prompt": prompt, "target": target, **visual, "has_image": True,
+                "meta": {"image_id": e.image_id, "image_key": e.image_key, "colour": e.colour, "shape": e.shape}}
+
+
 class ImageBlind(Dataset):
     """The same items with the image removed (``has_image`` False): the control that shows what the image adds.
 
@@ -217,3 +245,31 @@ class ImageBlind(Dataset):
         if item is None:
             return None
         return {**{k: v for k, v in item.items() if k not in ("image", "visual_tokens")}, "has_image": False}
+
+
+class ParaphrasedDataset(Dataset):
+    """The same items with the task's canonical instruction in each prompt replaced by its paraphrase for the item
+    (`paraphrases.choose(meta[id_key], split)`): "train" paraphrases for training, the disjoint "eval" ones to
+    evaluate under phrasings never trained on. A prompt without the canonical text is an error, not a no-op."""
+
+    def __init__(self, dataset: Dataset, paraphrases: InstructionParaphrases, split: str, id_key: str,
+                 seed: int = 0) -> None:
+        self.dataset = dataset
+        self.paraphrases = paraphrases
+        self.split = split
+        self.id_key = id_key
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict | None:
+        item = self.dataset[index]
+        if item is None:
+            return None
+        canonical = self.paraphrases.canonical
+        if canonical not in item["prompt"]:
+            raise ValueError(f"paraphrase set {self.paraphrases.name!r}: the prompt {item['prompt']!r} (meta "
+                             f"{item.get('meta')}) does not contain its canonical instruction {canonical!r}")
+        text = self.paraphrases.choose(item["meta"][self.id_key], self.split, self.seed)
+        return {**item, "prompt": item["prompt"].replace(canonical, text, 1)}

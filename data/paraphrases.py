@@ -25,6 +25,23 @@ from mm_excitor.io import read_json
 
 PARAPHRASE_DIR = Path(__file__).resolve().parent / "delia"
 SPLITS = ("train", "eval")
+EVAL_CHOICES = ("unseen", "canonical")
+
+
+@dataclass
+class ParaphraseConfig:
+    """`data.paraphrases` of every task's run config: the task instruction paraphrased per example (None: never)."""
+
+    name: str | None = None
+    """A shipped set (`caption`, `shapes_json`) or a set file; its canonical text must be in the task's prompt."""
+    eval: str = "unseen"
+    """Validation and evaluation prompts: 'unseen' (the set's eval paraphrases, never trained on) or 'canonical'."""
+    seed: int = 0
+    """Which paraphrase each example gets (`InstructionParaphrases.choose`)."""
+
+    def __post_init__(self) -> None:
+        if self.eval not in EVAL_CHOICES:
+            raise ValueError(f"data.paraphrases.eval must be one of {EVAL_CHOICES}, got {self.eval!r}")
 
 
 @dataclass(frozen=True)

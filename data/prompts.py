@@ -90,3 +90,17 @@ def scienceqa_example(
 def _official_cleanup(text: str) -> str:
     """The generator's final step: ``text.replace("  ", " ").strip()``."""
     return text.replace("  ", " ").strip()
+
+
+# Instruction items: a general instruction (DELIA's self-sampled answers, data.mix) and the format-following task
+# over the shapes images (tasks.shapes_json) share one frame. "\nAnswer:" is the cue the ScienceQA formats already
+# end with, so a text-only general item and a multimodal task item teach the same prompt -> answer frame and the
+# same answer-only loss; the chat template is not used because no task prompt uses it (a mix of two frames would
+# teach the frame, not the answers).
+INSTRUCTION_PROMPT = "{instruction}\nAnswer:"
+INSTRUCTION_TARGET = " {answer}"
+
+
+def instruction_example(instruction: str, answer: str) -> tuple[str, str]:
+    """(prompt, target) for one instruction and its answer; either may span several lines."""
+    return INSTRUCTION_PROMPT.format(instruction=instruction.strip()), INSTRUCTION_TARGET.format(answer=answer.strip())

@@ -4,8 +4,9 @@ from __future__ import annotations
 from tasks.base import Task
 from tasks.caption import CaptionTask
 from tasks.scienceqa import ScienceQATask
+from tasks.shapes_json import ShapesJsonTask
 
-TASKS: dict[str, Task] = {task.name: task for task in (CaptionTask(), ScienceQATask())}
+TASKS: dict[str, Task] = {task.name: task for task in (CaptionTask(), ScienceQATask(), ShapesJsonTask())}
 
 
 def get_task(name: str) -> Task:

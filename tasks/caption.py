@@ -13,6 +13,8 @@ from data.prompts import CaptionTemplate
 from eval.caption_files import write_results
 from eval.caption_metrics import score_captions
 from eval.report import write_caption_report
+from data.mix import DeliaMixConfig
+from data.paraphrases import ParaphraseConfig
 from mm_excitor.factory import ModelConfig
 from mm_excitor.generation import Decoding
 from mm_excitor.train import TrainConfig
@@ -47,6 +49,8 @@ class CaptionDataConfig:
     """'error' names the file; 'skip' drops and counts unreadable images."""
     prompt: str | None = None
     """Caption instruction; None uses data.prompts.CAPTION_PROMPT."""
+    paraphrases: ParaphraseConfig = field(default_factory=ParaphraseConfig)
+    delia: DeliaMixConfig = field(default_factory=DeliaMixConfig)
 
 
 @dataclass

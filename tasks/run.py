@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 
+from data.datasets import ParaphrasedDataset
+from data.mix import MixedDataset, delia_items
+from data.paraphrases import load_paraphrases
 from data.sampler import ResumableSampler
 from eval.cli import DECODING_OPTIONS
 from eval.generation import generate_outputs
@@ -36,7 +39,7 @@ from mm_excitor.train.reporting import SUMMARY_FILE
 from mm_excitor.train.state import STATE_JSON
 from mm_excitor.train.trainer import RUN_FILE
 from tasks import TASKS, get_task
-from tasks.base import Task, TaskData, VisualSource
+from tasks.base import Task, TaskData, VisualSource, data_fingerprint
 
 
 def eval_dir(output_dir: str | Path, step: int) -> Path:
@@ -49,7 +52,33 @@ def build(task: Task, config: Any, device: torch.device, splits: Sequence[str]) 
     """The model of `config.model` (online encoder, or none when a feature cache provides the tokens) and the
     task's datasets for `splits`."""
     model, image_transform, features = build_model(config.model, config.data.feature_cache, device=device)
-    return model, task.build_data(config, VisualSource(image_transform, features), splits)
+    return model, prepare_data(task, config, task.build_data(config, VisualSource(image_transform, features), splits))
+
+
+def prepare_data(task: Task, config: Any, data: TaskData) -> TaskData:
+    """The data stages every task and method shares, after `build_data`: the task instruction paraphrased per
+    example (`data.paraphrases`: training paraphrases for the training split, unseen ones or the canonical text
+    for validation and evaluation), then DELIA's mix (`data.delia`: R x |task| text-only self-sampled items after
+    the task items). The DELIA items join the data identity, so a run resumed with another mix is refused."""
+    paraphrases = config.data.paraphrases
+    train, val, test = data.train, data.val, data.eval
+    if paraphrases.name:
+        sets = load_paraphrases(paraphrases.name)
+
+        def wrap(dataset: Any, split: str) -> Any:
+            return None if dataset is None else ParaphrasedDataset(dataset, sets, split, task.id_key, paraphrases.seed)
+
+        train = wrap(train, "train")
+        if paraphrases.eval == "unseen":
+            val, test = wrap(val, "eval"), wrap(test, "eval")
+    identity = data.identity
+    if train is not None:
+        items = delia_items(config.data.delia, len(train))
+        if items:
+            train = MixedDataset(train, items)
+            identity = {**identity, "delia": data_fingerprint([i["meta"]["delia_id"], i["prompt"], i["target"]]
+                                                              for i in items)}
+    return dataclasses.replace(data, train=train, val=val, eval=test, identity=identity)
 
 
 def train(task: Task, argv: Sequence[str]) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from data.datasets import ScienceQADataset
 from data.scienceqa import load_scienceqa
 from eval.scienceqa import score_predictions_file, write_answers
 from eval.scienceqa_likelihood import LIKELIHOOD_FORMAT, PROTOCOL, evaluate_likelihood
+from data.mix import DeliaMixConfig
+from data.paraphrases import ParaphraseConfig
 from mm_excitor.factory import ModelConfig
 from mm_excitor.generation import Decoding
 from mm_excitor.train import TrainConfig
@@ -30,6 +32,8 @@ class ScienceQADataConfig:
     feature_cache: str | None = None
     max_length: int = 512
     on_bad_image: str = "error"
+    paraphrases: ParaphraseConfig = field(default_factory=ParaphraseConfig)
+    delia: DeliaMixConfig = field(default_factory=DeliaMixConfig)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """DELIA's data stage: general-instruction pools, the model's own answers to them, and a synthetic pool for demos.
 
-See mm_excitor/delia/README.md. Mixing the samples into training is a later stage that reads `read_samples`.
+See mm_excitor/delia/README.md. Mixing the samples into training is `data/mix.py`, which reads `read_samples`.
 """
 from .chat import PLAIN_TEMPLATE, encode_chat_prompt, one_shot_messages
 from .pools import POOL_FORMATS, Pool, PoolRecord, load_pool

@@ -24,3 +24,18 @@ def pool_records(n: int = 7) -> list[PoolRecord]:
                "what is the answer", "yes", "the large yellow square in the image", "three"]
     return [PoolRecord(f"r{i}", phrases[i % len(phrases)] + (" one" * (i // len(phrases))),
                        f"a {['red', 'blue', 'green'][i % 3]} circle") for i in range(n)]
+
+
+def write_samples(path, n: int) -> str:
+    """A self-sampled file of `n` records in the words of the tiny tokenizer (as `mm_excitor.delia sample` writes)."""
+    import json
+
+    colours, shapes = ["red", "blue", "green", "yellow"], ["circle", "square", "triangle"]
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(n):
+            query = f"describe the {colours[i % 4]} {shapes[i % 3]}" + " in one sentence" * (i % 2)
+            answer = f"a {colours[(i + 1) % 4]} {shapes[(i + 2) % 3]} left of " + "the circle " * (1 + i % 3)
+            handle.write(json.dumps({"id": f"s{i}", "messages": [{"role": "user", "content": query},
+                                                                 {"role": "assistant", "content": answer.strip()}],
+                                     "finish": "stop"}) + "\n")
+    return str(path)
