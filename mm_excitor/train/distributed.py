@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -61,10 +62,20 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
 
 def cleanup_distributed() -> None:
     """Leave the process group together: a rank that tears gloo down while a peer still talks to it makes the
-    peer abort ("terminate called without an active exception")."""
+    peer abort ("terminate called without an active exception"). A barrier alone is not enough (a rank can leave it
+    while its last message to a peer is still unread), so every rank also says through the rendezvous store, which is
+    not a gloo connection, that it has left the barrier, and waits until all have."""
     if dist.is_initialized():
         dist.barrier()
+        store, world_size = dist.distributed_c10d._get_default_store(), dist.get_world_size()
+        left = store.add(_LEFT_BARRIER_KEY, 1)
+        everyone = -(-left // world_size) * world_size  # this cleanup's count (a process may clean up more than once)
+        while store.add(_LEFT_BARRIER_KEY, 0) < everyone:
+            time.sleep(0.01)
         dist.destroy_process_group()
+
+
+_LEFT_BARRIER_KEY = "mm_excitor/left_final_barrier"
 
 
 def barrier() -> None:
