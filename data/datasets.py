@@ -259,6 +259,9 @@ class ParaphrasedDataset(Dataset):
         self.split = split
         self.id_key = id_key
         self.seed = seed
+        first = dataset[0] if len(dataset) else None
+        if first is not None:  # a set that does not fit the task fails here, not in a DataLoader worker mid-run
+            self[0]
 
     def __len__(self) -> int:
         return len(self.dataset)

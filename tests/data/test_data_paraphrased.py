@@ -41,9 +41,9 @@ def test_training_items_get_training_paraphrases_and_eval_items_only_unseen_ones
     assert train[3]["target"] == items(4)[3]["target"] and train[3]["meta"] == {"image_id": 103}
 
 
-def test_a_prompt_without_the_canonical_instruction_is_an_error():
+def test_a_prompt_without_the_canonical_instruction_is_an_error_when_the_set_is_built():
     with pytest.raises(ValueError, match="does not contain its canonical instruction"):
-        ParaphrasedDataset(items(1, "Name the object."), SET, "train", "image_id")[0]
+        ParaphrasedDataset(items(1, "Name the object."), SET, "train", "image_id")
 
 
 @pytest.mark.parametrize("mode", ["unseen", "canonical"])
