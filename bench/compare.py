@@ -3,18 +3,19 @@ the same data, prompts, budget and scorer, each next to its image-blind control.
 
     python -m bench.compare --task shapes-caption --methods excitor,lora,llama_adapter,prefix
     python -m bench.compare --task shapes-sqa --steps 600
-    python -m bench.compare --task shapes-caption --sweep 2e-3,5e-3,1e-2 --steps 100    # the learning-rate sweep
+    python -m bench.compare --task shapes-caption --sweep 2e-3,5e-3,1e-2    # each method's learning rate, swept
 
 Every method trains with the same recipe (configs/demo.yaml or configs/shapes_scienceqa.yaml): the same steps,
-batch, data order and seed, and its own learning rate (LEARNING_RATES; `--sweep` finds it by validation loss). Each
-run is `train_<task>.py` in its own process (its peak memory is its own) with `train.resume=latest` in
-`<out>/<method>`, so an interrupted comparison continues where it stopped and a finished method is not trained
-again. After training, the run's own evaluation scores the held-out test split with the images and without them.
-Then generation speed is measured on the same prompts for every method, and every method's training step is timed
-again on one fixed batch, all methods interleaved in one process: the runs' own step times depend on what else the
-machine did while each ran, the side-by-side ratios do not. Writes `<out>/compare.json`,
-`<out>/compare.md` and `<out>/compare.png` (held-out metric against training wall-clock time and against
-trainable parameters).
+batch, data order and seed, and its own learning rate (LEARNING_RATES, or with `--sweep` the grid's rate with the
+lowest validation loss after the last step; the held-out score never chooses). Each run is `train_<task>.py` in
+its own process (its peak memory is its own) with `train.resume=latest` in `<out>/<method>/lr<lr>`, so an
+interrupted comparison continues where it stopped, a finished run is not trained again, and a sweep's runs are the
+comparison's runs. After training, the run's own evaluation scores the held-out test split with the images and
+without them. Then generation speed is measured on the same prompts for every method, and every method's training
+step is timed again on one fixed batch, all methods interleaved in one process: the runs' own step times depend on
+what else the machine did while each ran, the side-by-side ratios do not. Writes `<out>/compare.json`,
+`<out>/compare.md` (with every learning rate tried) and `<out>/compare.png` (held-out metric against training
+wall-clock time and against trainable parameters).
 """
 from __future__ import annotations
 
@@ -155,17 +156,49 @@ def trainable_parameters(output_dir: Path, steps: int) -> int:
     return int(read_json(output_dir / "checkpoints" / f"step-{steps}" / "adapter_config.json")["num_parameters"])
 
 
+def run_directory(out: Path, method: str, lr: float) -> Path:
+    """One run per method and learning rate: a sweep's runs are the comparison's runs."""
+    return out / method / f"lr{lr:g}"
+
+
+def final_validation_loss(output_dir: Path, steps: int) -> float:
+    """The validation loss after the last step (every comparison run validates exactly then)."""
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    val = [r for r in records if r.get("kind") == "val"]
+    if not val or val[-1]["step"] != steps:
+        raise SystemExit(f"error: {output_dir / 'metrics.jsonl'} has no validation loss at step {steps}")
+    return float(val[-1]["loss"])
+
+
+def candidate_rates(args: argparse.Namespace, method: str) -> list[float]:
+    """`--sweep`'s grid, else `--lr`'s value, else LEARNING_RATES."""
+    if args.sweep:
+        return list(args.sweep)
+    return [(args.lr or {}).get(method, LEARNING_RATES[args.task][method])]
+
+
 def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Train every method at each candidate learning rate (resumable runs, each scored on the held-out split with
+    and without images); a method's row is its run with the lowest final validation loss, never chosen by the
+    held-out score."""
     preset = PRESETS[args.task]
     steps = args.steps or preset.steps
     out = args.out or REPO / "runs" / "compare" / args.task
-    rows = []
+    overrides = [*args.override, f"train.eval_every_steps={steps}"]
+    rows, sweep = [], {}
     for method in args.methods:
-        lr = args.lr.get(method, LEARNING_RATES[args.task].get(method)) if args.lr else LEARNING_RATES[args.task][method]
-        run_dir = out / method
-        summary = run_method(preset, method, lr, steps, run_dir, args.override)
+        runs = {}
+        for lr in candidate_rates(args, method):
+            run_dir = run_directory(out, method, lr)
+            summary = run_method(preset, method, lr, steps, run_dir, overrides, label=f"{method} (lr {lr:g})")
+            runs[lr] = (run_dir, summary, final_validation_loss(run_dir, steps))
+        sweep[method] = {f"{lr:g}": {"val_loss": loss, "image": summary["eval"]["image"][preset.metric],
+                                     "blind": summary["eval"]["blind"][preset.metric]}
+                         for lr, (_, summary, loss) in runs.items()}
+        lr = min(runs, key=lambda rate: runs[rate][2])
+        run_dir, summary, loss = runs[lr]
         rows.append({
-            "method": method, "lr": lr, "steps": steps,
+            "method": method, "lr": lr, "steps": steps, "val_loss": loss,
             "trainable_parameters": trainable_parameters(run_dir, steps),
             "step_s": step_time(run_dir),
             "train_time_s": summary["train_time_s_total"],
@@ -180,7 +213,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         for row in rows:
             row["step_s_side_by_side"] = side_by_side[row["method"]]
     results = {"task": args.task, "recipe": preset.recipe, "steps": steps, "metric": preset.metric,
-               "columns": list(preset.columns), "overrides": [*preset.overrides, *args.override], "rows": rows}
+               "columns": list(preset.columns), "overrides": [*preset.overrides, *args.override], "rows": rows,
+               "learning_rates": sweep}
     atomic_write_json(out / "compare.json", results)
     atomic_write_text(out / "compare.md", markdown(results))
     plot(results, out / "compare.png")
@@ -189,47 +223,34 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def sweep(args: argparse.Namespace) -> dict[str, Any]:
-    """Short runs per method and learning rate; the lowest final validation loss wins."""
-    preset = PRESETS[args.task]
-    steps = args.steps or preset.steps
-    out = args.out or REPO / "runs" / "compare-sweep" / args.task
-    table: dict[str, dict[str, float]] = {}
-    for method in args.methods:
-        for lr in args.sweep:
-            run_dir = out / method / f"lr{lr:g}"
-            run_method(preset, method, lr, steps, run_dir, [*args.override, f"train.eval_every_steps={steps}"],
-                       evaluate=False)
-            val = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                   if line.strip() and json.loads(line).get("kind") == "val"]
-            table.setdefault(method, {})[f"{lr:g}"] = val[-1]["loss"]
-    best = {method: float(min(losses, key=losses.get)) for method, losses in table.items()}
-    results = {"task": args.task, "steps": steps, "val_loss": table, "best_lr": best}
-    atomic_write_json(out / "sweep.json", results)
-    for method, losses in table.items():
-        print(f"{method:14} " + "  ".join(f"lr {lr}: {loss:.4f}" for lr, loss in losses.items())
-              + f"  -> {best[method]:g}")
-    print(f"wrote {out / 'sweep.json'}")
-    return results
-
-
 def markdown(results: dict[str, Any]) -> str:
     columns = results["columns"]
     side_by_side = all("step_s_side_by_side" in row for row in results["rows"])
     reference = next((row for row in results["rows"] if row["method"] == "excitor"), results["rows"][0])
-    header = ["method", "trainable params", "step (s)",
+    header = ["method", "lr", "trainable params", "step (s)",
               *([f"step / {reference['method']}'s, side by side"] if side_by_side else []), "peak memory", "tokens/s",
               *[f"{c} image" for c in columns], f"{results['metric']} blind", "gen tokens/s"]
     protocols = sorted({str(row.get("protocol")) for row in results["rows"]})
     lines = [f"{results['task']}, {results['steps']} steps per method; scored by: {'; '.join(protocols)}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results["rows"]:
-        cells = [row["method"], f"{row['trainable_parameters']:,}", f"{row['step_s']:.2f}",
+        cells = [row["method"], f"{row['lr']:g}", f"{row['trainable_parameters']:,}", f"{row['step_s']:.2f}",
                  *([f"{row['step_s_side_by_side'] / reference['step_s_side_by_side']:.2f}"] if side_by_side else []),
                  f"{row['peak_memory_bytes'] / 2**30:.2f} GiB", f"{row['tokens_per_s']:.0f}",
                  *[_number(row["image"].get(c)) for c in columns], _number(row["blind"].get(results["metric"])),
                  f"{row['generation_tokens_per_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    rates = results.get("learning_rates", {})
+    if any(len(runs) > 1 for runs in rates.values()):
+        metric = results["metric"]
+        lines += ["", "Learning rates tried (the lowest final validation loss picks the row above):", "",
+                  f"| method | lr | val loss | {metric} image | {metric} blind |", "|---|---|---|---|---|"]
+        chosen = {row["method"]: f"{row['lr']:g}" for row in results["rows"]}
+        for method, runs in rates.items():
+            for lr, run in sorted(runs.items(), key=lambda item: float(item[0])):
+                mark = " (chosen)" if chosen.get(method) == lr else ""
+                lines.append(f"| {method} | {lr}{mark} | {run['val_loss']:.4f} | {_number(run['image'])} | "
+                             f"{_number(run['blind'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -276,7 +297,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", default=None, help="method=lr,... overriding LEARNING_RATES",
                         type=lambda text: {k: float(v) for k, v in (p.split("=") for p in text.split(",") if p)})
     parser.add_argument("--sweep", default=None, type=lambda text: [float(v) for v in text.split(",") if v],
-                        help="learning rates to try for each method (short runs; the best validation loss wins)")
+                        help="learning rates to try for each method: one full run each; the lowest final validation "
+                             "loss picks the method's row")
     parser.add_argument("--gen-prompts", type=int, default=16, help="prompts in the generation-speed batch")
     parser.add_argument("--gen-tokens", type=int, default=8, help="new tokens per prompt when timing generation")
     parser.add_argument("--side-by-side-repeats", type=int, default=3,
@@ -293,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; one of {', '.join(sorted(METHODS))}")
-    return sweep(args) if args.sweep else compare(args)
+    return compare(args)
 
 
 if __name__ == "__main__":

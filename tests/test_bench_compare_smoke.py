@@ -47,7 +47,26 @@ def test_compare_trains_each_method_once_and_writes_the_table(assets, tmp_path, 
     capsys.readouterr()
     compare.main(argv)  # a finished method is not trained again
     again = capsys.readouterr().out
-    assert all(f"{method}: done before" in again for method in methods)
+    assert all(f"{method} (lr 0.005): done before" in again for method in methods)
+
+
+def test_a_sweep_picks_the_lowest_validation_loss_and_its_runs_are_reused(assets, tmp_path, capsys):
+    argv = ["--task", "shapes-caption", "--methods", "excitor", "--steps", "2", "--out", str(tmp_path),
+            "--sweep", "1e-3,3e-2", "--gen-prompts", "2", "--gen-tokens", "2", "--side-by-side-repeats", "0",
+            *tiny_overrides(assets)]
+    results = compare.main(argv)
+    tried = results["learning_rates"]["excitor"]
+    assert set(tried) == {"0.001", "0.03"} and tried["0.001"]["val_loss"] != tried["0.03"]["val_loss"]
+    (row,) = results["rows"]
+    assert f"{row['lr']:g}" == min(tried, key=lambda lr: tried[lr]["val_loss"])
+    assert row["val_loss"] == tried[f"{row['lr']:g}"]["val_loss"]
+    assert row["image"]["CIDEr"] == tried[f"{row['lr']:g}"]["image"]
+    assert {path.name for path in (tmp_path / "excitor").iterdir()} == {"lr0.001", "lr0.03"}
+    table = (tmp_path / "compare.md").read_text()
+    assert "Learning rates tried" in table and table.count("(chosen)") == 1
+    capsys.readouterr()
+    compare.main([*argv[:argv.index("--sweep")], "--lr", f"excitor={row['lr']:g}", *argv[argv.index("--sweep") + 2:]])
+    assert f"excitor (lr {row['lr']:g}): done before" in capsys.readouterr().out  # the chosen run is the comparison's
 
 
 def test_an_unknown_method_is_a_one_line_error():
