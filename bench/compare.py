@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -177,6 +177,25 @@ def candidate_rates(args: argparse.Namespace, method: str) -> list[float]:
     return [(args.lr or {}).get(method, LEARNING_RATES[args.task][method])]
 
 
+def swept_rates(grid: list[float], extend: int, loss: Callable[[float], float]) -> Iterator[float]:
+    """The grid's rates, then, while the lowest loss sits at an edge of what was tried, one more rate beyond that
+    edge at the grid's outer ratio (at most `extend` more): a sweep whose winner is its largest rate has not found
+    the method's rate. `loss` reads a yielded rate's result once the caller has trained it."""
+    tried = sorted(grid)
+    yield from tried
+    for _ in range(extend if len(tried) > 1 else 0):
+        best = min(tried, key=loss)
+        if best == tried[-1]:
+            beyond = best * tried[-1] / tried[-2]
+        elif best == tried[0]:
+            beyond = best * tried[0] / tried[1]
+        else:
+            return
+        beyond = float(f"{beyond:.3g}")
+        yield beyond
+        tried = sorted([*tried, beyond])
+
+
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     """Train every method at each candidate learning rate (resumable runs, each scored on the held-out split with
     and without images); a method's row is its run with the lowest final validation loss, never chosen by the
@@ -188,7 +207,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     rows, sweep = [], {}
     for method in args.methods:
         runs = {}
-        for lr in candidate_rates(args, method):
+        for lr in swept_rates(candidate_rates(args, method), args.sweep_extend,
+                              lambda rate: runs[rate][2]):
             run_dir = run_directory(out, method, lr)
             summary = run_method(preset, method, lr, steps, run_dir, overrides, label=f"{method} (lr {lr:g})")
             runs[lr] = (run_dir, summary, final_validation_loss(run_dir, steps))
@@ -299,6 +319,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep", default=None, type=lambda text: [float(v) for v in text.split(",") if v],
                         help="learning rates to try for each method: one full run each; the lowest final validation "
                              "loss picks the method's row")
+    parser.add_argument("--sweep-extend", type=int, default=2,
+                        help="with --sweep: at most this many rates tried beyond the grid's edge while a method's "
+                             "best rate is the largest or smallest tried")
     parser.add_argument("--gen-prompts", type=int, default=16, help="prompts in the generation-speed batch")
     parser.add_argument("--gen-tokens", type=int, default=8, help="new tokens per prompt when timing generation")
     parser.add_argument("--side-by-side-repeats", type=int, default=3,

@@ -52,21 +52,34 @@ def test_compare_trains_each_method_once_and_writes_the_table(assets, tmp_path, 
 
 def test_a_sweep_picks_the_lowest_validation_loss_and_its_runs_are_reused(assets, tmp_path, capsys):
     argv = ["--task", "shapes-caption", "--methods", "excitor", "--steps", "2", "--out", str(tmp_path),
-            "--sweep", "1e-3,3e-2", "--gen-prompts", "2", "--gen-tokens", "2", "--side-by-side-repeats", "0",
-            *tiny_overrides(assets)]
+            "--sweep", "1e-3,3e-2", "--sweep-extend", "1", "--gen-prompts", "2", "--gen-tokens", "2",
+            "--side-by-side-repeats", "0", *tiny_overrides(assets)]
     results = compare.main(argv)
     tried = results["learning_rates"]["excitor"]
-    assert set(tried) == {"0.001", "0.03"} and tried["0.001"]["val_loss"] != tried["0.03"]["val_loss"]
+    grid_best = min(("0.001", "0.03"), key=lambda lr: tried[lr]["val_loss"])
+    beyond = {"0.001": "3.33e-05", "0.03": "0.9"}[grid_best]  # a two-rate grid's winner is always at an edge
+    assert set(tried) == {"0.001", "0.03", beyond} and tried["0.001"]["val_loss"] != tried["0.03"]["val_loss"]
     (row,) = results["rows"]
     assert f"{row['lr']:g}" == min(tried, key=lambda lr: tried[lr]["val_loss"])
     assert row["val_loss"] == tried[f"{row['lr']:g}"]["val_loss"]
     assert row["image"]["CIDEr"] == tried[f"{row['lr']:g}"]["image"]
-    assert {path.name for path in (tmp_path / "excitor").iterdir()} == {"lr0.001", "lr0.03"}
+    assert {path.name for path in (tmp_path / "excitor").iterdir()} == {f"lr{lr}" for lr in tried}
     table = (tmp_path / "compare.md").read_text()
     assert "Learning rates tried" in table and table.count("(chosen)") == 1
     capsys.readouterr()
-    compare.main([*argv[:argv.index("--sweep")], "--lr", f"excitor={row['lr']:g}", *argv[argv.index("--sweep") + 2:]])
+    compare.main([*argv[:argv.index("--sweep")], "--lr", f"excitor={row['lr']:g}", *argv[argv.index("--sweep") + 4:]])
     assert f"excitor (lr {row['lr']:g}): done before" in capsys.readouterr().out  # the chosen run is the comparison's
+
+
+@pytest.mark.parametrize(("losses", "extend", "tried"), [
+    ({1: 3.0, 2: 2.0, 4: 1.0, 8: 0.5, 16: 0.7}, 2, [1, 2, 4, 8, 16]),  # upper edge twice, then interior
+    ({1: 3.0, 2: 2.0, 4: 1.0, 8: 0.5, 16: 0.4}, 2, [1, 2, 4, 8, 16]),  # stops after `extend` more
+    ({0.25: 0.1, 0.5: 0.2, 1: 0.3, 2: 0.4, 4: 0.5}, 2, [1, 2, 4, 0.5, 0.25]),  # lower edge
+    ({1: 2.0, 2: 1.0, 4: 3.0}, 2, [1, 2, 4]),  # interior: the grid is enough
+    ({1: 2.0, 2: 1.0, 4: 0.5}, 0, [1, 2, 4]),
+])
+def test_a_sweep_extends_beyond_an_edge_that_wins(losses, extend, tried):
+    assert list(compare.swept_rates([4, 1, 2], extend, losses.__getitem__)) == tried
 
 
 def test_an_unknown_method_is_a_one_line_error():
