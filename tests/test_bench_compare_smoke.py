@@ -47,7 +47,8 @@ def test_compare_trains_each_method_once_and_writes_the_table(assets, tmp_path, 
     capsys.readouterr()
     compare.main(argv)  # a finished method is not trained again
     again = capsys.readouterr().out
-    assert all(f"{method} (lr 0.005): done before" in again for method in methods)
+    rates = compare.LEARNING_RATES["shapes-caption"]
+    assert all(f"{method} (lr {rates[method]:g}): done before" in again for method in methods)
 
 
 def test_a_sweep_picks_the_lowest_validation_loss_and_its_runs_are_reused(assets, tmp_path, capsys):
