@@ -71,19 +71,19 @@ cores). Replace a value only with a sweep's winner."""
 
 
 def run_method(preset: TaskPreset, method: str, lr: float, steps: int, out: Path, overrides: list[str],
-               evaluate: bool = True, label: str | None = None) -> dict[str, Any]:
-    """Train (or finish training) one method in its own process; its summary.json. `label` names the run in the
-    progress lines (default: the method)."""
+               label: str | None = None) -> dict[str, Any]:
+    """Train (or finish training) and evaluate one method in its own process; its summary.json. `label` names the
+    run in the progress lines (default: the method)."""
     label = label or method
     summary_path = out / "summary.json"
     if summary_path.is_file():
         summary = read_json(summary_path)
-        if summary.get("steps") == steps and not summary.get("interrupted") and (not evaluate or "eval" in summary):
+        if summary.get("steps") == steps and not summary.get("interrupted") and "eval" in summary:
             print(f"{label}: done before ({summary_path})", flush=True)
             return summary
     args = [sys.executable, f"train_{preset.task}.py", "--config", preset.recipe, f"model.method={method}",
             f"train.lr={lr}", f"train.max_steps={steps}", f"train.output_dir={out}", "train.resume=latest",
-            "train.progress_bar=false", f"evaluate={str(evaluate).lower()}", *preset.overrides, *overrides]
+            "train.progress_bar=false", "evaluate=true", *preset.overrides, *overrides]
     print(f"{label}: training {steps} steps at lr {lr:g} -> {out}", flush=True)
     result = subprocess.run(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     if result.returncode != 0:
@@ -339,6 +339,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; one of {', '.join(sorted(METHODS))}")
+    if args.sweep and (min(args.sweep) <= 0 or len(set(args.sweep)) != len(args.sweep)):
+        raise SystemExit(f"error: --sweep needs distinct positive learning rates, got {args.sweep}")
     return compare(args)
 
 

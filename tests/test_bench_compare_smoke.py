@@ -83,6 +83,12 @@ def test_a_sweep_extends_beyond_an_edge_that_wins(losses, extend, tried):
     assert list(compare.swept_rates([4, 1, 2], extend, losses.__getitem__)) == tried
 
 
+@pytest.mark.parametrize("grid", ["0,1e-2", "1e-2,0.01", "1e-2,-1e-3"])
+def test_a_sweep_grid_of_zero_negative_or_repeated_rates_is_a_one_line_error(grid):
+    with pytest.raises(SystemExit, match="distinct positive learning rates"):
+        compare.main(["--task", "shapes-caption", "--sweep", grid])
+
+
 def test_an_unknown_method_is_a_one_line_error():
     with pytest.raises(SystemExit, match="unknown method"):
         compare.main(["--task", "shapes-caption", "--methods", "excitor,lorra"])
