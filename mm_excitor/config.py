@@ -10,9 +10,9 @@ VISUAL_PROMPT_MODES = ("concat", "add")
 KEY_ASSOCIATIONS = ("auto", "prompt", "token")
 
 
-COMPUTE_ONLY_FIELDS = ("key_association",)
-"""How the block's arithmetic is carried out, not what it computes: an adapter trained with one setting loads and
-resumes with another."""
+COMPUTE_ONLY_FIELDS = ("key_association", "prompt_init_std", "affinity_init_gain")
+"""How the block's arithmetic is carried out or how its tensors start, not what a trained block computes: an
+adapter trained with one setting loads and resumes with another."""
 
 
 @dataclass
@@ -33,6 +33,11 @@ class ExcitorConfig:
     """Use tanh(g) instead of g as the gate (LLaMA-Adapter's choice); both are zero at init."""
     prompt_init_std: float = 0.02
     """Std of the learnable prompts at init (like token embeddings); must be > 0 or nothing trains."""
+    affinity_init_gain: float = 10.0
+    """RMS of W_up W_down x over the RMS of x at init (W_down ~ N(0, gain / C), W_up ~ N(0, gain / r)). nn.Linear's
+    default init gives 1/3, which on SmolLM2 starts the affinity uniform (logit spread ~0.03): every token then
+    mixes the same x~, its key shift is one vector that the softmax ignores, and the first steps are spent
+    sharpening the affinity. Must be > 0 (a zero W_up or W_down never trains)."""
     visual_prompt_mode: str | None = None
     """None for language-only; 'concat' appends projected visual tokens to each layer's prompts (K' = K + N_v),
     'add' resamples them to K tokens and adds them to the learnable prompts."""
@@ -48,6 +53,8 @@ class ExcitorConfig:
                 raise ValueError(f"ExcitorConfig.{name} must be a positive integer, got {value!r}")
         if self.prompt_init_std <= 0:
             raise ValueError("ExcitorConfig.prompt_init_std must be > 0: zero prompts receive no gradient")
+        if self.affinity_init_gain <= 0:
+            raise ValueError("ExcitorConfig.affinity_init_gain must be > 0: a zero W_up or W_down receives no gradient")
         if self.visual_prompt_mode is not None and self.visual_prompt_mode not in VISUAL_PROMPT_MODES:
             raise ValueError(
                 f"ExcitorConfig.visual_prompt_mode must be one of {VISUAL_PROMPT_MODES} or None, "

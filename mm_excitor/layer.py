@@ -54,6 +54,9 @@ class ExcitorKeyProjection(nn.Module):
             nn.Parameter(torch.zeros(hidden, **factory)) if config.visual_prompt_mode is not None else None
         )
         nn.init.normal_(self.prompts, std=config.prompt_init_std)
+        # RMS(W_up W_down x) = gain * RMS(x): a sharp enough affinity at init (see ExcitorConfig.affinity_init_gain)
+        nn.init.normal_(self.down.weight, std=math.sqrt(config.affinity_init_gain / hidden))
+        nn.init.normal_(self.up.weight, std=math.sqrt(config.affinity_init_gain / config.rank))
         self._visual: tuple[torch.Tensor, torch.Tensor] | None = None
         self._memo_store: InferenceMemo[_InferenceMemo] = InferenceMemo()
 

@@ -112,10 +112,16 @@ def test_adapter_fingerprint_follows_the_trainable_weights_only(tmp_path):
     assert adapter_fingerprint(model) != before
 
 
-def test_how_the_arithmetic_runs_is_not_part_of_the_adapter(tmp_path):
-    """key_association only chooses how W_k is applied: an adapter trained token-side loads on an `auto` model."""
+@pytest.mark.parametrize("setting", [{"key_association": "token"}, {"prompt_init_std": 0.5},
+                                     {"affinity_init_gain": 1 / 3}])
+def test_how_the_arithmetic_runs_or_starts_is_not_part_of_the_adapter(tmp_path, setting):
+    """key_association only chooses how W_k is applied and the init settings only where training started: an adapter
+    made with other values loads, and its tensors replace the model's."""
     from dataclasses import replace
 
-    save_adapter(apply_excitor(tiny_model(), replace(CONFIG, key_association="token")), tmp_path / "a")
+    (name, value), = setting.items()
+    saved = apply_excitor(tiny_model(), replace(CONFIG, **{name: value}))
+    save_adapter(saved, tmp_path / "a")
     model = load_adapter(apply_excitor(tiny_model(), CONFIG), tmp_path / "a")
-    assert model.excitor_config.key_association == CONFIG.key_association
+    assert getattr(model.excitor_config, name) == getattr(CONFIG, name)
+    assert torch.equal(excitor_blocks(model)[0].up.weight, excitor_blocks(saved)[0].up.weight)

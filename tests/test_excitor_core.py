@@ -107,6 +107,18 @@ def test_only_the_gate_has_a_gradient_at_step_one():
         assert block.prompts.grad.abs().sum() == 0 and block.down.weight.grad.abs().sum() == 0
 
 
+@pytest.mark.parametrize("gain", [1.0, 10.0])
+def test_affinity_starts_at_the_configured_gain(gain):
+    """RMS(W_up W_down x) = affinity_init_gain * RMS(x) at init: with nn.Linear's default (1/3) the affinity starts
+    uniform on a real model, and a uniform affinity shifts every key by the same vector, which the softmax ignores."""
+    torch.manual_seed(0)
+    block = excitor_blocks(apply_excitor(tiny_model(), replace(CONFIG, rank=64, affinity_init_gain=gain)))[0]
+    x = torch.randn(4096, block.base.in_features)
+    with torch.no_grad():
+        ratio = float(block.up(block.down(x)).pow(2).mean().sqrt() / x.pow(2).mean().sqrt())
+    assert ratio == pytest.approx(gain, rel=0.25)
+
+
 @pytest.mark.parametrize("family", ["llama-gqa", "qwen2"])
 def test_greedy_generation_with_cache_equals_without_after_training(family):
     adapted = apply_excitor(tiny_model(family), CONFIG)
@@ -197,6 +209,8 @@ def test_bad_use_gives_clear_errors():
         ExcitorConfig(rank=0)
     with pytest.raises(ValueError, match="visual_prompt_mode"):
         ExcitorConfig(visual_prompt_mode="prefix")
+    with pytest.raises(ValueError, match="affinity_init_gain must be > 0"):
+        ExcitorConfig(affinity_init_gain=0.0)
 
 
 def test_config_json_round_trip_and_unknown_keys():
