@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from data.collate import Collator
 from data.datasets import ImageBlind
 from eval.generation import EvalDataset, GenerativeModel, generate_outputs
+from mm_excitor.config import COMPUTE_ONLY_FIELDS
 from mm_excitor.generation import Decoding
 
 COMMON_FREE_KEYS = (
@@ -33,8 +34,9 @@ COMMON_FREE_KEYS = (
     # the DELIA file's items are fingerprinted in the data identity (tasks.run.prepare_data), wherever it lives;
     # the paraphrases of validation and evaluation prompts do not touch the training items
     "data.delia.samples", "data.paraphrases.eval",
-    # how the same arithmetic runs (mm_excitor.config.COMPUTE_ONLY_FIELDS)
-    "model.excitor.key_association",
+    # how the same arithmetic runs, and how the adapter's tensors started (a resumed run restores them):
+    # mm_excitor.config.COMPUTE_ONLY_FIELDS
+    *(f"model.excitor.{name}" for name in COMPUTE_ONLY_FIELDS),
 )
 """Run-config keys that may change when a run of any task is resumed (besides mm_excitor.train.FREE_TRAIN_KEYS)."""
 

@@ -124,6 +124,20 @@ def test_bad_input_ends_in_a_one_line_error_not_a_traceback(tmp_path, case):
     assert expected.format(tmp=tmp_path) in errors[0]
 
 
+def test_a_run_resumes_with_other_init_settings_but_not_with_another_rank(assets, tmp_path):
+    """Init settings only say where the adapter started, and a resumed run restores its tensors; the rank changes
+    what the adapter is."""
+    out = tmp_path / "run"
+    train_caption.main(caption_args(assets, out, "evaluate=false", "train.max_steps=2"))
+    summary = train_caption.main(caption_args(assets, out, "evaluate=false", "train.resume=latest",
+                                              "model.excitor.affinity_init_gain=0.5",
+                                              "model.excitor.prompt_init_std=0.1"))
+    assert summary["steps"] == 3
+    with pytest.raises(Exception, match=r"model\.excitor\.rank"):
+        train_caption.main(caption_args(assets, out, "evaluate=false", "train.resume=latest", "train.max_steps=4",
+                                        "model.excitor.rank=8"))
+
+
 # --- reliability through the real commands (subprocesses, DataLoader workers, torchrun with gloo) -------------------
 
 def caption_args(assets, out, *extra):
