@@ -65,9 +65,10 @@ LEARNING_RATES = {
     "shapes-sqa-likelihood": {"excitor": 5e-3, "lora": 5e-3, "llama_adapter": 5e-3, "prefix": 5e-3},
 }
 """Each method's learning rate per task. shapes-caption: the winners of `--sweep 5e-3,1e-2` at 100 steps (README
-"Method comparison"; LoRA's is the smallest rate that sweep reaches, and 6.25e-4 is worse). The
-ScienceQA presets: the demo's 5e-3 for every method, not swept (one run there costs 40-80 min per method on 2
-cores); the Excitor's likelihood run at 1e-2 has the higher validation loss (0.201 against 0.178). Replace a value only with a sweep's winner."""
+"Method comparison"; LoRA's is the smallest rate that sweep reaches, and 6.25e-4 is worse). The ScienceQA presets:
+the demo's 5e-3 for every method, not swept (one run there costs 40-80 min per method on 2 cores); the Excitor's
+likelihood run at 1e-2 has the higher validation loss (0.201 against 0.178). Replace a value only with a sweep's
+winner."""
 
 
 def run_method(preset: TaskPreset, method: str, lr: float, steps: int, out: Path, overrides: list[str],

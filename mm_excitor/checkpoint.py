@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import COMPUTE_ONLY_FIELDS, ExcitorConfig
+from .config import NON_ADAPTER_FIELDS, ExcitorConfig
 from .diff import Difference, describe_all, differences
 from .io import atomic_directory, atomic_write_json, read_json
 from .model import apply_excitor, decoder_layers, excitor_blocks
@@ -137,7 +137,7 @@ def identity_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
 def adapter_config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[Difference]:
     """The method hyper-parameters that differ, under `config.`; settings of how the arithmetic runs do not count."""
     return differences({"config": saved}, {"config": current},
-                       ignore=lambda d: d.key.rsplit(".", 1)[-1] in COMPUTE_ONLY_FIELDS)
+                       ignore=lambda d: d.key.rsplit(".", 1)[-1] in NON_ADAPTER_FIELDS)
 
 
 def check_adapter_fits(metadata: Mapping[str, Any], model: nn.Module, where: Path | str,

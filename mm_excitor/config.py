@@ -10,9 +10,9 @@ VISUAL_PROMPT_MODES = ("concat", "add")
 KEY_ASSOCIATIONS = ("auto", "prompt", "token")
 
 
-COMPUTE_ONLY_FIELDS = ("key_association", "prompt_init_std", "affinity_init_gain")
-"""How the block's arithmetic is carried out or how its tensors start, not what a trained block computes: an
-adapter trained with one setting loads and resumes with another."""
+NON_ADAPTER_FIELDS = ("key_association", "prompt_init_std", "affinity_init_gain")
+"""Settings that are not part of a trained adapter: how the block's arithmetic is carried out, and how its tensors
+start. An adapter trained with one setting loads and resumes with another."""
 
 
 @dataclass
@@ -35,9 +35,9 @@ class ExcitorConfig:
     """Std of the learnable prompts at init (like token embeddings); must be > 0 or nothing trains."""
     affinity_init_gain: float = 10.0
     """RMS of W_up W_down x over the RMS of x at init (W_down ~ N(0, gain / C), W_up ~ N(0, gain / r)). nn.Linear's
-    default init gives 1/3, which on SmolLM2 starts the affinity uniform (logit spread ~0.03): every token then
-    mixes the same x~, its key shift is one vector that the softmax ignores, and the first steps are spent
-    sharpening the affinity. Must be > 0 (a zero W_up or W_down never trains)."""
+    default init gives 1/3, which on SmolLM2 starts the affinity nearly uniform: every token then mixes the same
+    x~, its key shift is one vector that the softmax ignores, and the first steps are spent sharpening the affinity
+    (docs/design.md). Must be > 0 (a zero W_up or W_down never trains)."""
     visual_prompt_mode: str | None = None
     """None for language-only; 'concat' appends projected visual tokens to each layer's prompts (K' = K + N_v),
     'add' resamples them to K tokens and adds them to the learnable prompts."""
