@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +112,20 @@ class ExcitorKeyProjection(nn.Module):
         shared, per_sample, _, _ = self._prompt_pieces()
         _check_one_set_per_row(hidden_states, per_sample)
         return self._association(hidden_states, shared, per_sample, training=True)
+
+    def affinity(self, hidden_states: torch.Tensor) -> AffinityView:
+        """The affinity logits and each token's prompt mix for `hidden_states` (B x M x C) and the current prompts,
+        as the block computes them (in fp32, without gradients): what `bench/affinity.py` reads, since the
+        bypass's own kernels keep neither."""
+        with torch.no_grad():
+            shared, per_sample, offset, mask = self._prompt_pieces()
+            _check_one_set_per_row(hidden_states, per_sample)
+            prompts = PromptPieces(shared, per_sample, offset, torch.float32)
+            rows_t, bias = prepare_affinity(prompts.affinity_rows(self.up.weight.float()), mask, self.scale)
+            logits = hidden_states.float() @ self.down.weight.float().t() @ rows_t
+            if bias is not None:
+                logits = logits + bias
+            return AffinityView(logits, prompts.mix(logits.softmax(dim=-1)), prompts.num_shared)
 
     def _training_forward(
         self, hidden: torch.Tensor, shared: torch.Tensor | None, per_sample: torch.Tensor | None,
@@ -253,6 +268,17 @@ class ExcitorKeyProjection(nn.Module):
         rows_t, bias = prepare_affinity(prompts.affinity_rows(self.up.weight.to(dtype)), pieces[3], self.scale)
         return _InferenceMemo(dtype=dtype, pieces=pieces, prompts=prompts, rows_t=rows_t.contiguous(), bias=bias,
                               down=self.down.weight.to(dtype), gate=self.gate_values())
+
+
+class AffinityView(NamedTuple):
+    """What `ExcitorKeyProjection.affinity` returns."""
+
+    logits: torch.Tensor
+    """B x M x K' token-to-prompt logits (the scale included), -inf at masked prompts; softmax gives `a`."""
+    mixes: torch.Tensor
+    """B x M x C: every token's mix a . P(b), whose key W_k (a . P) the gate scales."""
+    num_shared: int
+    """The first `num_shared` of the K' prompts are the learnable ones; the rest are the sample's visual prompts."""
 
 
 @dataclass

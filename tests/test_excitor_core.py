@@ -119,6 +119,30 @@ def test_affinity_starts_at_the_configured_gain(gain):
     assert ratio == pytest.approx(gain, rel=0.25)
 
 
+@pytest.mark.parametrize("mode", [None, "concat", "add"])
+def test_affinity_view_is_what_the_block_adds_to_the_keys(mode):
+    """`block.affinity` (what bench/affinity.py reports) must be the block's own arithmetic: its mixes give the
+    keys the block returns, with learnable prompts only and with visual prompts (one sample without an image)."""
+    torch.manual_seed(0)
+    block = excitor_blocks(apply_excitor(tiny_model(), replace(CONFIG, visual_prompt_mode=mode)))[0]
+    width = block.base.in_features
+    with torch.no_grad():
+        block.gate.copy_(torch.linspace(0.3, 0.9, block.num_kv_heads))
+        if block.visual_offset is not None:
+            block.visual_offset.normal_()
+            block.set_visual_tokens(torch.randn(2, 6, width), torch.tensor([True, False]))
+        x = torch.randn(2, 7, width)
+        view = block.affinity(x)
+        keys = block(x)
+    shift = (block.base(view.mixes) - block.base(torch.zeros(width))).unflatten(-1, (block.num_kv_heads, -1))
+    expected = block.base(x) + (shift * block.gate[:, None]).flatten(-2)
+    assert torch.allclose(keys, expected, atol=1e-5)
+    prompts = CONFIG.num_prompts + (6 if mode == "concat" else 0)
+    assert view.logits.shape == (2, 7, prompts) and view.num_shared == (CONFIG.num_prompts if mode != "add" else 0)
+    if mode == "concat":  # the sample without an image gives its visual prompts no weight
+        assert torch.isinf(view.logits[1, :, CONFIG.num_prompts:]).all() and view.logits[0].isfinite().all()
+
+
 @pytest.mark.parametrize("family", ["llama-gqa", "qwen2"])
 def test_greedy_generation_with_cache_equals_without_after_training(family):
     adapted = apply_excitor(tiny_model(family), CONFIG)
