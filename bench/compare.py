@@ -172,11 +172,27 @@ def final_validation_loss(output_dir: Path, steps: int) -> float:
     return float(val[-1]["loss"])
 
 
+ALL_METHODS = "*"
+"""The `--sweep` key of a grid given without a method name: every method's grid."""
+
+
 def candidate_rates(args: argparse.Namespace, method: str) -> list[float]:
-    """`--sweep`'s grid, else `--lr`'s value, else LEARNING_RATES."""
-    if args.sweep:
-        return list(args.sweep)
+    """`--sweep`'s grid for this method, else its grid for every method, else `--lr`'s value, else
+    LEARNING_RATES."""
+    grid = args.sweep.get(method, args.sweep.get(ALL_METHODS))
+    if grid:
+        return list(grid)
     return [(args.lr or {}).get(method, LEARNING_RATES[args.task][method])]
+
+
+def parse_sweep(text: str) -> tuple[str, list[float]]:
+    """`LR,LR,...` (every method) or `METHOD=LR,LR,...` (that method) -> (method or ALL_METHODS, rates)."""
+    method, _, rates = text.rpartition("=")
+    try:
+        grid = [float(value) for value in rates.split(",") if value]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LR,LR,... or METHOD=LR,LR,...") from None
+    return method or ALL_METHODS, grid
 
 
 def swept_rates(grid: list[float], extend: int, loss: Callable[[float], float]) -> Iterator[float]:
@@ -309,6 +325,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def sweep_grids(pairs: list[tuple[str, list[float]]]) -> dict[str, list[float]]:
+    """`--sweep`'s (method, grid) pairs as {method or ALL_METHODS: grid}, checked: known methods, one grid each,
+    distinct positive rates."""
+    from mm_excitor.methods import METHODS
+
+    grids: dict[str, list[float]] = {}
+    for method, grid in pairs:
+        if method != ALL_METHODS and method not in METHODS:
+            raise SystemExit(f"error: --sweep names unknown method {method!r}; one of {', '.join(sorted(METHODS))}")
+        if not grid or min(grid) <= 0 or len(set(grid)) != len(grid):
+            raise SystemExit(f"error: --sweep needs distinct positive learning rates, got {grid}")
+        if method in grids:
+            raise SystemExit(f"error: --sweep gives {'every method' if method == ALL_METHODS else method} two grids")
+        grids[method] = grid
+    return grids
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(PRESETS), required=True)
@@ -318,9 +351,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="default: runs/compare/<task>")
     parser.add_argument("--lr", default=None, help="method=lr,... overriding LEARNING_RATES",
                         type=lambda text: {k: float(v) for k, v in (p.split("=") for p in text.split(",") if p)})
-    parser.add_argument("--sweep", default=None, type=lambda text: [float(v) for v in text.split(",") if v],
-                        help="learning rates to try for each method: one full run each; the lowest final validation "
-                             "loss picks the method's row")
+    parser.add_argument("--sweep", action="append", default=[], type=parse_sweep, metavar="[METHOD=]LR,LR,...",
+                        help="learning rates to try: one full run each; the lowest final validation loss picks the "
+                             "method's row. Without METHOD= the grid is every method's; repeat with METHOD= for a "
+                             "method's own grid")
     parser.add_argument("--sweep-extend", type=int, default=2,
                         help="with --sweep: at most this many rates tried beyond the grid's edge while a method's "
                              "best rate is the largest or smallest tried")
@@ -340,8 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; one of {', '.join(sorted(METHODS))}")
-    if args.sweep and (min(args.sweep) <= 0 or len(set(args.sweep)) != len(args.sweep)):
-        raise SystemExit(f"error: --sweep needs distinct positive learning rates, got {args.sweep}")
+    args.sweep = sweep_grids(args.sweep)
     return compare(args)
 
 

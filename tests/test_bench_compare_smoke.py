@@ -89,6 +89,30 @@ def test_a_sweep_grid_of_zero_negative_or_repeated_rates_is_a_one_line_error(gri
         compare.main(["--task", "shapes-caption", "--sweep", grid])
 
 
+def test_a_method_grid_replaces_the_common_one_for_that_method_only():
+    def rates(*argv):
+        args = compare.parse_args(["--task", "shapes-sqa-likelihood", *argv])
+        args.sweep = compare.sweep_grids(args.sweep)
+        return {method: compare.candidate_rates(args, method) for method in ("excitor", "lora", "prefix")}
+
+    assert rates("--sweep", "1e-3,2e-3", "--sweep", "lora=5e-4,1e-3") == {
+        "excitor": [1e-3, 2e-3], "lora": [5e-4, 1e-3], "prefix": [1e-3, 2e-3]}
+    preset = compare.LEARNING_RATES["shapes-sqa-likelihood"]
+    assert rates("--sweep", "lora=5e-4,1e-3", "--lr", "prefix=3e-3") == {
+        "excitor": [preset["excitor"]], "lora": [5e-4, 1e-3], "prefix": [3e-3]}
+
+
+@pytest.mark.parametrize(("sweep", "message"), [
+    (["lorra=1e-3,2e-3"], "unknown method 'lorra'"),
+    (["1e-3,2e-3", "2e-3,4e-3"], "every method two grids"),
+    (["lora=1e-3,2e-3", "lora=4e-3"], "lora two grids"),
+    (["lora=1e-3,1e-3"], "distinct positive learning rates"),
+])
+def test_a_bad_method_grid_is_a_one_line_error(sweep, message):
+    with pytest.raises(SystemExit, match=message):
+        compare.main(["--task", "shapes-caption", *[arg for grid in sweep for arg in ("--sweep", grid)]])
+
+
 def test_an_unknown_method_is_a_one_line_error():
     with pytest.raises(SystemExit, match="unknown method"):
         compare.main(["--task", "shapes-caption", "--methods", "excitor,lorra"])
