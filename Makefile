@@ -36,10 +36,15 @@ demo: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 	$(PY) train_caption.py --config configs/demo.yaml
 
 # The method comparison tables of the README (each method and learning rate trains in its own resumable run under
-# runs/compare/; the caption table sweeps every method's rate, the ScienceQA tables use LEARNING_RATES).
+# runs/compare/; the caption table sweeps every method's rate, the likelihood table two rates per method, then the
+# Excitor's other seeds; the letter table uses LEARNING_RATES).
+SQA_SWEEP := --sweep excitor=5e-3,1e-2 --sweep lora=2.5e-3,5e-3 --sweep llama_adapter=5e-3,1e-2 \
+	--sweep prefix=5e-3,1e-2 --sweep-extend 0
 compare: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 	$(PY) -m bench.compare --task shapes-caption --sweep 5e-3,1e-2
-	$(PY) -m bench.compare --task shapes-sqa-likelihood
+	$(PY) -m bench.compare --task shapes-sqa-likelihood $(SQA_SWEEP)
+	for s in 1 2; do $(PY) -m bench.compare --task shapes-sqa-likelihood --methods excitor --override train.seed=$$s \
+		--side-by-side-repeats 0 --out runs/compare/shapes-sqa-likelihood-seed$$s || exit 1; done
 	$(PY) -m bench.compare --task shapes-sqa --methods excitor
 
 # DELIA's ablation over R (bench/delia.py): pool, self-samples, one run per R, scores, retention (~65 min, 1 thread).
