@@ -37,9 +37,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from bench.timing import write_results  # noqa: E402
+from mm_excitor.cli import run_cli  # noqa: E402
 from mm_excitor.layer import AffinityView, ExcitorKeyProjection  # noqa: E402
 from mm_excitor.train import init_distributed, seed_everything  # noqa: E402
-from tasks import get_task  # noqa: E402
+from tasks import TASKS, get_task  # noqa: E402
 from tasks.run import build, load_run, read_run_config  # noqa: E402
 
 COLUMNS = ("logit_spread", "entropy_pct", "visual_pct", "mix_varying_pct", "shift_varying_pct", "gate_abs")
@@ -118,7 +119,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", required=True, help="caption | scienceqa | shapes_json")
+    parser.add_argument("--task", required=True, choices=sorted(TASKS))
     parser.add_argument("--run", required=True, type=Path, help="a run's output_dir (its stored run config)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the run's latest checkpoint")
     parser.add_argument("--init", action="store_true", help="the adapter as training started (the run's seed)")
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     if args.init and args.checkpoint is not None:
         parser.error("--init reads the adapter as training started: it takes no --checkpoint")
+    if args.examples < 1:
+        parser.error(f"--examples must be >= 1, got {args.examples}")
     task = get_task(args.task)
     if args.init:
         config = read_run_config(task, args.run, args.override)
@@ -161,4 +164,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, sys.argv[1:]))

@@ -48,6 +48,18 @@ def test_a_trained_run_opens_its_gates_and_writes_next_to_the_run(run):
     assert "| mean |" in result["table"]
 
 
+def test_a_missing_run_is_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.test_entry_points import REPO
+
+    result = subprocess.run([sys.executable, "-m", "bench.affinity", "--task", "caption", "--run",
+                             str(tmp_path / "absent")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "absent" in result.stderr
+
+
 def test_a_model_without_excitor_blocks_is_refused():
     with pytest.raises(ValueError, match="no Excitor blocks"):
         affinity.measure(tiny_method_model("lora"), {"input_ids": None, "attention_mask": None})
