@@ -36,6 +36,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +97,14 @@ PROMPTS = [
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def word_tokenizer(vocab_size: int):
-    """A word-level tokenizer for the random-init LM (specials 0-3, then the words of PROMPTS)."""
+def word_tokenizer(vocab_size: int, texts: Iterable[str] = PROMPTS):
+    """A word-level tokenizer for a random-init LM (specials 0-3, then the words of `texts`, lower-cased)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for prompt in PROMPTS:
-        for word in prompt.lower().replace(".", " . ").replace("?", " ? ").replace(",", " , ").split():
+    for text in texts:
+        for word in text.lower().replace(".", " . ").replace("?", " ? ").replace(",", " , ").split():
             vocab.setdefault(word, len(vocab))
     if len(vocab) > vocab_size:
         raise ValueError(f"the word tokenizer needs {len(vocab)} ids, the LM has {vocab_size}")

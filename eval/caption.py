@@ -12,7 +12,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.caption_metrics import score_captions
 from eval.cli import add_generate_parser, generate
 from eval.generation import read_generation_meta
 from eval.report import write_caption_report
@@ -42,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "generate":
         generate("caption", args)
         return
+    from eval.caption_metrics import score_captions  # pycocoevalcap: `generate` runs without it
+
     decoding, meta = read_generation_meta(args.results, args.decoding)
     scores = score_captions(args.results, args.annotations, allow_subset=args.allow_subset, spice=args.spice,
                             workdir=args.workdir)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from eval.caption_metrics import CaptionScores
 from eval.scienceqa_metrics import ScienceQAScores, format_percent, unparsed_note
 from mm_excitor.io import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:  # scoring's imports (pycocoevalcap) stay out of training and generation
+    from eval.caption_metrics import CaptionScores
 
 CIDER_NOTE = "CIDEr is pycocoevalcap's CIDEr-D (sigma 6, clipped, IDF over the scored images)"
 

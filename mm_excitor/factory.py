@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .config import ExcitorConfig
 from .methods import method_class
@@ -26,6 +26,10 @@ class ModelConfig:
 
     language_model: str = ".cache/smollm2-135m-instruct"
     """Local directory with config.json, weights and tokenizer (`python -m mm_excitor.smollm2` makes the default)."""
+    random_init_seed: int | None = None
+    """None: load the weights in `language_model`. An integer: build the LM from its config.json alone with random
+    weights drawn from this seed (directly on the run's device), to time or test a shape without its checkpoint;
+    such a run's scores mean nothing. Set explicitly only: a missing weights file is always an error otherwise."""
     dtype: str = "float32"
     """dtype of the frozen LM: float32 | bfloat16 | float16 (trainable tensors are always fp32)."""
     attn_implementation: str = "sdpa"
@@ -44,28 +48,48 @@ class ModelConfig:
         method_class(self.method)  # an unknown method is a config error
 
 
-def load_language_model(path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa"):
-    """(model, tokenizer) from a local directory; never downloads."""
+def load_language_model(path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa", *,
+                        random_init_seed: int | None = None, device: str | torch.device = "cpu"):
+    """(model, tokenizer) from a local directory; never downloads. With `random_init_seed` the weights are not read:
+    the model is built from config.json with random weights from that seed, on `device` (a 7B shape never passes
+    through host memory in fp32); otherwise the model is loaded on the CPU."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"no language model at {path} (missing {path / 'config.json'}); point model.language_model at a local "
             f"Hugging Face directory, or run `python -m mm_excitor.smollm2 --out {path}` for SmolLM2-135M-Instruct"
         )
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, local_files_only=True
-    )
+    if random_init_seed is None:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, local_files_only=True
+        )
+    else:
+        model = random_language_model(path, dtype, attn_implementation, random_init_seed, torch.device(device))
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
 
 
+def random_language_model(path: Path, dtype: str, attn_implementation: str, seed: int, device: torch.device):
+    """The causal LM of `path/config.json` with random weights: the same seed gives the same weights on one device
+    type, so a run and a later evaluation of it build the same frozen base (adapters check it)."""
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype],
+                                                     attn_implementation=attn_implementation)
+    model.config._name_or_path = str(path)
+    return model
+
+
 def create_model(
     config: ModelConfig, *, vision_identity: dict[str, Any] | None = None, device: str | torch.device = "cpu"
 ) -> VisionLanguageModel:
     """The model of `config.method`; with `vision_identity` (from a feature cache) no encoder is built."""
-    language_model, tokenizer = load_language_model(config.language_model, config.dtype, config.attn_implementation)
+    language_model, tokenizer = load_language_model(config.language_model, config.dtype, config.attn_implementation,
+                                                    random_init_seed=config.random_init_seed, device=device)
     vision = None if vision_identity is not None else VisionEncoder(config.vision)
     model = method_class(config.method).build(language_model, tokenizer, config, vision, vision_identity)
     return model.to(device)

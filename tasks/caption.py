@@ -11,7 +11,6 @@ from data.coco import caption_samples, load_caption_splits
 from data.datasets import CaptionEvalDataset, CaptionTrainDataset
 from data.prompts import CaptionTemplate
 from eval.caption_files import write_results
-from eval.caption_metrics import score_captions
 from eval.report import write_caption_report
 from data.mix import DeliaMixConfig
 from data.paraphrases import ParaphraseConfig
@@ -116,6 +115,8 @@ class CaptionTask(Task):
 
     def score(self, outputs: Path, config: Any, data: CaptionData, out_dir: Path, decoding: Decoding,
               allow_subset: bool = False) -> dict[str, float]:
+        from eval.caption_metrics import score_captions  # pycocoevalcap: needed to score, not to train or generate
+
         scores = score_captions(outputs, data.references, allow_subset=allow_subset, workdir=out_dir)
         write_caption_report(scores, out_dir, decoding=decoding.as_dict(), sources={"results": str(outputs)})
         return {name: 100 * value for name, value in scores.metrics.items()}  # x100, as papers report them
