@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -394,8 +395,12 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
     log(f"trained {summary_['steps']} steps at {summary_['tokens_per_s']:.0f} tokens/s")
     write_json(results, args.out)
     eval_start = time.perf_counter()
-    eval.caption.main(["generate", "--config", str(run_dir), "--output", str(args.captions), "--device",
+    generated = work / "captions" / "captions.json"  # next to it: the shards and their .done markers
+    eval.caption.main(["generate", "--config", str(run_dir), "--output", str(generated), "--device",
                        "cpu" if args.tiny else "cuda"])
+    args.captions.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(generated, args.captions)
+    shutil.copyfile(generated.with_suffix(".meta.json"), args.captions.with_suffix(".meta.json"))
     captions = json.loads(args.captions.read_text())
     results["generate"] = {"captions": len(captions), "wall_s": time.perf_counter() - eval_start,
                            "output": args.captions.name, "examples": captions[:5]}
