@@ -10,7 +10,6 @@ import signal
 import pytest
 import torch
 
-from data.collate import Collator
 from mm_excitor import load_adapter, save_adapter
 from mm_excitor.checkpoint import read_adapter_config, trainable_state_dict
 from mm_excitor.factory import ModelConfig
@@ -20,57 +19,23 @@ from mm_excitor.methods.llama_adapter import LlamaAdapterSettings, adaption_prom
 from mm_excitor.methods.lora import LoraSettings
 from mm_excitor.recipe import ConfigError, load_config
 from mm_excitor.vision import VisionEncoder
+from tests.method_inputs import EXACT_WITH_IMAGES, collator, items, perturb, text_only
 from tests.tiny_models import (
     TINY_CACHE, tiny_method_config, tiny_method_model, tiny_model, tiny_tokenizer, tiny_vision_config,
 )
 
 CONFIG = tiny_method_config()
 ALL = sorted(METHODS)
-EXACT_WITH_IMAGES = ("excitor", "llama_adapter")
-"""Methods whose zero-init tensor makes even rows with an image the base model at init (lora and prefix put a
-prefix in front of them)."""
 TRAINABLE = {
     "excitor": (".k_proj.", "projection."),
     "lora": (".lora_A.", ".lora_B.", "projector."),
     "llama_adapter": (".adaption_prompts.", "projection."),
     "prefix": ("projector.",),
 }
-PROMPTS = ["red blue :", "a photo of the", "describe the image in one sentence .", "two :"]
 
 
 def build(method, base=None, vision=None, seed=1, config=CONFIG):
     return tiny_method_model(method, base, vision, seed, config)
-
-
-def perturb(model, std=0.3, seed=7):
-    """Move every trainable tensor off its init (zero gates, zero LoRA B), as training would."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(std * torch.randn(parameter.shape, generator=generator))
-    return model
-
-
-def items(has_image=(True, False, True, True), key="visual_tokens", shape=(5, 8), targets=True):
-    generator = torch.Generator().manual_seed(0)
-    out = []
-    for prompt, flag in zip(PROMPTS, has_image):
-        item = {"prompt": prompt, "has_image": flag}
-        if targets:
-            item["target"] = "a red circle"
-        if flag:
-            item[key] = torch.randn(*shape, generator=generator)
-        out.append(item)
-    return out
-
-
-def collator(key="visual_tokens", shape=(5, 8)):
-    return Collator(tiny_tokenizer(), 64, blank={key: torch.zeros(*shape)})
-
-
-def text_only(inputs):
-    return {k: inputs[k] for k in ("input_ids", "attention_mask", "labels") if k in inputs}
 
 
 def text_logits(logits, mask):

@@ -89,16 +89,16 @@ def make_multimodal_model(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def make_method_model(method: str) -> torch.nn.Module:
-    """Any method (`model.method`) on the tiny LLaMA, fed N_V x D_V visual tokens; LoRA without dropout, so that
-    2 ranks draw no other dropout masks than 1 process."""
+def make_method_model(method: str, base: torch.nn.Module | None = None) -> torch.nn.Module:
+    """Any method (`model.method`) on the tiny LLaMA (or a copy of `base`), fed N_V x D_V visual tokens; LoRA
+    without dropout, so that 2 ranks draw no other dropout masks than 1 process."""
     import dataclasses
 
     from tests.tiny_models import tiny_method_config, tiny_method_model
 
     config = tiny_method_config()
     config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, dropout=0.0))
-    return tiny_method_model(method, config=config, seed=1)
+    return tiny_method_model(method, base, config=config, seed=1)
 
 
 def make_config(output_dir: Path, **overrides: Any) -> TrainConfig:
