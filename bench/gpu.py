@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import hashlib
 import json
 import shutil
 import sys
@@ -377,6 +378,8 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
                  "--difficulty", "simple", "--sizes", "large", "--captions-per-image", "1", "--val-fraction", "0.1",
                  "--test-fraction", "0.1", "--no-progress", "--overwrite"])
     write_config_only_lm(work / "lm", shape.lm, shapes_dir / "coco" / "dataset_coco.json")
+    references = shapes_dir / "coco" / "annotations" / "captions_test2014.json"
+    results["test_references_sha256"] = hashlib.sha256(references.read_bytes()).hexdigest()  # to score elsewhere
     results["shapes_command"] = (f"python -m data.shapes --out SHAPES --num-images {shape.shapes_images} --seed 0 "
                                  "--difficulty simple --sizes large --captions-per-image 1 --val-fraction 0.1 "
                                  "--test-fraction 0.1 --no-progress --overwrite")

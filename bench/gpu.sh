@@ -25,7 +25,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     && export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
 WORK="$(mktemp -d)"  # the e2e run's LM directory, shapes set and checkpoints: a fresh run every time
-GUARD_TESTS=60 GUARD_BENCH=170 GUARD_E2E=150
+GUARD_TESTS=75 GUARD_BENCH=160 GUARD_E2E=130
 [ -n "$TINY" ] && GUARD_TESTS=60 GUARD_BENCH=120 GUARD_E2E=120
 
 stage() {  # stage NAME GUARD_SECONDS COMMAND...: runs, logs, and reports its exit status and time
@@ -36,7 +36,7 @@ stage() {  # stage NAME GUARD_SECONDS COMMAND...: runs, logs, and reports its ex
   echo "[gpu.sh] $name: exit $rc after $((SECONDS - start))s (guard ${guard}s)" | tee -a "$OUT/$name.log"
 }
 
-stage tests-gpu "$GUARD_TESTS" "$PY" -m pytest -q -p no:cacheprovider tests/gpu
+stage tests-gpu "$GUARD_TESTS" "$PY" -m pytest -q tests/gpu
 stage bench "$GUARD_BENCH" "$PY" bench/gpu.py bench $TINY --out "$OUT/bench.json"
 stage e2e "$GUARD_E2E" "$PY" bench/gpu.py e2e $TINY --out "$OUT/e2e.json" --captions "$OUT/captions.json" --work "$WORK"
 rm -rf "$WORK"
