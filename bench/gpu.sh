@@ -21,8 +21,12 @@ done
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" > /dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+  if "$PY" -m pip --version > /dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  else  # an environment without pip: a wheel is a zip of what goes on the path
+    "$PY" -c 'import glob, zipfile; [zipfile.ZipFile(w).extractall("/tmp/site") for w in sorted(glob.glob(".whl/*.whl"))]'
+  fi && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+  echo "[gpu.sh] wheels: $(ls .whl | tr '\n' ' ')"
 fi
 WORK="$(mktemp -d)"  # the e2e run's LM directory, shapes set and checkpoints: a fresh run every time
 GUARD_TESTS=75 GUARD_BENCH=160 GUARD_E2E=130
