@@ -213,6 +213,7 @@ def measure_training(name: str, models, inputs, lm_config, processed_extra: dict
 
 def measure_forward(bare, models, inputs, shape: Shape, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     text = {k: inputs[k] for k in ("input_ids", "attention_mask")}
+    visual = {k: inputs[k] for k in ("visual_tokens", "has_image")}
 
     def call(model, **kwargs) -> Callable[[], None]:
         def run() -> None:
@@ -220,7 +221,7 @@ def measure_forward(bare, models, inputs, shape: Shape, device: torch.device, dt
                 model(**kwargs)
         return run
 
-    fns = {"bare_lm": call(bare, **text, use_cache=False), **{m: call(models[m], **inputs) for m in models}}
+    fns = {"bare_lm": call(bare, **text), **{m: call(models[m], **text, **visual) for m in models}}
     wall, cpu = interleaved(fns, shape.warmup, shape.repeats, device)
     result = {name: summary(wall[name], cpu and cpu[name]) for name in fns}
     for method in models:
