@@ -311,15 +311,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     peak = gpu.get("peak_bf16_tflops")
 
     generator = torch.Generator().manual_seed(args.seed)
-    size = encoder.visual.image_size
-    images = torch.randn(shape.batch, 3, *size, generator=generator).to(device)
+    images, multimodal = multimodal_inputs(shape, encoder, generator, device)
     encode = lambda: encoder(images)  # noqa: E731
     wall, _ = interleaved({"encoder": encode}, shape.warmup, shape.repeats, device)
     results["encoder_forward"] = {"batch": shape.batch, **summary(wall["encoder"], None)}
-    tokens = encode()
-    ids = torch.randint(3, shape.lm["vocab_size"], (shape.batch, shape.seq), generator=generator).to(device)
-    multimodal = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids, "visual_tokens": tokens,
-                  "has_image": torch.ones(shape.batch, dtype=torch.bool, device=device)}
+    tokens = multimodal["visual_tokens"]
     prefix_tokens = {"lora": encoder.num_tokens, "prefix": encoder.num_tokens}
     parts: dict[str, Callable[[], Any]] = {
         "train_multimodal": lambda: measure_training("train 16x64 + images", models, multimodal, bare.config,
@@ -347,6 +343,73 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         results["verdicts"] = verdicts(results)
         results["environment"]["wall_s"] = time.perf_counter() - start
         write_json(results, args.out)
+    return results
+
+
+def multimodal_inputs(shape: Shape, encoder: VisionEncoder, generator: torch.Generator, device: torch.device):
+    """(images, the training step's inputs): random captions of the micro-batch with the encoder's tokens."""
+    images = torch.randn(shape.batch, 3, *encoder.visual.image_size, generator=generator).to(device)
+    with torch.no_grad():
+        tokens = encoder(images)
+    ids = torch.randint(3, shape.lm["vocab_size"], (shape.batch, shape.seq), generator=generator).to(device)
+    return images, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids, "visual_tokens": tokens,
+                    "has_image": torch.ones(shape.batch, dtype=torch.bool, device=device)}
+
+
+def run_profile(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the Excitor's time goes next to the bare LM: the language-only forward ratio (the multimodal one is in
+    `bench`), then torch.profiler tables of the bare and Excitor forwards and the Excitor and LoRA training steps,
+    written to ``--profile-table`` (the cause of any missed target is read there)."""
+    shape = SHAPES[args.shape]
+    device = setup_device(args.threads, "cpu" if args.tiny else args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    bare, _, encoder, models, _ = build_models(shape, device, dtype, args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    _, multimodal = multimodal_inputs(shape, encoder, generator, device)
+    text = {k: multimodal[k] for k in ("input_ids", "attention_mask")}
+    visual = {k: multimodal[k] for k in ("visual_tokens", "has_image")}
+    excitor = models["excitor"]
+
+    def forward(model, **kwargs) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad(), autocast(device, dtype):
+                model(**kwargs)
+        return run
+
+    forwards = {"bare_lm": forward(bare, **text), "excitor_text": forward(excitor, **text),
+                "excitor_images": forward(excitor, **text, **visual)}
+    wall, cpu = interleaved(forwards, shape.warmup, shape.repeats, device)
+    results: dict[str, Any] = {"environment": {**runtime_environment(device), "shape": args.shape,
+                                               "command": args.command},
+                               "forward": {name: summary(wall[name], cpu and cpu[name]) for name in forwards}}
+    for name in ("excitor_text", "excitor_images"):
+        results["forward"][name]["over_bare_lm"] = ratio(results["forward"][name]["median_s"],
+                                                         results["forward"]["bare_lm"]["median_s"])
+    write_json(results, args.out)
+    for model in models.values():
+        model.train()
+    steps, _ = train_steps({m: models[m] for m in ("excitor", "lora")}, multimodal, device, dtype)
+    profiled = {**{f"forward {name}": fn for name, fn in forwards.items()},
+                **{f"train step {method}": fn for method, fn in steps.items()}}
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    tables = []
+    for name, fn in profiled.items():
+        for _ in range(shape.warmup):
+            fn()
+        synchronize(device)
+        with torch.profiler.profile(activities=activities) as profile:
+            for _ in range(shape.repeats):
+                fn()
+            synchronize(device)
+        table = profile.key_averages().table(sort_by=sort, row_limit=25)
+        tables.append(f"## {name} ({shape.repeats} calls, sorted by {sort})\n\n{table}\n")
+        log(f"profiled {name}")
+    args.profile_table.write_text("\n".join(tables))
+    results["profile_table"] = args.profile_table.name
+    write_json(results, args.out)
     return results
 
 
@@ -418,12 +481,14 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("bench", "e2e"))
+    parser.add_argument("stage", choices=("bench", "e2e", "profile"))
     parser.add_argument("--out", type=Path, required=True, help="the stage's JSON")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (the suite's smoke test)")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "gpu",
                         help="e2e: where the config-only LM, the shapes set and the run go")
     parser.add_argument("--captions", type=Path, default=None, help="e2e: the captions file (default: next to --out)")
+    parser.add_argument("--profile-table", type=Path, default=None,
+                        help="profile: the profiler tables (default: profile.txt next to --out)")
     parser.add_argument("--device", default=None, help="bench: default cuda if available, else cpu")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for the MFU")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 with --tiny, else 8)")
@@ -432,13 +497,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.shape = "tiny" if args.tiny else "llama7b"
     args.threads = args.threads or (1 if args.tiny else 8)
     args.captions = args.captions or args.out.parent / "captions.json"
+    args.profile_table = args.profile_table or args.out.parent / "profile.txt"
     args.command = " ".join(["python bench/gpu.py", *(sys.argv[1:] if argv is None else argv)])
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    return run_bench(args) if args.stage == "bench" else run_e2e(args)
+    return {"bench": run_bench, "e2e": run_e2e, "profile": run_profile}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -37,3 +37,13 @@ def test_the_shell_wrapper_parses_and_refuses_a_missing_out():
     assert subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu.sh")]).returncode == 0
     refused = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh")], capture_output=True, text=True)
     assert refused.returncode == 2 and "--out DIR is required" in refused.stderr
+
+
+def test_the_profile_stage_writes_the_forward_ratios_and_a_table_per_call(tmp_path):
+    out = tmp_path / "profile.json"
+    results = gpu_bench(["profile", "--tiny", "--out", str(out)])
+    assert results["forward"]["excitor_text"]["over_bare_lm"] > 0
+    assert results["forward"]["excitor_images"]["over_bare_lm"] > 0
+    table = (tmp_path / "profile.txt").read_text()
+    for call in ("forward bare_lm", "forward excitor_images", "train step excitor", "train step lora"):
+        assert f"## {call} " in table
