@@ -66,8 +66,9 @@ class TrainConfig:
     tensorboard: bool = True
     progress_bar: bool = True
     resume: str | None = None
-    """None: fresh run (refused if output_dir already holds checkpoints); 'latest': the newest checkpoint in
-    output_dir, or a fresh run if there is none; otherwise the path of a checkpoint directory."""
+    """None: fresh run (refused if output_dir already holds checkpoints); 'latest': the newest intact checkpoint in
+    output_dir (damaged ones are passed over with a warning), or a fresh run if there is none; 'step-N': that
+    checkpoint of output_dir; otherwise the path of a checkpoint directory or of another run's output_dir."""
 
     # hardware
     num_workers: int = 2

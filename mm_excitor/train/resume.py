@@ -3,13 +3,14 @@ checkpoint's run was on, so only settings that cannot change it may differ (and 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..checkpoint import adapter_config_differences, identity_differences
 from ..diff import Difference, differences
+from ..integrity import DamagedCheckpointError
 from . import checkpoints as ckpt
 from .state import ResumeState
 
@@ -36,11 +37,16 @@ class ResumeCheck:
     allowed: list[str]
 
 
-def find_checkpoint(output_dir: Path, resume: str | Path | bool | None) -> Path | None:
-    """The checkpoint to continue from: None for a fresh run (refused if output_dir holds checkpoints), the latest
-    one for `latest`/`auto`/True (or None when there is none yet), or an explicit checkpoint or output_dir."""
-    existing = ckpt.find_latest(output_dir)
+def find_checkpoint(output_dir: Path, resume: str | Path | bool | None,
+                    warn: Callable[[str], None] = print) -> Path | None:
+    """The checkpoint to continue from, checked against its checksums (see the resume policy in README.md).
+
+    None/"" is a fresh run (refused if output_dir holds checkpoints). `latest`/`auto`/True, or another run's
+    output_dir, take the newest intact step directory there, passing over damaged ones with a warning; with none at
+    all `latest` starts afresh, and with only damaged ones it is an error listing them. A checkpoint named by hand
+    (`step-N` under output_dir/checkpoints, or a path) must be intact."""
     if resume in (None, False, ""):
+        existing = ckpt.find_latest(output_dir)
         if existing is not None:
             raise FileExistsError(
                 f"{output_dir} already holds checkpoint {existing}; continue that run with train.resume=latest "
@@ -48,16 +54,48 @@ def find_checkpoint(output_dir: Path, resume: str | Path | bool | None) -> Path 
             )
         return None
     if resume is True or str(resume) in ("latest", "auto"):
-        return existing
+        return _newest_intact(output_dir, warn)
     path = Path(resume)
-    if (path / ckpt.CHECKPOINTS).is_dir():  # an output_dir: take its latest
-        found = ckpt.find_latest(path)
+    named = output_dir / ckpt.CHECKPOINTS / str(resume)
+    if len(path.parts) == 1 and not path.is_dir() and named.is_dir():
+        path = named  # step-N (or best) of this run
+    if (path / ckpt.CHECKPOINTS).is_dir():  # an output_dir: take its newest intact checkpoint
+        found = _newest_intact(path, warn)
         if found is None:
-            raise FileNotFoundError(f"no complete checkpoint under {path / ckpt.CHECKPOINTS}")
+            raise FileNotFoundError(f"no checkpoint under {path / ckpt.CHECKPOINTS}")
         return found
-    if not ckpt.is_complete(path):
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {ckpt.STATE_JSON})")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{resume} is not a checkpoint directory, nor step-N under "
+                                f"{output_dir / ckpt.CHECKPOINTS}")
+    problem = ckpt.damage(path)
+    if problem is not None:
+        raise DamagedCheckpointError(f"cannot resume from {path}: {problem}")
+    _warn_unverified(path, warn)
     return path
+
+
+def _newest_intact(output_dir: Path, warn: Callable[[str], None]) -> Path | None:
+    damaged: list[str] = []
+    for candidate in ckpt.resume_candidates(output_dir):
+        problem = ckpt.damage(candidate)
+        if problem is None:
+            if damaged:
+                warn(f"warning: passing over damaged checkpoint(s) {'; '.join(damaged)}; resuming from {candidate}, "
+                     "the newest intact one")
+            _warn_unverified(candidate, warn)
+            return candidate
+        damaged.append(f"{candidate.name} ({problem})")
+    if damaged:
+        raise DamagedCheckpointError(
+            f"no intact checkpoint under {output_dir / ckpt.CHECKPOINTS}; found:" + "".join(f"\n  {d}" for d in damaged)
+            + "\nStart a new run in another train.output_dir, or resume another run's checkpoint by path."
+        )
+    return None
+
+
+def _warn_unverified(path: Path, warn: Callable[[str], None]) -> None:
+    if not ckpt.has_checksums(path):
+        warn(f"{path} has no checksums (written by an older version): resuming from it unverified")
 
 
 def check_resume(

@@ -291,7 +291,7 @@ class Trainer:
             try:
                 for leftover in ckpt.clean_scratch(self.output_dir):
                     say(self.dist, f"removed {leftover.name}, left by an interrupted checkpoint write")
-                found = find_checkpoint(self.output_dir, resume)
+                found = find_checkpoint(self.output_dir, resume, warn=lambda line: say(self.dist, line))
                 if found is None and resume not in (None, False, ""):
                     say(self.dist, f"no checkpoint in {self.output_dir / ckpt.CHECKPOINTS}: starting from scratch")
                 decision = ("ok", str(found) if found is not None else None)

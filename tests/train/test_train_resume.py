@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,8 +95,13 @@ def test_checkpoint_layout_latest_best_and_keep_last(reference):
     assert (checkpoints / "latest").read_text().strip() == "step-8"
     for directory in (checkpoints / "step-8", checkpoints / "best"):
         assert sorted(p.name for p in directory.iterdir()) == [
-            "adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"
+            "adapter_config.json", "adapter_model.safetensors", "checksums.json", "optimizer.safetensors",
+            "trainer_state.json",
         ]
+        listed = json.loads((directory / "checksums.json").read_text())["files"]
+        assert sorted(listed) == ["adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors",
+                                  "trainer_state.json"]
+        assert listed["optimizer.safetensors"]["bytes"] == (directory / "optimizer.safetensors").stat().st_size
     model = load_adapter(make_model(seed=7, base_seed=0), checkpoints / "step-8")  # other init, same base
     trained = adapter_tensors(checkpoints / "step-8")
     assert all(torch.equal(p, trained[n]) for n, p in model.named_parameters() if p.requires_grad)
@@ -234,3 +240,54 @@ def test_fp16_resume_restores_the_grad_scaler_and_a_bf16_base_keeps_fp32_trainab
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
     assert {t.dtype for t in adapter_tensors(tmp_path / "bf16/checkpoints/step-2").values()} == {torch.float32}
+
+
+def damage(path: Path, *, truncate: bool) -> None:
+    """Cut a file to half its size, or flip one byte in its middle (the file stays readable: only checksums tell)."""
+    data = bytearray(path.read_bytes())
+    if truncate:
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+def test_resume_latest_passes_over_a_damaged_checkpoint_to_the_newest_intact_one(plain_reference, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(plain_reference, run)
+    damage(run / "checkpoints/step-8/adapter_model.safetensors", truncate=True)
+    capsys.readouterr()
+    plain_run(run, save_every_steps=2, resume="latest")
+    out = capsys.readouterr().out
+    warning, = [line for line in out.splitlines() if "damaged" in line]  # one line naming the damaged checkpoint
+    assert "step-8" in warning and "adapter_model.safetensors" in warning and warning.endswith(
+        f"resuming from {run / 'checkpoints/step-6'}, the newest intact one")
+    assert f"resumed from {run / 'checkpoints/step-6'} at step 6" in out
+    assert losses(run) == losses(plain_reference)
+    assert_same_tensors(adapter_tensors(run / "checkpoints/step-8"), adapter_tensors(plain_reference / "checkpoints/step-8"))
+
+
+def test_a_damaged_checkpoint_named_by_hand_or_no_intact_one_is_a_clear_error(plain_reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(plain_reference, run)
+    damage(run / "checkpoints/step-6/optimizer.safetensors", truncate=False)
+    with pytest.raises(ValueError, match=r"cannot resume from .*step-6: .*optimizer.safetensors: sha256 differs"):
+        plain_run(run, save_every_steps=2, max_steps=10, resume="step-6")
+    damage(run / "checkpoints/step-8/trainer_state.json", truncate=True)
+    with pytest.raises(ValueError, match="no intact checkpoint") as error:
+        plain_run(run, save_every_steps=2, max_steps=10, resume="latest")
+    found = str(error.value).splitlines()
+    assert found[1].startswith("  step-8 (") and "trainer_state.json" in found[1]
+    assert found[2].startswith("  step-6 (") and "optimizer.safetensors" in found[2]
+    plain_run(run, save_every_steps=2, resume=str(plain_reference / "checkpoints/step-6"))  # another copy, by path
+    assert losses(run) == losses(plain_reference)
+
+
+def test_a_checkpoint_without_checksums_resumes_unverified(plain_reference, tmp_path, capsys):
+    """Checkpoints written before checksums existed still resume (and load), with a note that nothing was checked."""
+    run = tmp_path / "run"
+    shutil.copytree(plain_reference, run)
+    (run / "checkpoints/step-6/checksums.json").unlink()
+    plain_run(run, save_every_steps=2, resume="step-6")
+    assert f"{run / 'checkpoints/step-6'} has no checksums" in capsys.readouterr().out
+    assert losses(run) == losses(plain_reference)
