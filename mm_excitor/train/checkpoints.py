@@ -47,6 +47,31 @@ def write_checkpoint(
     return directory
 
 
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (no space left, a quota, an I/O error); the earlier ones are untouched."""
+
+
+def write_checkpoint_or_report(
+    directory: Path, adapter_state: dict[str, torch.Tensor], adapter_metadata: dict[str, Any],
+    resume_state: ResumeState, *, update_latest: bool, keep_last: int | None,
+) -> str | None:
+    """Write a checkpoint, then (if `update_latest`) point `latest` at it and prune to `keep_last`; returns None,
+    or what failed and what is left to resume from. A failed write leaves nothing of itself behind, and `latest`
+    still names the previous complete checkpoint."""
+    root = directory.parent.parent
+    try:
+        write_checkpoint(directory, adapter_state, adapter_metadata, resume_state)
+        if update_latest:
+            set_latest(root, directory)
+            prune(root, keep_last, protect=directory)
+    except OSError as error:
+        previous = find_latest(root)
+        left = (f"the last complete checkpoint is {previous} (`latest` names it): free space and rerun with "
+                "train.resume=latest to continue from it" if previous is not None else "there is no earlier checkpoint")
+        return f"could not write checkpoint {directory} ({error.strerror or error}); {left}"
+    return None
+
+
 def step_dir(root: Path, step: int) -> Path:
     return root / CHECKPOINTS / f"step-{step}"
 

@@ -29,7 +29,7 @@ from . import checkpoints as ckpt
 from .batches import Batch, MicroBatches, ResumableSamplerProtocol
 from .config import TrainConfig
 from .distributed import (
-    DistInfo, all_reduce, barrier, broadcast_object, full_tensor, gather_objects, gradient_sync, init_distributed,
+    DistInfo, all_reduce, broadcast_object, full_tensor, gather_objects, gradient_sync, init_distributed,
     is_fsdp, load_optimizer_state, optimizer_state, trainable_state, unwrap, wrap_model,
 )
 from .metrics import MetricsLogger, say
@@ -201,8 +201,8 @@ class Trainer:
             say(self.dist, f"received {stop.name}: saving a checkpoint at step {self.step} and stopping "
                            "(Ctrl-C again aborts without saving)")
         if self.step % config.save_every_steps == 0 or final or stop is not None:
+            self._save(ckpt.step_dir(self.output_dir, self.step), update_latest=True)
             self.last_checkpoint = ckpt.step_dir(self.output_dir, self.step)
-            self._save(self.last_checkpoint, update_latest=True)
         return stop
 
     def _next_batch(self, stream: Any) -> Batch:
@@ -257,7 +257,8 @@ class Trainer:
     # --- checkpoints and resume --------------------------------------------------------------------------------
 
     def _save(self, directory: Path, *, update_latest: bool) -> None:
-        """Gather (a collective under FSDP), then rank 0 writes; every rank waits for the write to finish."""
+        """Gather (a collective under FSDP), then rank 0 writes; every rank waits for the write to finish, and a
+        failed write (a full disk) ends the run on every rank with CheckpointWriteError."""
         adapter = trainable_state(self.wrapped)
         self.adapter_fingerprint = state_fingerprint(adapter)
         optimizer = optimizer_state(self.wrapped, self.optimizer)
@@ -277,11 +278,11 @@ class Trainer:
                 schedule={"kind": "linear_warmup_half_cosine", "base_lr": self.lr, "min_lr": self.config.min_lr,
                           "warmup_steps": self.warmup_steps, "total_steps": self.total_steps},
             )
-            ckpt.write_checkpoint(directory, adapter, self.adapter, state)
-            if update_latest:
-                ckpt.set_latest(self.output_dir, directory)
-                ckpt.prune(self.output_dir, self.config.keep_last, protect=directory)
-        barrier()
+            failure = ckpt.write_checkpoint_or_report(directory, adapter, self.adapter, state,
+                                                      update_latest=update_latest, keep_last=self.config.keep_last)
+        failure = broadcast_object(failure if self.is_main else None)
+        if failure is not None:
+            raise ckpt.CheckpointWriteError(failure)
 
     def _prepare(self, resume: str | Path | bool | None) -> ResumeState | None:
         """Find the checkpoint to resume from (rank 0 reads the file system, every rank follows), check that it

@@ -1,6 +1,7 @@
 """Checkpoints that lose nothing: exact resume, refusal of a different run, crash safety, pruning, signals."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -291,3 +292,30 @@ def test_a_checkpoint_without_checksums_resumes_unverified(plain_reference, tmp_
     plain_run(run, save_every_steps=2, resume="step-6")
     assert f"{run / 'checkpoints/step-6'} has no checksums" in capsys.readouterr().out
     assert losses(run) == losses(plain_reference)
+
+
+def test_a_failed_checkpoint_write_is_one_clear_error_and_a_rerun_resumes_from_the_last_complete_one(
+        plain_reference, tmp_path, monkeypatch):
+    import mm_excitor.train.state as state
+
+    write = state.atomic_write_bytes
+
+    def full_disk_at_step_6(path, data):
+        if ".step-6." in str(path):  # the optimizer state of step 6, in its scratch directory
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write(path, data)
+
+    monkeypatch.setattr(state, "atomic_write_bytes", full_disk_at_step_6)
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(OSError) as error:
+        plain_run(tmp_path, save_every_steps=2)
+    assert str(error.value) == (
+        f"could not write checkpoint {checkpoints / 'step-6'} (No space left on device); the last complete "
+        f"checkpoint is {checkpoints / 'step-4'} (`latest` names it): free space and rerun with train.resume=latest "
+        "to continue from it")
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-2", "step-4"]  # nothing half-written
+    assert (checkpoints / "latest").read_text().strip() == "step-4"
+    monkeypatch.undo()
+    plain_run(tmp_path, save_every_steps=2, resume="latest")
+    assert losses(tmp_path) == losses(plain_reference)
+    assert_same_tensors(adapter_tensors(checkpoints / "step-8"), adapter_tensors(plain_reference / "checkpoints/step-8"))
