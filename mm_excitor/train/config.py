@@ -32,6 +32,10 @@ class TrainConfig:
     eps: float = 1e-8
     clip_grad: float | None = None
     """Max global L2 norm of the trainable gradients; None disables clipping (the norm is still logged)."""
+    max_consecutive_skipped_steps: int = 20
+    """A step whose loss or gradient norm is not finite (on any rank) is skipped: no update, logged with its samples.
+    More skipped steps in a row than this end the run with an error (0: the first one does). fp16's loss-scale
+    backoffs count too, hence the margin."""
 
     # batch and run length
     batch_size: int = 4
@@ -101,6 +105,8 @@ class TrainConfig:
             errors.append(f"keep_last must be >= 1 or None (keep all), got {self.keep_last}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             errors.append(f"clip_grad must be > 0 or None, got {self.clip_grad}")
+        if self.max_consecutive_skipped_steps < 0:
+            errors.append(f"max_consecutive_skipped_steps must be >= 0, got {self.max_consecutive_skipped_steps}")
         if self.num_workers < 0:
             errors.append(f"num_workers must be >= 0, got {self.num_workers}")
         for name in ("blr", "min_lr", "weight_decay", "eps"):

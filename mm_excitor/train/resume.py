@@ -21,6 +21,8 @@ FREE_TRAIN_KEYS = (
     "train.output_dir", "train.resume", "train.save_every_steps", "train.keep_last", "train.eval_every_steps",
     "train.eval_batch_size", "train.eval_max_batches", "train.log_every_steps", "train.tensorboard",
     "train.progress_bar",
+    # when a diverging run gives up (a step that is skipped changes nothing, whatever the limit)
+    "train.max_consecutive_skipped_steps",
     # how the same computation is placed on hardware (the world size is checked separately: it changes the batch)
     "train.num_workers", "train.device", "train.distributed", "train.find_unused_parameters",
 )

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..cli import format_ids
 from ..checkpoint import adapter_metadata, load_adapter, state_fingerprint, trainable_state_dict
 from ..io import atomic_write_json
 from . import checkpoints as ckpt
@@ -34,13 +35,18 @@ from .distributed import (
 )
 from .metrics import MetricsLogger, say
 from .optim import build_optimizer, lr_at, set_lr
-from .reporting import Interval, RunTotals, write_summary
+from .reporting import Interval, RunTotals, json_number, write_summary
 from .resume import FREE_TRAIN_KEYS, ResumeMismatchError, check_resume, find_checkpoint
 from .signals import StopSignals, TrainingInterrupted
 from .state import ResumeState, capture_rng, preserved_rng, read_resume_state, restore_rng, seed_everything
 from .validation import validation_loss
 
 RUN_FILE = "train_config.json"
+
+
+class NonFiniteStepsError(ValueError):
+    """More optimizer steps in a row than train.max_consecutive_skipped_steps had a non-finite loss or gradient."""
+
 StepCallback = Callable[["Trainer", dict[str, Any]], None]
 SampleFn = Callable[[nn.Module], Sequence[Any]]
 
@@ -160,15 +166,22 @@ class Trainer:
                 label_tokens = all_reduce(torch.tensor(float(sum(b.num_label_tokens for b in window)),
                                                        device=self.dist.device)).item()
                 normaliser = max(label_tokens, 1.0) / self.dist.world_size  # DDP/FSDP average over ranks
+                window_loss = torch.zeros((), device=self.dist.device)
                 for i, batch in enumerate(window):
                     with gradient_sync(self.wrapped, enabled=i == len(window) - 1), self._autocast():
                         loss = self.wrapped(**batch.to(self.dist.device).inputs, num_items_in_batch=normaliser).loss
                     self.scaler.scale(loss).backward()
-                    interval.add(batch, loss)
+                    window_loss += loss.detach().float()
+                    interval.add(batch)
                     self.totals.add(batch)
-                grad_norm = self._optimizer_step()
+                grad_norm, step_loss, updated = self._optimizer_step(window_loss)
                 self.step += 1
                 bar.update(1)
+                interval.add_step(step_loss, updated)
+                if updated:
+                    self.totals.updated()
+                else:
+                    self._skipped(window, step_loss, grad_norm)
                 stop = self._after_step(interval, grad_norm, bar, signals)
                 if stop is not None:
                     return stop
@@ -177,21 +190,47 @@ class Trainer:
             bar.close()
             stream.close()
 
-    def _optimizer_step(self) -> torch.Tensor:
+    def _optimizer_step(self, loss: torch.Tensor) -> tuple[float, float, bool]:
+        """Unscale, clip and update; returns (gradient norm, the step's loss over all ranks, updated).
+
+        A step whose loss or gradient norm is not finite on any rank changes neither the weights nor the optimizer
+        state (under fp16 the GradScaler lowers its scale, as it would have). Deciding that before the update costs
+        one host sync per step."""
         self.scaler.unscale_(self.optimizer)
         clip = self.config.clip_grad if self.config.clip_grad is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip)
-        self.scaler.step(self.optimizer)
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.trainable, clip)).to(self.dist.device)
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        loss_sum, bad_ranks = all_reduce(torch.stack([loss.float(), (~finite).float()])).tolist()
+        updated = bad_ranks == 0
+        if updated:
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return float(grad_norm), loss_sum / self.dist.world_size, updated
 
-    def _after_step(self, interval: Interval, grad_norm: torch.Tensor, bar: tqdm, signals: StopSignals) -> Any:
+    def _skipped(self, window: list[Batch], loss: float, grad_norm: float) -> None:
+        """Log a skipped step with every rank's samples in it; too many in a row end the run."""
+        samples = sorted(i for indices in gather_objects([i for b in window for i in b.indices]) for i in indices)
+        in_a_row = self.totals.skip(self.step, samples)
+        self.metrics.log("skipped", self.step, {"loss": json_number(loss), "grad_norm": json_number(grad_norm),
+                                                "samples": samples, "in_a_row": in_a_row})
+        say(self.dist, f"step {self.step}: skipped (loss {loss:.4g}, gradient norm {grad_norm:.4g}); training samples "
+                       f"{format_ids(samples)}")
+        limit = self.config.max_consecutive_skipped_steps
+        if in_a_row > limit:
+            raise NonFiniteStepsError(
+                f"{in_a_row} optimizer steps in a row ({self.step - in_a_row + 1}-{self.step}) had a non-finite loss "
+                f"or gradient norm, more than train.max_consecutive_skipped_steps={limit}; training samples of the "
+                f"last one: {format_ids(samples)} (all: metrics.jsonl); the last checkpoint is {self.last_checkpoint}. "
+                "Check those samples, lower the learning rate, or train in bf16/fp32."
+            )
+
+    def _after_step(self, interval: Interval, grad_norm: float, bar: tqdm, signals: StopSignals) -> Any:
         """Log, call back, validate, save; returns the stop signal all ranks agreed on, if any."""
         config, final = self.config, self.step == self.total_steps
         record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
         if self.step % config.log_every_steps == 0 or final:
-            record.update(interval.report(self, float(full_tensor(grad_norm)), bar))
+            record.update(interval.report(self, grad_norm, bar))
         for callback in self.callbacks:
             callback(self, record)
         if self.val_dataset is not None and (self.step % config.eval_every_steps == 0 or final):
