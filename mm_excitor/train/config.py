@@ -13,6 +13,7 @@ from typing import Any
 PRECISIONS = ("fp32", "bf16", "fp16")
 DISTRIBUTED_MODES = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
+RESUME_SCHEDULES = ("keep", "replan")
 
 
 @dataclass
@@ -73,6 +74,10 @@ class TrainConfig:
     """None: fresh run (refused if output_dir already holds checkpoints); 'latest': the newest intact checkpoint in
     output_dir (damaged ones are passed over with a warning), or a fresh run if there is none; 'step-N': that
     checkpoint of output_dir; otherwise the path of a checkpoint directory or of another run's output_dir."""
+    resume_schedule: str = "keep"
+    """When a resumed run is longer or shorter than the checkpoint's (max_steps, epochs): 'keep' the checkpoint's
+    learning-rate schedule (the run follows the trajectory it was on; steps past its end run at min_lr), or
+    'replan' warm-up and cosine for the new length (a new trajectory from the checkpoint on)."""
 
     # hardware
     num_workers: int = 2
@@ -88,6 +93,8 @@ class TrainConfig:
         errors = []
         if self.precision not in PRECISIONS:
             errors.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.resume_schedule not in RESUME_SCHEDULES:
+            errors.append(f"resume_schedule must be one of {RESUME_SCHEDULES}, got {self.resume_schedule!r}")
         if self.distributed not in DISTRIBUTED_MODES:
             errors.append(f"distributed must be one of {DISTRIBUTED_MODES}, got {self.distributed!r}")
         if self.device not in DEVICES:

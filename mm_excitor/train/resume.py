@@ -15,8 +15,9 @@ from . import checkpoints as ckpt
 from .state import ResumeState
 
 FREE_TRAIN_KEYS = (
-    # run length: extending or shortening a run is the point of resuming it (the cosine is re-planned from there)
-    "train.epochs", "train.max_steps",
+    # run length: extending or shortening a run is the point of resuming it (the learning-rate schedule stays the
+    # checkpoint's unless resume_schedule says to re-plan it: see resumed_schedule)
+    "train.epochs", "train.max_steps", "train.resume_schedule",
     # where and how often to write and report (evaluation runs under a forked RNG: its cadence changes nothing)
     "train.output_dir", "train.resume", "train.save_every_steps", "train.keep_last", "train.eval_every_steps",
     "train.eval_batch_size", "train.eval_max_batches", "train.log_every_steps", "train.tensorboard",
@@ -98,6 +99,25 @@ def _newest_intact(output_dir: Path, warn: Callable[[str], None]) -> Path | None
 def _warn_unverified(path: Path, warn: Callable[[str], None]) -> None:
     if not ckpt.has_checksums(path):
         warn(f"{path} has no checksums (written by an older version): resuming from it unverified")
+
+
+def resumed_schedule(saved: Mapping[str, Any], planned: tuple[int, int], policy: str, *, step: int,
+                     min_lr: float) -> tuple[tuple[int, int], str | None]:
+    """The (total, warm-up) steps of the learning-rate schedule a resumed run follows, and a line saying so when it
+    is not what this run's config plans: the checkpoint's under policy 'keep', the planned one under 'replan'."""
+    if not saved or (saved["total_steps"], saved["warmup_steps"]) == planned:
+        return planned, None
+    old = (saved["total_steps"], saved["warmup_steps"])
+
+    def describe(schedule: tuple[int, int]) -> str:
+        return f"warm-up {schedule[1]}, cosine to min_lr={min_lr:g} at step {schedule[0]}"
+
+    if policy == "keep":
+        after = f", then min_lr up to step {planned[0]}" if planned[0] > old[0] else ""
+        return old, (f"this run stops at step {planned[0]}; the learning-rate schedule stays the checkpoint's: "
+                     f"{describe(old)}{after} (train.resume_schedule=replan re-plans it)")
+    return planned, (f"this run stops at step {planned[0]}; the learning-rate schedule is re-planned from step "
+                     f"{step + 1}: {describe(planned)} (was: {describe(old)})")
 
 
 def check_resume(

@@ -36,7 +36,7 @@ from .distributed import (
 from .metrics import MetricsLogger, say
 from .optim import build_optimizer, lr_at, set_lr
 from .reporting import Interval, RunTotals, json_number, write_summary
-from .resume import FREE_TRAIN_KEYS, ResumeMismatchError, check_resume, find_checkpoint
+from .resume import FREE_TRAIN_KEYS, ResumeMismatchError, check_resume, find_checkpoint, resumed_schedule
 from .signals import StopSignals, TrainingInterrupted
 from .state import ResumeState, capture_rng, preserved_rng, read_resume_state, restore_rng, seed_everything
 from .validation import validation_loss
@@ -103,6 +103,8 @@ class Trainer:
             pin_memory=self.dist.device.type == "cuda",
         )
         self.total_steps, self.warmup_steps = config.schedule_lengths(self.batches.per_epoch())
+        self.schedule_steps = self.total_steps
+        """Where the cosine ends: the run's length, unless a resumed run keeps the checkpoint's schedule."""
         self.lr = config.learning_rate(self.dist.world_size)
         self.step = 0
         self.totals = RunTotals(self.dist)
@@ -255,7 +257,7 @@ class Trainer:
 
     def _lr_at(self, step: int) -> float:
         return lr_at(step, base_lr=self.lr, min_lr=self.config.min_lr, warmup_steps=self.warmup_steps,
-                     total_steps=self.total_steps)
+                     total_steps=self.schedule_steps)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.precision == "fp32":
@@ -315,7 +317,7 @@ class Trainer:
                 world_size=self.dist.world_size, run_config=self.run_config, model=self.adapter,
                 data=self.data_identity, counters=counters,
                 schedule={"kind": "linear_warmup_half_cosine", "base_lr": self.lr, "min_lr": self.config.min_lr,
-                          "warmup_steps": self.warmup_steps, "total_steps": self.total_steps},
+                          "warmup_steps": self.warmup_steps, "total_steps": self.schedule_steps},
             )
             failure = ckpt.write_checkpoint_or_report(directory, adapter, self.adapter, state,
                                                       update_latest=update_latest, keep_last=self.config.keep_last)
@@ -354,9 +356,12 @@ class Trainer:
                 + "".join(f"\n  {line}" for line in check.refused)
                 + "\nStart a new run in another train.output_dir to change these."
             )
-        if check.allowed:
-            say(self.dist, f"resuming from {path} with changed settings that leave the trajectory alone:"
-                + "".join(f"\n  {line}" for line in check.allowed))
+        (self.schedule_steps, self.warmup_steps), schedule = resumed_schedule(
+            state.schedule, (self.total_steps, self.warmup_steps), self.config.resume_schedule, step=state.step,
+            min_lr=self.config.min_lr)
+        if check.allowed or schedule:
+            say(self.dist, f"resuming from {path} with changed settings:"
+                + "".join(f"\n  {line}" for line in [*check.allowed, *([schedule] if schedule else [])]))
         load_adapter(self.model, path)
         self.resumed_from = self.last_checkpoint = path
         self.adapter_fingerprint = state_fingerprint(trainable_state_dict(self.model))
@@ -380,6 +385,7 @@ class Trainer:
             "lr": self.lr,
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
+            "schedule_steps": self.schedule_steps,
             "micro_batches_per_epoch": self.batches.per_epoch(),
             "model": self.adapter,
             "data": self.data_identity,

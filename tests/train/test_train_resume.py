@@ -319,3 +319,35 @@ def test_a_failed_checkpoint_write_is_one_clear_error_and_a_rerun_resumes_from_t
     plain_run(tmp_path, save_every_steps=2, resume="latest")
     assert losses(tmp_path) == losses(plain_reference)
     assert_same_tensors(adapter_tensors(checkpoints / "step-8"), adapter_tensors(plain_reference / "checkpoints/step-8"))
+
+
+def test_a_resumed_run_of_another_length_keeps_the_checkpoints_schedule_unless_told_to_replan(reference, tmp_path,
+                                                                                              capsys):
+    from mm_excitor.train import lr_at
+
+    def lrs(output_dir):
+        return {r["step"]: r["lr"] for r in read_metrics(output_dir)}
+
+    for name in ("keep", "replan"):
+        with pytest.raises(TrainingInterrupted):
+            train(tmp_path / name, stop_at=3)
+    capsys.readouterr()
+    train(tmp_path / "keep", resume="latest", max_steps=10)
+    line, = [line for line in capsys.readouterr().out.splitlines() if "learning-rate schedule" in line]
+    assert line.strip() == ("this run stops at step 10; the learning-rate schedule stays the checkpoint's: warm-up 2, "
+                            "cosine to min_lr=0 at step 8, then min_lr up to step 10 (train.resume_schedule=replan "
+                            "re-plans it)")
+    assert {s: v for s, v in losses(tmp_path / "keep").items() if s <= 8} == losses(reference)  # the same trajectory
+    assert {s: v for s, v in lrs(tmp_path / "keep").items() if s <= 8} == lrs(reference)
+    assert lrs(tmp_path / "keep")[9] == lrs(tmp_path / "keep")[10] == 0.0
+
+    train(tmp_path / "replan", resume="latest", max_steps=10, resume_schedule="replan")
+    line, = [line for line in capsys.readouterr().out.splitlines() if "learning-rate schedule" in line]
+    assert line.strip() == ("this run stops at step 10; the learning-rate schedule is re-planned from step 4: warm-up "
+                            "2, cosine to min_lr=0 at step 10 (was: warm-up 2, cosine to min_lr=0 at step 8)")
+    base_lr = lrs(reference)[2]  # the end of warm-up
+    assert lrs(tmp_path / "replan") == {**{s: lrs(reference)[s] for s in (1, 2, 3)},
+                                        **{s: lr_at(s - 1, base_lr=base_lr, min_lr=0.0, warmup_steps=2, total_steps=10)
+                                           for s in range(4, 11)}}
+    state = json.loads((tmp_path / "replan/checkpoints/step-10/trainer_state.json").read_text())
+    assert state["schedule"]["total_steps"] == 10
