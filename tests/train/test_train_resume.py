@@ -9,7 +9,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
@@ -170,9 +172,10 @@ def run_child(phases: list[dict], **popen) -> subprocess.Popen:
     )
 
 
-def plain_run(output_dir: Path, **overrides) -> Trainer:
+def plain_run(output_dir: Path, callbacks=(), **overrides) -> Trainer:
     """In-process twin of tiny_run's default phase."""
-    trainer = Trainer(make_model(), TokenDataset(16), collate, make_sampler(16), make_config(output_dir, **overrides))
+    trainer = Trainer(make_model(), TokenDataset(16), collate, make_sampler(16), make_config(output_dir, **overrides),
+                      callbacks=callbacks)
     trainer.fit()
     return trainer
 
@@ -351,3 +354,66 @@ def test_a_resumed_run_of_another_length_keeps_the_checkpoints_schedule_unless_t
                                            for s in range(4, 11)}}
     state = json.loads((tmp_path / "replan/checkpoints/step-10/trainer_state.json").read_text())
     assert state["schedule"]["total_steps"] == 10
+
+
+def forked_run(output_dir: Path, **overrides) -> tuple[int, IO[str]]:
+    """plain_run in a forked child (in its own process group, output silenced) that writes `STEP k` to a pipe after
+    each step; forking skips the seconds a new interpreter spends importing torch."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        status = 1
+        try:
+            os.setsid()
+            torch.set_num_threads(1)  # as DataLoader workers do: no OpenMP pool inherited from the parent
+            os.close(read)
+            silent = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(silent, 1)
+            os.dup2(silent, 2)
+            steps = os.fdopen(write, "w", buffering=1)
+
+            def report(trainer, record):
+                steps.write(f"STEP {record['step']}\n")
+                time.sleep(0.02)
+
+            plain_run(output_dir, callbacks=[report], **overrides)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    return pid, os.fdopen(read)
+
+
+@pytest.mark.parametrize("seed", [24, *(pytest.param(seed, marks=pytest.mark.slow) for seed in range(8))])
+def test_sigkill_at_random_points_with_data_loader_workers_and_resuming_each_time_ends_bit_identical(
+        plain_reference, tmp_path, seed):
+    """As a cluster kills a job: SIGKILL to the whole process group (DataLoader workers included) at random points
+    of steps and checkpoint writes, then train.resume=latest, again and again; the end equals the uninterrupted run
+    in its adapter, optimizer state (with the RNG states) and logged losses."""
+    rng = random.Random(seed)
+    run = dict(save_every_steps=1, num_workers=2, resume="latest")
+    killed = []
+    for _ in range(4):
+        pid, steps = forked_run(tmp_path, **run)
+        wait_for = rng.randint(1, 3)  # steps of this process, then a random moment in the next one or its write
+        seen = []
+        for line in steps:
+            seen.append(int(line.split()[1]))
+            if len(seen) == wait_for:
+                time.sleep(rng.uniform(0.0, 0.04))
+                os.killpg(pid, signal.SIGKILL)
+                break
+        steps.close()
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            killed.append(seen[-1])
+        else:  # the run ended before the kill
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            break
+    assert len(killed) >= 2, killed
+    plain_run(tmp_path, **run)
+    checkpoints = tmp_path / "checkpoints"
+    assert losses(tmp_path) == losses(plain_reference)
+    assert_same_tensors(adapter_tensors(checkpoints / "step-8"), adapter_tensors(plain_reference / "checkpoints/step-8"))
+    assert_same_tensors(load_file(str(checkpoints / "step-8/optimizer.safetensors")),
+                        load_file(str(plain_reference / "checkpoints/step-8/optimizer.safetensors")))
