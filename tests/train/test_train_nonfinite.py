@@ -7,35 +7,11 @@ import pytest
 import torch
 
 from mm_excitor.train import NonFiniteStepsError, Trainer
-from tests.train.helpers import TokenDataset, collate, make_config, make_model, make_sampler, read_metrics
+from tests.train.helpers import (
+    TokenDataset, collate, inf_loss_on_poison, make_config, make_model, make_sampler, read_metrics,
+)
 
 ITEMS = 16
-POISON = 2  # a token id TokenDataset never uses
-
-
-class PoisonedTokens(TokenDataset):
-    """TokenDataset whose items `poisoned` carry the POISON token."""
-
-    def __init__(self, n: int, poisoned: set[int]) -> None:
-        super().__init__(n)
-        self.poisoned = poisoned
-
-    def __getitem__(self, i: int) -> dict:
-        item = super().__getitem__(i)
-        if i in self.poisoned:
-            item["input_ids"][5] = POISON
-        return item
-
-
-def inf_loss_on_poison(model: torch.nn.Module) -> torch.nn.Module:
-    """The model's loss becomes inf for a batch holding the POISON token (its gradients inf/nan), as an overflow would."""
-    def hook(_module, _args, kwargs, output):
-        if (kwargs["input_ids"] == POISON).any():
-            output.loss = output.loss * float("inf")
-        return output
-
-    model.register_forward_hook(hook, with_kwargs=True)
-    return model
 
 
 def run(output_dir, poisoned: set[int], **overrides):
@@ -44,7 +20,7 @@ def run(output_dir, poisoned: set[int], **overrides):
     def snapshot(trainer, record):
         snapshots[record["step"]] = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
-    trainer = Trainer(inf_loss_on_poison(make_model()), PoisonedTokens(ITEMS, poisoned), collate, make_sampler(ITEMS),
+    trainer = Trainer(inf_loss_on_poison(make_model()), TokenDataset(ITEMS, poisoned=poisoned), collate, make_sampler(ITEMS),
                       make_config(output_dir, **overrides), callbacks=[snapshot])
     return trainer, snapshots
 
