@@ -63,8 +63,10 @@ class ResumableSamplerProtocol(Protocol):
 class _SkippingBatches:
     """Index batches from `sampler`, after skipping the first `skip` indices; records each batch's indices."""
 
-    def __init__(self, sampler: ResumableSamplerProtocol, batch_size: int, drop_last: bool, skip: int, taken: deque) -> None:
-        self.sampler, self.batch_size, self.drop_last, self.skip, self.taken = sampler, batch_size, drop_last, skip, taken
+    def __init__(self, sampler: ResumableSamplerProtocol, batch_size: int, drop_last: bool, skip: int,
+                 taken: deque) -> None:
+        self.sampler, self.batch_size, self.drop_last, self.skip = sampler, batch_size, drop_last, skip
+        self.taken = taken
 
     def __iter__(self) -> Iterator[list[int]]:
         indices = iter(self.sampler)

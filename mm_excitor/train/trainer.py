@@ -42,13 +42,12 @@ from .state import ResumeState, capture_rng, preserved_rng, read_resume_state, r
 from .validation import validation_loss
 
 RUN_FILE = "train_config.json"
+StepCallback = Callable[["Trainer", dict[str, Any]], None]
+SampleFn = Callable[[nn.Module], Sequence[Any]]
 
 
 class NonFiniteStepsError(ValueError):
     """More optimizer steps in a row than train.max_consecutive_skipped_steps had a non-finite loss or gradient."""
-
-StepCallback = Callable[["Trainer", dict[str, Any]], None]
-SampleFn = Callable[[nn.Module], Sequence[Any]]
 
 
 class Trainer:

@@ -18,10 +18,11 @@ def run(output_dir, poisoned: set[int], **overrides):
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
 
     def snapshot(trainer, record):
-        snapshots[record["step"]] = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        snapshots[record["step"]] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()
+                                     if p.requires_grad}
 
-    trainer = Trainer(inf_loss_on_poison(make_model()), TokenDataset(ITEMS, poisoned=poisoned), collate, make_sampler(ITEMS),
-                      make_config(output_dir, **overrides), callbacks=[snapshot])
+    trainer = Trainer(inf_loss_on_poison(make_model()), TokenDataset(ITEMS, poisoned=poisoned), collate,
+                      make_sampler(ITEMS), make_config(output_dir, **overrides), callbacks=[snapshot])
     return trainer, snapshots
 
 
@@ -47,7 +48,8 @@ def test_a_step_with_an_inf_loss_is_skipped_and_named_with_its_samples(tmp_path,
     assert all(torch.isfinite(torch.tensor(r["loss"])) for s, r in records.items() if s != step)
     assert all(torch.isfinite(t).all() for t in trainer.model.parameters())
     out = capsys.readouterr().out
-    assert f"step {step}: skipped (loss inf" in out and f"1 step(s) skipped for a non-finite loss or gradient norm: {step}" in out
+    assert f"step {step}: skipped (loss inf" in out
+    assert f"1 step(s) skipped for a non-finite loss or gradient norm: {step}" in out
 
 
 def test_more_skipped_steps_in_a_row_than_allowed_end_the_run_with_one_error(tmp_path):
