@@ -365,6 +365,7 @@ def forked_run(output_dir: Path, **overrides) -> tuple[int, IO[str]]:
         status = 1
         try:
             os.setsid()
+            signal.alarm(120)  # a child that hangs dies, and the test fails instead of waiting forever
             torch.set_num_threads(1)  # as DataLoader workers do: no OpenMP pool inherited from the parent
             os.close(read)
             silent = os.open(os.devnull, os.O_WRONLY)
