@@ -95,6 +95,16 @@ def test_train_instruct_text_only_trains_and_scores_held_out_conversations(tmp_p
     assert (tmp_path / "run" / "checkpoints" / "step-2" / "adapter_model.safetensors").is_file()
     assert summary["data"]["examples"] == 2 * 4 and summary["data"]["too_long"] == 0
 
+    resumed = train_instruct.main(run_args(assets, tmp_path / "run", "lora") + [files, "train.max_steps=3",
+                                                                                 "train.resume=latest"])
+    assert resumed["steps"] == 3 and set(resumed["eval"]) == {"text"}
+
+    from eval.instruct import main as instruct_cli
+
+    output = tmp_path / "cli" / "answers.jsonl"
+    instruct_cli(["generate", "--config", str(tmp_path / "run"), "--output", str(output), "--score"])
+    assert len(output.read_text().splitlines()) == 4 and (output.parent / "instruct_scores.json").is_file()
+
 
 def test_train_instruct_mixes_llava_images_with_text_and_scores_a_blind_control(tmp_path):
     import train_instruct
@@ -107,3 +117,17 @@ def test_train_instruct_mixes_llava_images_with_text_and_scores_a_blind_control(
     for run in ("image", "blind"):
         scores = json.loads((tmp_path / "run" / "eval" / "step-2" / run / "instruct_scores.json").read_text())
         assert len(scores["answers"]) == 5
+
+
+def test_held_out_conversations_are_a_seeded_draw_disjoint_from_training():
+    from tasks.instruct import InstructDataConfig, split_conversations
+
+    config = InstructDataConfig(train_files=[str(SAMPLES / "messages.jsonl"), str(SAMPLES / "sharegpt.json")],
+                                val_size=2, eval_size=3, split_seed=5)
+    splits = split_conversations(config)
+    ids = {name: [c.id for c in split] for name, split in splits.items()}
+    assert [len(ids[n]) for n in ("train", "val", "eval")] == [5, 2, 3]
+    assert not set(ids["train"]) & (set(ids["val"]) | set(ids["eval"])) and not set(ids["val"]) & set(ids["eval"])
+    assert ids == {name: [c.id for c in split] for name, split in split_conversations(config).items()}
+    with pytest.raises(ValueError, match="none is left to train on"):
+        split_conversations(InstructDataConfig(train_files=config.train_files, eval_size=10))

@@ -150,3 +150,15 @@ def test_a_tokenizer_without_a_chat_template_is_refused_unless_one_is_given():
         encode_conversation(tiny_tokenizer(), messages, 64)
     assert encode_conversation(tiny_tokenizer(), messages, 64, template=TINY_CHAT_TEMPLATE).labels.count(
         IGNORE_INDEX) > 0
+
+
+def test_prompt_target_items_in_a_conversation_batch_are_encoded_as_by_the_plain_collator():
+    from data.collate import Collator
+
+    tokenizer = chatml_tokenizer()
+    plain = {"prompt": "What colour is the sky?", "target": "Blue.", "has_image": False, "meta": {"delia_id": 1}}
+    mixed = ChatCollator(tokenizer, 512)([{"messages": CONVERSATION, "meta": {}}, plain])
+    alone = Collator(tokenizer, 512)([plain])
+    n = alone.inputs["input_ids"].shape[1]
+    assert mixed.inputs["input_ids"][1, :n].tolist() == alone.inputs["input_ids"][0].tolist()
+    assert mixed.inputs["labels"][1, :n].tolist() == alone.inputs["labels"][0].tolist()
