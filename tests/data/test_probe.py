@@ -140,7 +140,8 @@ def test_the_shipped_probe_is_large_enough_and_every_key_holds():
         assert len(set(options)) == probe.NUM_OPTIONS and 0 <= question["answer"] < probe.NUM_OPTIONS
         if question["category"] in ("arithmetic", "sequence"):  # the key recomputed from the numbers asked
             assert options[question["answer"]] == str(number_answer(question))
-            assert sum(option == str(number_answer(question)) for option in options) == 1
+            assert all(abs(int(option) - number_answer(question)) >= 3 or option == str(number_answer(question))
+                       for option in options)
 
 
 @pytest.mark.skipif(not (SYSTEM_WORDNET / "data.noun").is_file(), reason="Debian's wordnet-base is not installed")
