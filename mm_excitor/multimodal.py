@@ -45,6 +45,8 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
     method: ClassVar[str]
     ddp_find_unused_parameters: ClassVar[bool] = False
     """Whether some trainable tensor can get no gradient in a step (DDP must then search the graph every step)."""
+    takes_images: ClassVar[bool] = True
+    """False for a language-only method: a row with an image is an error, and blank rows' tensors are not read."""
 
     def __init__(
         self, language_model: nn.Module, tokenizer: Any, vision: VisionEncoder | None = None,
@@ -106,6 +108,17 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
             raise ValueError(f"visual tokens of shape {tuple(tokens.shape)} do not match the encoder's N x D = {expected}")
         return tokens.to(self.device)
 
+    def checked_visual_tokens(
+        self, batch_size: int, images: torch.Tensor | None, visual_tokens: torch.Tensor | None, flags: torch.Tensor
+    ) -> torch.Tensor | None:
+        """`visual_tokens` of the batch; a language-only method refuses rows with an image and reads no tensor."""
+        if self.takes_images:
+            return self.visual_tokens(batch_size, images, visual_tokens)
+        if (images is not None or visual_tokens is not None) and bool(flags.any()):
+            raise ValueError(f"the {self.method!r} method is language-only: {int(flags.sum())} of {batch_size} rows "
+                             "have an image (train images with excitor, lora, llama_adapter or prefix)")
+        return None
+
     @staticmethod
     def image_flags(batch_size: int, has_image: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         if has_image is None:
@@ -127,9 +140,9 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
         """A Hugging Face CausalLMOutput; with labels, `.loss` is the mean over label tokens, or their sum divided
         by `num_items_in_batch` when given (how the Trainer normalises over ranks and accumulation steps)."""
         batch = input_ids.shape[0]
-        tokens = self.visual_tokens(batch, images, visual_tokens)
-        loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
         flags = self.image_flags(batch, has_image, self.device)
+        tokens = self.checked_visual_tokens(batch, images, visual_tokens, flags)
+        loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
         return self.forward_ids(input_ids, attention_mask, labels, tokens, flags, loss_kwargs)
 
     @abc.abstractmethod
@@ -167,8 +180,8 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
         try:
             device = self.device
             batch = input_ids.shape[0]
-            tokens = self.visual_tokens(batch, images, visual_tokens)
             flags = self.image_flags(batch, has_image, device)
+            tokens = self.checked_visual_tokens(batch, images, visual_tokens, flags)
             new = self.generate_ids(input_ids.to(device), attention_mask.to(device), tokens, flags, decoding)
         finally:
             self.train(was_training)
