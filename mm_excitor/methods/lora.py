@@ -17,6 +17,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from ..checkpoint import keep_trainable_in_fp32
 from ..vision import VisionEncoder
 from .prefix import PrefixSettings, VisualPrefixModel
 
@@ -78,10 +79,7 @@ class LoraPrefixModel(VisualPrefixModel):
             inject_adapter_in_model(config, self.language_model)
         except ValueError as error:  # peft names the targets it did not find
             raise ValueError(f"model.lora.target_modules {lora.target_modules}: {error}") from None
-        with torch.no_grad():  # trainable tensors in fp32 whatever the frozen model's dtype
-            for parameter in self.language_model.parameters():
-                if parameter.requires_grad:
-                    parameter.data = parameter.data.float()
+        keep_trainable_in_fp32(self.language_model)
 
     @classmethod
     def build(cls, language_model: nn.Module, tokenizer: Any, config: ModelConfig, vision: VisionEncoder | None,

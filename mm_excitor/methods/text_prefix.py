@@ -23,6 +23,7 @@ from peft import PrefixTuningConfig, get_peft_model
 from torch import nn
 
 from ..generation import Decoding
+from ..checkpoint import keep_trainable_in_fp32
 from ..multimodal import VisionLanguageModel
 from ..vision import VisionEncoder
 
@@ -65,10 +66,7 @@ class TextPrefixModel(VisionLanguageModel):
         with warnings.catch_warnings():  # peft's own check of gradient checkpointing calls a deprecated property
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             self.language_model = get_peft_model(language_model, config)
-        with torch.no_grad():  # trainable tensors in fp32 whatever the frozen model's dtype
-            for parameter in self.language_model.parameters():
-                if parameter.requires_grad:
-                    parameter.data = parameter.data.float()
+        keep_trainable_in_fp32(self.language_model)
 
     @classmethod
     def build(cls, language_model: nn.Module, tokenizer: Any, config: ModelConfig, vision: VisionEncoder | None,
