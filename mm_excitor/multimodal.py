@@ -173,6 +173,22 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
     ) -> list[str]:
         """Texts for a collated generation batch: prompts left-padded (the collator's `prompts()`), so an item's
         output does not depend on what else is in its batch."""
+        new = self.generate_tokens(input_ids, attention_mask, images, visual_tokens, has_image, decoding=decoding)
+        return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def generate_tokens(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        images: torch.Tensor | None = None,
+        visual_tokens: torch.Tensor | None = None,
+        has_image: torch.Tensor | None = None,
+        *,
+        decoding: Decoding = Decoding(),
+    ) -> torch.Tensor:
+        """The new token ids (B x T) that `generate` decodes: a row that stopped holds the EOS token it stopped at
+        (then padding); one without EOS ran to `decoding.max_new_tokens`."""
         if attention_mask is None or bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left-padded prompts with their attention_mask (a collator's prompts())")
         was_training = self.training
@@ -182,10 +198,9 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
             batch = input_ids.shape[0]
             flags = self.image_flags(batch, has_image, device)
             tokens = self.checked_visual_tokens(batch, images, visual_tokens, flags)
-            new = self.generate_ids(input_ids.to(device), attention_mask.to(device), tokens, flags, decoding)
+            return self.generate_ids(input_ids.to(device), attention_mask.to(device), tokens, flags, decoding)
         finally:
             self.train(was_training)
-        return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     @torch.no_grad()
     def label_log_likelihoods(

@@ -493,6 +493,17 @@ def test_generation_with_images_does_not_depend_on_the_batch(method, encoder):
     assert model.generate(**prompts.inputs, decoding=greedy)[1] == blind[1]
 
 
+@pytest.mark.parametrize("method", ALL)
+def test_generate_tokens_are_what_generate_decodes(method):
+    model = perturb(build(method), std=0.1)
+    prompts = collator().prompts(items(image_rows(method), targets=False))
+    decoding = Decoding(max_new_tokens=5)
+    new = model.generate_tokens(**prompts.inputs, decoding=decoding)
+    assert new.shape == (4, 5) or bool((new == model.tokenizer.eos_token_id).any())  # shorter only if all stopped
+    texts = [text.strip() for text in model.tokenizer.batch_decode(new, skip_special_tokens=True)]
+    assert texts == model.generate(**prompts.inputs, decoding=decoding)
+
+
 def test_llama_adapter_projects_its_prompts_once_per_generate_call_and_never_reuses_stale_ones(monkeypatch):
     from mm_excitor.methods.llama_adapter import AdaptionPrompts
 
