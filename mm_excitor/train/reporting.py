@@ -167,5 +167,7 @@ def write_summary(trainer: Trainer, interrupted: str | None) -> dict[str, Any]:
         if data.get("truncated") or data.get("skipped"):
             say(dist, f"data: {data.get('truncated', 0)} of {data.get('examples', 0)} examples truncated "
                       f"({data.get('prompt_tokens_cut', 0)} prompt / {data.get('target_tokens_cut', 0)} answer tokens "
-                      f"cut), {data.get('skipped', 0)} items skipped")
+                      f"cut), {data.get('skipped', 0)} items skipped"
+                      + (f" ({data['too_long']} conversations whose first answer does not fit; "
+                         f"{data['turns_dropped']} trailing turns dropped)" if "turns_dropped" in data else ""))
     return summary
