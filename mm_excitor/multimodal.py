@@ -27,6 +27,15 @@ IGNORE_INDEX = -100
 """Hugging Face's label for positions the loss leaves out (prompt, padding, inserted slots)."""
 
 
+def summed_label_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each row's summed log-probability of its labelled tokens (B), from the logits at the text's positions
+    (B x T x V): position t predicts token t + 1, as for the loss."""
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:].to(logits.device)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return (logp * (targets != IGNORE_INDEX)).sum(-1)
+
+
 class VisualProjection(nn.Module):
     """phi = LayerNorm o Linear(D -> C): puts visual tokens on the LM's hidden-state scale."""
 
@@ -220,10 +229,7 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
             out = self(input_ids, attention_mask, images=images, visual_tokens=visual_tokens, has_image=has_image)
         finally:
             self.train(was_training)
-        logits = self.text_logits(out.logits, attention_mask.to(out.logits.device))[:, :-1].float()
-        targets = labels[:, 1:].to(logits.device)
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
-        return (logp * (targets != IGNORE_INDEX)).sum(-1)
+        return summed_label_log_probs(self.text_logits(out.logits, attention_mask.to(out.logits.device)), labels)
 
     def text_logits(self, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The logits at the text's own positions (B x T x V); methods that insert positions override it."""
