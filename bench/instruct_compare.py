@@ -101,10 +101,34 @@ def conversation(record: Any) -> dict[str, Any]:
                                                {"role": "assistant", "content": record.answer}]}
 
 
+def prepare_pool(args: argparse.Namespace) -> Path:
+    """`--pool`, else the model's own self-instruct pool grown (once, cached) from the tuning seed tasks only: the
+    held-out ones (data.heldout) are never shown to it. Either way, a pool record that repeats a held-out
+    instruction, its answer or a probe question is an error."""
+    from bench.delia import delia_command
+    from data.heldout import SEED_TASKS, overlaps, protected_texts, read_jsonl, split_seed_tasks
+    from mm_excitor.delia import load_pool
+
+    pool = args.pool
+    if pool is None:
+        pool = args.cache / f"pool-tuning-{args.pool_size}.jsonl"
+        if not pool.is_file():
+            seeds = args.cache / "tuning_seeds.jsonl"
+            atomic_write_jsonl(seeds, split_seed_tasks(read_jsonl(SEED_TASKS))[0])
+            delia_command("pool", "--model", str(args.model), "--seeds", str(seeds), "--out", str(pool),
+                          "--size", str(args.pool_size), "--device", args.device, "--no-progress")
+    found = overlaps([(f"{r.id} ({field})", getattr(r, field)) for r in load_pool(pool).records
+                      for field in ("query", "answer")], protected_texts(probe=args.probe))
+    if found:
+        raise SystemExit(f"error: {pool}: {len(found)} record texts repeat a held-out instruction or probe question "
+                         f"(data.heldout): {', '.join(f'{name} {how}' for name, how in found[:5])}")
+    return pool
+
+
 def prepare_data(args: argparse.Namespace, with_delia: bool) -> dict[str, Any]:
-    """The pool (grown once and cached), its split into chat-messages files under `<out>/data/`, and, when a DELIA
-    row runs, the model's own answers to the split's DELIA queries; the run-config overrides that point at them."""
-    from bench.delia import prepare_pool, prepare_samples
+    """The pool, its split into chat-messages files under `<out>/data/`, and, when a DELIA row runs, the model's own
+    answers to the split's DELIA queries; the run-config overrides that point at them."""
+    from bench.delia import prepare_samples
     from mm_excitor.delia import load_pool
 
     pool_path = prepare_pool(args)
@@ -137,10 +161,29 @@ def answer_stats(new_tokens: Any, eos_token_id: int, max_new_tokens: int) -> lis
     return stats
 
 
+def probe_questions(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The probe's questions, the first `--probe-limit` of each category when given."""
+    from eval.probe import load_probe
+
+    questions = load_probe(args.probe)
+    if args.probe_limit is None:
+        return questions
+    taken: dict[str, int] = {}
+    kept = []
+    for question in questions:
+        taken[question["category"]] = taken.get(question["category"], 0) + 1
+        if taken[question["category"]] <= args.probe_limit:
+            kept.append(question)
+    return kept
+
+
 def score_model(model: Any, collator: Any, dataset: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """The capability probe, the held-out answer NLL and the greedy answers' length and stop share of `model`."""
-    from eval.instruct import answer_nll
-    from eval.probe import score_probe
+    """What `model` kept and learnt: the capability probe per category and the held-out human-written
+    instructions' answer NLL (eval.probe), the tuning pool's held-out answers' NLL (eval.instruct), and the greedy
+    answers to those held-out prompts: their length in tokens and the share that stop (EOS) in time."""
+    from data.heldout import heldout_instructions
+    from eval.instruct import answer_nll as pool_answer_nll
+    from eval.probe import answer_nll, score_probe
     from mm_excitor.generation import Decoding
 
     model.eval()
@@ -155,12 +198,15 @@ def score_model(model: Any, collator: Any, dataset: Any, args: argparse.Namespac
         for item, text, stats in zip(chunk, texts, answer_stats(new, model.tokenizer.eos_token_id,
                                                                  args.answer_tokens)):
             answers.append({"id": item["meta"]["id"], "text": text, **stats})
-    probe = score_probe(model, path=args.probe, limit=args.probe_limit)
+    probe = score_probe(model, model.tokenizer, probe_questions(args))
     return {
-        "answer_nll": answer_nll(model, dataset, collator, 8)["answer_nll"],
+        "heldout_nll": answer_nll(model, model.tokenizer, heldout_instructions()),
+        "pool_nll": pool_answer_nll(model, dataset, collator, 8)["answer_nll"],
         "answer_tokens": statistics.fmean(a["tokens"] for a in answers),
         "stopped": 100.0 * statistics.fmean(a["stopped"] for a in answers),
-        "probe": probe,
+        "probe": {"accuracy": {c: v["accuracy"] for c, v in sorted(probe["categories"].items())},
+                  "chance": {c: v["chance"] for c, v in sorted(probe["categories"].items())},
+                  "all": probe["accuracy"]},
         "answers": answers,
     }
 
@@ -252,11 +298,12 @@ def summarise(scores: list[dict[str, Any]], base: dict[str, Any] | None) -> dict
         return out
 
     return {
-        "answer_nll": column(lambda s: s["answer_nll"]),
+        "heldout_nll": column(lambda s: s["heldout_nll"]),
+        "pool_nll": column(lambda s: s["pool_nll"]),
         "answer_tokens": column(lambda s: s["answer_tokens"]),
         "stopped": column(lambda s: s["stopped"]),
         "probe": {category: column(lambda s, c=category: s["probe"]["accuracy"][c]) for category in categories},
-        "probe_mean": column(lambda s: statistics.fmean(s["probe"]["accuracy"].values())),
+        "probe_all": column(lambda s: s["probe"]["all"]),
     }
 
 
@@ -272,6 +319,10 @@ def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
     args.seeds = args.seeds if args.seeds is not None else [0, 1, 2]
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"error: --seeds needs distinct seeds, got {args.seeds}")
+    if args.probe is None:
+        from data.heldout import PROBE_FILE
+
+        args.probe = PROBE_FILE
     for name in ("model", "pool", "cache", "probe"):  # the runs' processes start in the repository root
         value = getattr(args, name)
         if value is not None and not value.is_absolute():
@@ -300,9 +351,10 @@ def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
                      "runs": [str(p) for p in trained["runs"].values()]})
     timed = [n for n in args.methods if n != BASE and not ROWS[n].delia]  # DELIA changes the data, not the step
     if args.side_by_side_repeats and timed:
+        chosen = {entry["row"]: entry["lr"] for entry in rows}
         times = side_by_side_step_times(
-            preset, {n: [*overrides, f"model.method={ROWS[n].method}", *ROWS[n].overrides] for n in timed},
-            args.side_by_side_repeats)
+            preset, {n: [*overrides, f"model.method={ROWS[n].method}", *ROWS[n].overrides, f"train.lr={chosen[n]}"]
+                     for n in timed}, args.side_by_side_repeats)
         for entry in rows:
             if entry["row"] in times:
                 entry["step_s_side_by_side"] = times[entry["row"]]
@@ -333,20 +385,24 @@ def markdown(results: dict[str, Any]) -> str:
     rows = results["rows"]
     categories = list(rows[0]["probe"])
     reference = next((r for r in rows if r["row"] == REFERENCE and "step_s_side_by_side" in r), None)
-    header = ["row", "lr", "trainable params", *[f"probe {c} %" for c in categories], "probe mean %",
-              "held-out NLL", "answer tokens", "stops %", f"step / {REFERENCE}'s, side by side"]
+    chance = rows[0]["scores"][0]["probe"]["chance"]
+    header = ["row", "lr", "trainable params", *[f"probe {c} % (chance {chance[c]:.0f})" for c in categories],
+              "probe all %", "held-out NLL", "pool NLL", "answer tokens", "stops %",
+              f"step / {REFERENCE}'s, side by side"]
     split = results["split"]
     lines = [f"instruct: {results['steps']} steps per run, seeds {', '.join(map(str, results['seeds']))}; pool "
              f"{results['pool']} ({split['train']} train, {split['val']} val, {split['eval']} held out); DELIA rows "
-             f"R = {results['delia_ratio']:g}. Mean ± spread over seeds (change against the frozen base).", "",
+             f"R = {results['delia_ratio']:g}. Mean ± spread over seeds (change against the frozen base). Held-out "
+             "NLL: human-written held-out instructions (data.heldout); pool NLL: the pool's held-out records; "
+             f"answers: greedy, at most {results['answer_tokens']} new tokens.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         side = "-"
         if reference is not None and "step_s_side_by_side" in row:
             side = f"{row['step_s_side_by_side'] / reference['step_s_side_by_side']:.2f}"
         cells = [row["row"], "-" if row["lr"] is None else f"{row['lr']:g}", f"{row['trainable_parameters']:,}",
-                 *[cell(row["probe"][c]) for c in categories], cell(row["probe_mean"]),
-                 cell(row["answer_nll"], 3), cell(row["answer_tokens"], 1, change=False),
+                 *[cell(row["probe"][c]) for c in categories], cell(row["probe_all"]),
+                 cell(row["heldout_nll"], 3), cell(row["pool_nll"], 3), cell(row["answer_tokens"], 1, change=False),
                  cell(row["stopped"], 1, change=False), side]
         lines.append("| " + " | ".join(cells) + " |")
     if any(len(losses) > 1 for losses in results["learning_rates"].values()):
@@ -367,8 +423,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     rows = results["rows"]
     names = [row["row"] for row in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, label in ((axes[0], "probe_mean", "capability probe, mean accuracy %"),
-                           (axes[1], "answer_nll", "held-out instructions: answer NLL per token")):
+    for ax, key, label in ((axes[0], "probe_all", "capability probe, accuracy %"),
+                           (axes[1], "heldout_nll", "held-out instructions: answer NLL per token")):
         ax.bar(names, [row[key]["mean"] for row in rows], yerr=[row[key]["std"] for row in rows], capsize=3)
         base = next((row[key]["mean"] for row in rows if row["row"] == BASE), None)
         if base is not None:

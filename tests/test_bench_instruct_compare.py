@@ -29,7 +29,8 @@ def test_answer_stats_count_tokens_up_to_eos_and_whether_the_answer_stopped():
 
 
 def scores(nll, tokens, stopped, probe):
-    return {"answer_nll": nll, "answer_tokens": tokens, "stopped": stopped, "probe": {"accuracy": probe}}
+    return {"heldout_nll": nll, "pool_nll": 2 * nll, "answer_tokens": tokens, "stopped": stopped,
+            "probe": {"accuracy": probe, "all": statistics.fmean(probe.values())}}
 
 
 def test_summaries_are_the_mean_and_spread_over_seeds_and_the_change_against_the_base():
@@ -37,12 +38,13 @@ def test_summaries_are_the_mean_and_spread_over_seeds_and_the_change_against_the
     seeds = [scores(1.5, 8.0, 100.0, {"antonym": 42.0, "arithmetic": 58.0}),
              scores(1.7, 12.0, 50.0, {"antonym": 38.0, "arithmetic": 56.0})]
     summary = summarise(seeds, base)
-    assert summary["answer_nll"]["mean"] == pytest.approx(1.6)
-    assert summary["answer_nll"]["std"] == pytest.approx(statistics.stdev([1.5, 1.7]))
-    assert summary["answer_nll"]["vs_base"] == pytest.approx(-0.4)
+    assert summary["heldout_nll"]["mean"] == pytest.approx(1.6)
+    assert summary["heldout_nll"]["std"] == pytest.approx(statistics.stdev([1.5, 1.7]))
+    assert summary["heldout_nll"]["vs_base"] == pytest.approx(-0.4)
+    assert summary["pool_nll"]["vs_base"] == pytest.approx(-0.8)
     assert summary["probe"]["antonym"] == {"mean": 40.0, "std": pytest.approx(statistics.stdev([42, 38])),
                                            "vs_base": 0.0}
-    assert summary["probe_mean"]["mean"] == pytest.approx(48.5) and summary["probe_mean"]["vs_base"] == -1.5
+    assert summary["probe_all"]["mean"] == pytest.approx(48.5) and summary["probe_all"]["vs_base"] == -1.5
     assert "vs_base" not in summarise([base], None)["stopped"]
 
 
@@ -60,3 +62,76 @@ def test_bad_instruct_arguments_are_one_line_errors(argv, message, tmp_path):
 def test_seeds_belong_to_the_instruct_preset():
     with pytest.raises(SystemExit, match="--seeds is the instruct preset's"):
         compare.main(["--task", "shapes-caption", "--seeds", "0,1"])
+
+
+@pytest.fixture(scope="module")
+def tiny_comparison(tmp_path_factory):
+    """The comparison on tiny assets: a random-init LM whose tokenizer has a chat template, a 24-record pool in its
+    words, the base and two methods over two seeds, two steps each."""
+    from tests.delia.helpers import chat_tokenizer, pool_records
+    from tests.tiny_models import TINY_ASSETS_CLIP, TINY_CLIP_CONFIG, tiny_model
+
+    root = tmp_path_factory.mktemp("instruct-compare")
+    tiny_model().save_pretrained(root / "lm")
+    chat_tokenizer().save_pretrained(root / "lm")
+    (root / f"{TINY_ASSETS_CLIP}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    with open(root / "pool.jsonl", "w", encoding="utf-8") as handle:
+        for record in pool_records(24):
+            handle.write(json.dumps({"id": record.id, "query": record.query, "answer": record.answer}) + "\n")
+    overrides = [
+        f"model.vision.model_name={TINY_ASSETS_CLIP}", f"model.vision.model_config_file={root / 'TinyAssetsViT.json'}",
+        "model.excitor.num_layers=2", "model.excitor.num_prompts=4", "model.excitor.rank=4", "model.lora.r=4",
+        "data.max_length=64", "train.batch_size=4", "train.warmup_steps=1", "train.save_every_steps=2",
+        "train.tensorboard=false",
+    ]
+    argv = ["--task", "instruct", "--methods", "base,excitor,lora", "--seeds", "0,1", "--steps", "2",
+            "--model", str(root / "lm"), "--pool", str(root / "pool.jsonl"), "--val-items", "2", "--eval-items",
+            "4", "--delia-ratio", "1", "--answer-tokens", "3", "--probe-limit", "2", "--lr", "excitor=1e-2,lora=1e-2",
+            "--side-by-side-repeats", "1", "--out", str(root / "out"), "--cache", str(root / "cache"),
+            *[arg for value in overrides for arg in ("--override", value)]]
+    return compare.main(argv), root / "out", argv
+
+
+def test_the_instruct_comparison_tabulates_every_runs_own_scores(tiny_comparison):
+    results, out, _ = tiny_comparison
+    assert [row["row"] for row in results["rows"]] == ["base", "excitor", "lora"]
+    assert results["split"] == {"train": 9, "val": 2, "eval": 4, "delia": 9} and results["seeds"] == [0, 1]
+    base = results["rows"][0]
+    assert base["trainable_parameters"] == 0 and "vs_base" not in base["heldout_nll"]
+    categories = set(base["probe"])
+    assert len(categories) == 5 and all(base["scores"][0]["probe"]["chance"][c] == 25.0 for c in categories)
+    for row in results["rows"][1:]:
+        assert len(row["runs"]) == 2 and row["lr"] == 1e-2
+        kept = [json.loads((out / row["row"] / "lr0.01" / f"seed{seed}" / "instruct_scores.json").read_text())
+                for seed in (0, 1)]
+        per_seed = [k["scores"] for k in kept]
+        assert [s["heldout_nll"] for s in row["scores"]] == [s["heldout_nll"] for s in per_seed]
+        assert per_seed[0]["heldout_nll"] != per_seed[1]["heldout_nll"]  # the seeds trained different adapters
+        for key in ("heldout_nll", "pool_nll", "answer_tokens", "stopped"):
+            values = [s[key] for s in per_seed]
+            assert row[key]["mean"] == pytest.approx(statistics.fmean(values))
+            assert row[key]["std"] == pytest.approx(statistics.stdev(values))
+        assert row["heldout_nll"]["vs_base"] == pytest.approx(row["heldout_nll"]["mean"] - base["heldout_nll"]["mean"])
+        for category in categories:
+            values = [s["probe"]["accuracy"][category] for s in per_seed]
+            assert row["probe"][category]["mean"] == pytest.approx(statistics.fmean(values))
+        assert all(len(k["scores"]["answers"]) == 4 and all(0 <= a["tokens"] <= 3 for a in k["scores"]["answers"])
+                   for k in kept)
+        adapter = json.loads((out / row["row"] / "lr0.01" / "seed0" / "checkpoints" / "step-2" /
+                              "adapter_config.json").read_text())
+        assert row["trainable_parameters"] == adapter["num_parameters"] > 0
+        assert row["step_s_side_by_side"] > 0
+    table = (out / "compare.md").read_text()
+    assert all(f"| {name} |" in table for name in ("base", "excitor", "lora")) and "lora's, side by side" in table
+    assert f"{results['rows'][1]['heldout_nll']['mean']:.3f}" in table
+    assert json.loads((out / "compare.json").read_text())["rows"][2]["row"] == "lora"
+    assert (out / "compare.png").stat().st_size > 1000
+
+
+def test_a_finished_instruct_comparison_is_not_trained_or_scored_again(tiny_comparison, capsys):
+    results, out, argv = tiny_comparison
+    capsys.readouterr()
+    again = compare.main(argv)
+    printed = capsys.readouterr().out
+    assert all(f"{row} (lr 0.01, seed {seed}): done before" in printed for row in ("excitor", "lora") for seed in (0, 1))
+    assert [row["scores"] for row in again["rows"]] == [row["scores"] for row in results["rows"]]
