@@ -259,12 +259,20 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     results = {"task": args.task, "recipe": preset.recipe, "steps": steps, "metric": preset.metric,
                "columns": list(preset.columns), "overrides": [*preset.overrides, *args.override], "rows": rows,
                "learning_rates": sweep}
-    atomic_write_json(out / "compare.json", results)
-    atomic_write_text(out / "compare.md", markdown(results))
-    plot(results, out / "compare.png")
-    print(markdown(results))
-    print(f"wrote {out / 'compare.json'}, {out / 'compare.md'}, {out / 'compare.png'}")
+    write_report(out / "compare", results, markdown, plot)
     return results
+
+
+def write_report(stem: Path, results: dict[str, Any], markdown: Callable[[dict[str, Any]], str],
+                 plot: Callable[[dict[str, Any], Path], None]) -> None:
+    """`<stem>.json` (the results), `<stem>.md` (their table, also printed) and `<stem>.png` (their plot)."""
+    paths = [stem.with_suffix(suffix) for suffix in (".json", ".md", ".png")]
+    table = markdown(results)
+    atomic_write_json(paths[0], results)
+    atomic_write_text(paths[1], table)
+    plot(results, paths[2])
+    print(table)
+    print(f"wrote {', '.join(map(str, paths))}")
 
 
 def markdown(results: dict[str, Any]) -> str:

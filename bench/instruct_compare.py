@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mm_excitor.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
+from mm_excitor.io import atomic_write_json, atomic_write_jsonl, read_json
 
 BASE = "base"
 """The frozen model's row: no training (the Excitor at init, which is the base model exactly)."""
@@ -308,7 +308,9 @@ def summarise(scores: list[dict[str, Any]], base: dict[str, Any] | None) -> dict
 
 
 def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.compare import PRESETS, REPO, side_by_side_step_times, sweep_grids, trainable_parameters
+    from bench.compare import (
+        PRESETS, REPO, side_by_side_step_times, sweep_grids, trainable_parameters, write_report,
+    )
 
     preset = PRESETS["instruct"]
     args.methods = args.methods or DEFAULT_ROWS
@@ -362,11 +364,7 @@ def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
                "pool": data["pool"], "split": data["sizes"], "delia_ratio": args.delia_ratio,
                "answer_tokens": args.answer_tokens, "overrides": args.override, "rows": rows,
                "learning_rates": learning_rates}
-    atomic_write_json(args.out / "compare.json", results)
-    atomic_write_text(args.out / "compare.md", markdown(results))
-    plot(results, args.out / "compare.png")
-    print(markdown(results))
-    print(f"wrote {args.out / 'compare.json'}, {args.out / 'compare.md'}, {args.out / 'compare.png'}")
+    write_report(args.out / "compare", results, markdown, plot)
     return results
 
 

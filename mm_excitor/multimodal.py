@@ -169,20 +169,11 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
     ) -> torch.Tensor:
         """The new token ids (B x T) after left-padded prompts, given the batch's visual tokens."""
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        images: torch.Tensor | None = None,
-        visual_tokens: torch.Tensor | None = None,
-        has_image: torch.Tensor | None = None,
-        *,
-        decoding: Decoding = Decoding(),
-    ) -> list[str]:
-        """Texts for a collated generation batch: prompts left-padded (the collator's `prompts()`), so an item's
-        output does not depend on what else is in its batch."""
-        new = self.generate_tokens(input_ids, attention_mask, images, visual_tokens, has_image, decoding=decoding)
+    def generate(self, *inputs: torch.Tensor | None, decoding: Decoding = Decoding(),
+                 **named: torch.Tensor | None) -> list[str]:
+        """Texts for a collated generation batch (`generate_tokens`' arguments): prompts left-padded (the collator's
+        `prompts()`), so an item's output does not depend on what else is in its batch."""
+        new = self.generate_tokens(*inputs, decoding=decoding, **named)
         return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     @torch.no_grad()
@@ -196,8 +187,9 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
         *,
         decoding: Decoding = Decoding(),
     ) -> torch.Tensor:
-        """The new token ids (B x T) that `generate` decodes: a row that stopped holds the EOS token it stopped at
-        (then padding); one without EOS ran to `decoding.max_new_tokens`."""
+        """The new token ids (B x T) of a collated generation batch (the collator's `prompts()`), what `generate`
+        decodes: a row that stopped holds the EOS token it stopped at (then padding); one without EOS ran to
+        `decoding.max_new_tokens`."""
         if attention_mask is None or bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left-padded prompts with their attention_mask (a collator's prompts())")
         was_training = self.training
