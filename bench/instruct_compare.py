@@ -101,10 +101,11 @@ def conversation(record: Any) -> dict[str, Any]:
                                                {"role": "assistant", "content": record.answer}]}
 
 
-def prepare_pool(args: argparse.Namespace) -> Path:
+def prepare_pool(args: argparse.Namespace) -> tuple[Path, list[Any], list[str]]:
     """`--pool`, else the model's own self-instruct pool grown (once, cached) from the tuning seed tasks only: the
-    held-out ones (data.heldout) are never shown to it. Either way, a pool record that repeats a held-out
-    instruction, its answer or a probe question is an error."""
+    held-out ones (data.heldout) are never shown to it. Either way, a pool record whose query or answer repeats a
+    held-out instruction, its answer or a probe question (or is within data.heldout's ROUGE-L of one) is left out.
+    Returns the pool's path, the records kept and the ids left out."""
     from bench.delia import delia_command
     from data.heldout import SEED_TASKS, overlaps, protected_texts, read_jsonl, split_seed_tasks
     from mm_excitor.delia import load_pool
@@ -117,22 +118,18 @@ def prepare_pool(args: argparse.Namespace) -> Path:
             atomic_write_jsonl(seeds, split_seed_tasks(read_jsonl(SEED_TASKS))[0])
             delia_command("pool", "--model", str(args.model), "--seeds", str(seeds), "--out", str(pool),
                           "--size", str(args.pool_size), "--device", args.device, "--no-progress")
-    found = overlaps([(f"{r.id} ({field})", getattr(r, field)) for r in load_pool(pool).records
-                      for field in ("query", "answer")], protected_texts(probe=args.probe))
-    if found:
-        raise SystemExit(f"error: {pool}: {len(found)} record texts repeat a held-out instruction or probe question "
-                         f"(data.heldout): {', '.join(f'{name} {how}' for name, how in found[:5])}")
-    return pool
+    records = load_pool(pool).records
+    found = {name for name, _ in overlaps([(r.id, getattr(r, field)) for r in records for field in ("query", "answer")],
+                                           protected_texts(probe=args.probe))}
+    return pool, [r for r in records if r.id not in found], sorted(found)
 
 
 def prepare_data(args: argparse.Namespace, with_delia: bool) -> dict[str, Any]:
     """The pool, its split into chat-messages files under `<out>/data/`, and, when a DELIA row runs, the model's own
     answers to the split's DELIA queries; the run-config overrides that point at them."""
     from bench.delia import prepare_samples
-    from mm_excitor.delia import load_pool
 
-    pool_path = prepare_pool(args)
-    records = load_pool(pool_path).records
+    pool_path, records, left_out = prepare_pool(args)
     sizes = split_sizes(len(records), args.val_items, args.eval_items, args.delia_ratio)
     bounds, start = {}, 0
     for name in ("val", "eval", "train", "delia"):
@@ -144,7 +141,7 @@ def prepare_data(args: argparse.Namespace, with_delia: bool) -> dict[str, Any]:
     overrides = [f"model.language_model={args.model}", f"data.train_files=[{files['train']}]",
                  f"data.val_files=[{files['val']}]", f"data.eval_files=[{files['eval']}]", "data.format=messages"]
     samples = prepare_samples(args, bounds["delia"], pool_path) if with_delia and sizes["delia"] else None
-    return {"pool": str(pool_path), "sizes": sizes, "overrides": overrides,
+    return {"pool": str(pool_path), "sizes": sizes, "left_out": left_out, "overrides": overrides,
             "delia_overrides": [f"data.delia.samples={samples}", f"data.delia.ratio={args.delia_ratio}"]
             if samples else []}
 
@@ -361,7 +358,8 @@ def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
             if entry["row"] in times:
                 entry["step_s_side_by_side"] = times[entry["row"]]
     results = {"task": "instruct", "recipe": preset.recipe, "steps": steps, "seeds": args.seeds,
-               "pool": data["pool"], "split": data["sizes"], "delia_ratio": args.delia_ratio,
+               "pool": data["pool"], "split": data["sizes"], "left_out": data["left_out"],
+               "delia_ratio": args.delia_ratio,
                "answer_tokens": args.answer_tokens, "overrides": args.override, "rows": rows,
                "learning_rates": learning_rates}
     write_report(args.out / "compare", results, markdown, plot)
@@ -389,7 +387,8 @@ def markdown(results: dict[str, Any]) -> str:
               f"step / {REFERENCE}'s, side by side"]
     split = results["split"]
     lines = [f"instruct: {results['steps']} steps per run, seeds {', '.join(map(str, results['seeds']))}; pool "
-             f"{results['pool']} ({split['train']} train, {split['val']} val, {split['eval']} held out); DELIA rows "
+             f"{results['pool']} ({split['train']} train, {split['val']} val, {split['eval']} held out; "
+             f"{len(results['left_out'])} left out as repeating held-out text); DELIA rows "
              f"R = {results['delia_ratio']:g}. Mean ± spread over seeds (change against the frozen base). Held-out "
              "NLL: human-written held-out instructions (data.heldout); pool NLL: the pool's held-out records; "
              f"answers: greedy, at most {results['answer_tokens']} new tokens.", "",

@@ -67,7 +67,9 @@ def test_seeds_belong_to_the_instruct_preset():
 @pytest.fixture(scope="module")
 def tiny_comparison(tmp_path_factory):
     """The comparison on tiny assets: a random-init LM whose tokenizer has a chat template, a 24-record pool in its
-    words, the base and two methods over two seeds, two steps each."""
+    words (and one record repeating a held-out instruction), the base and two methods over two seeds, two steps
+    each."""
+    from data.heldout import heldout_instructions
     from tests.delia.helpers import chat_tokenizer, pool_records
     from tests.tiny_models import TINY_ASSETS_CLIP, TINY_CLIP_CONFIG, tiny_model
 
@@ -75,9 +77,11 @@ def tiny_comparison(tmp_path_factory):
     tiny_model().save_pretrained(root / "lm")
     chat_tokenizer().save_pretrained(root / "lm")
     (root / f"{TINY_ASSETS_CLIP}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    held_out_query = heldout_instructions()[0][0]
     with open(root / "pool.jsonl", "w", encoding="utf-8") as handle:
         for record in pool_records(24):
             handle.write(json.dumps({"id": record.id, "query": record.query, "answer": record.answer}) + "\n")
+        handle.write(json.dumps({"id": "leak", "query": held_out_query, "answer": "a red circle"}) + "\n")
     overrides = [
         f"model.vision.model_name={TINY_ASSETS_CLIP}", f"model.vision.model_config_file={root / 'TinyAssetsViT.json'}",
         "model.excitor.num_layers=2", "model.excitor.num_prompts=4", "model.excitor.rank=4", "model.lora.r=4",
@@ -96,6 +100,9 @@ def test_the_instruct_comparison_tabulates_every_runs_own_scores(tiny_comparison
     results, out, _ = tiny_comparison
     assert [row["row"] for row in results["rows"]] == ["base", "excitor", "lora"]
     assert results["split"] == {"train": 9, "val": 2, "eval": 4, "delia": 9} and results["seeds"] == [0, 1]
+    assert results["left_out"] == ["leak"]  # it repeats a held-out instruction
+    trained = [json.loads(line)["id"] for line in (out / "data" / "train.jsonl").read_text().splitlines()]
+    assert len(trained) == 9 and "leak" not in trained
     base = results["rows"][0]
     assert base["trainable_parameters"] == 0 and "vs_base" not in base["heldout_nll"]
     categories = set(base["probe"])
