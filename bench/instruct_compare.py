@@ -141,7 +141,9 @@ def prepare_data(args: argparse.Namespace, with_delia: bool) -> dict[str, Any]:
     overrides = [f"model.language_model={args.model}", f"data.train_files=[{files['train']}]",
                  f"data.val_files=[{files['val']}]", f"data.eval_files=[{files['eval']}]", "data.format=messages"]
     samples = prepare_samples(args, bounds["delia"], pool_path) if with_delia and sizes["delia"] else None
-    return {"pool": str(pool_path), "sizes": sizes, "left_out": left_out, "overrides": overrides,
+    from bench.delia import shown
+
+    return {"pool": shown(pool_path), "sizes": sizes, "left_out": left_out, "overrides": overrides,
             "delia_overrides": [f"data.delia.samples={samples}", f"data.delia.ratio={args.delia_ratio}"]
             if samples else []}
 
@@ -308,6 +310,7 @@ def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
     from bench.compare import (
         PRESETS, REPO, side_by_side_step_times, sweep_grids, trainable_parameters, write_report,
     )
+    from bench.delia import shown
 
     preset = PRESETS["instruct"]
     args.methods = args.methods or DEFAULT_ROWS
@@ -347,7 +350,7 @@ def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
         rows.append({"row": name, "method": row.method, "lr": trained["lr"], "seeds": args.seeds,
                      "trainable_parameters": trainable_parameters(first, steps), **summarise(scores, base),
                      "scores": [without_answers(s) for s in scores],
-                     "runs": [str(p) for p in trained["runs"].values()]})
+                     "runs": [shown(p) for p in trained["runs"].values()]})
     timed = [n for n in args.methods if n != BASE and not ROWS[n].delia]  # DELIA changes the data, not the step
     if args.side_by_side_repeats and timed:
         chosen = {entry["row"]: entry["lr"] for entry in rows}
