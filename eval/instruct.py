@@ -7,8 +7,8 @@
   (lower case, punctuation, articles and extra spaces removed; meaningful for short factual answers such as the
   shapes conversations', a floor for free text), mean answer length in words and the share of empty answers.
 
-The capability probe (what the base model could already do) is scored on the same model by `eval.probe` where
-it is installed; `tasks.instruct.InstructTask.evaluate` is where its scores join the table.
+A measure of what the base model could already do (a capability probe) joins these in
+`tasks.instruct.InstructTask.evaluate`, the one place the task's evaluation table is assembled.
 """
 from __future__ import annotations
 

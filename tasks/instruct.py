@@ -143,8 +143,8 @@ class InstructTask(Task):
         out_dir: Path, *, adapter_fingerprint: str, rank: int = 0, world_size: int = 1, allow_subset: bool = False,
     ) -> dict[str, dict[str, float]] | None:
         """Task.evaluate's passes (with the images, and image-blind when a held-out conversation has an image),
-        each scored by answer NLL and its greedy answers. The capability probe's scores join this table where
-        that probe is installed (eval.probe)."""
+        each scored by answer NLL and its greedy answers. This is where a capability probe's scores (what the
+        base model could already do) join the table, as one more run next to these."""
         if any(c.image is not None for c in data.eval.conversations):
             return super().evaluate(model, config, data, collator, decoding, out_dir,
                                     adapter_fingerprint=adapter_fingerprint, rank=rank, world_size=world_size,
