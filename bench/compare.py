@@ -15,7 +15,8 @@ without them. Then generation speed is measured on the same prompts for every me
 step is timed again on one fixed batch, all methods interleaved in one process: the runs' own step times depend on
 what else the machine did while each ran, the side-by-side ratios do not. Writes `<out>/compare.json`,
 `<out>/compare.md` (with every learning rate tried) and `<out>/compare.png` (held-out metric against training
-wall-clock time and against trainable parameters).
+wall-clock time and against trainable parameters). Every row also says what tuning did to the LM's text-only
+abilities (bench/retention.py): capability-probe accuracy and held-out instruction NLL against the frozen base.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ from typing import Any, Callable, Iterator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import retention  # noqa: E402
+from data.heldout import PROBE_FILE  # noqa: E402
 from mm_excitor.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 
 
@@ -249,7 +252,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             "protocol": summary.get("eval_protocol"),
             "image": summary["eval"]["image"], "blind": summary["eval"]["blind"],
             "generation_tokens_per_s": generation_speed(preset, run_dir, args.gen_prompts, args.gen_tokens),
+            **retention.run_scores(preset.task, run_dir, args.probe),
         })
+    base = retention.base_scores(preset.task, run_dir, out, args.probe)
+    retention.add_changes(rows, base)
     if args.side_by_side_repeats:
         side_by_side = side_by_side_step_times(
             preset, {method: [*args.override, f"model.method={method}"] for method in args.methods},
@@ -258,7 +264,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             row["step_s_side_by_side"] = side_by_side[row["method"]]
     results = {"task": args.task, "recipe": preset.recipe, "steps": steps, "metric": preset.metric,
                "columns": list(preset.columns), "overrides": [*preset.overrides, *args.override], "rows": rows,
-               "learning_rates": sweep}
+               "learning_rates": sweep, "retention_base": base}
     write_report(out / "compare", results, markdown, plot)
     return results
 
@@ -281,7 +287,7 @@ def markdown(results: dict[str, Any]) -> str:
     reference = next((row for row in results["rows"] if row["method"] == "excitor"), results["rows"][0])
     header = ["method", "lr", "trainable params", "step (s)",
               *([f"step / {reference['method']}'s, side by side"] if side_by_side else []), "peak memory", "tokens/s",
-              *[f"{c} image" for c in columns], f"{results['metric']} blind", "gen tokens/s"]
+              *[f"{c} image" for c in columns], f"{results['metric']} blind", "gen tokens/s", *retention.header()]
     protocols = sorted({str(row.get("protocol")) for row in results["rows"]})
     lines = [f"{results['task']}, {results['steps']} steps per method; scored by: {'; '.join(protocols)}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -290,8 +296,9 @@ def markdown(results: dict[str, Any]) -> str:
                  *([f"{row['step_s_side_by_side'] / reference['step_s_side_by_side']:.2f}"] if side_by_side else []),
                  f"{row['peak_memory_bytes'] / 2**30:.2f} GiB", f"{row['tokens_per_s']:.0f}",
                  *[_number(row["image"].get(c)) for c in columns], _number(row["blind"].get(results["metric"])),
-                 f"{row['generation_tokens_per_s']:.1f}"]
+                 f"{row['generation_tokens_per_s']:.1f}", *retention.cells(row)]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += retention.markdown_lines(results)
     rates = results.get("learning_rates", {})
     if any(len(runs) > 1 for runs in rates.values()):
         metric = results["metric"]
@@ -375,6 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gen-tokens", type=int, default=8, help="new tokens per prompt when timing generation")
     parser.add_argument("--side-by-side-repeats", type=int, default=3,
                         help="timed rounds of the interleaved one-batch step timing of every method (0: skip it)")
+    parser.add_argument("--probe", type=Path, default=PROBE_FILE,
+                        help="capability probe of the retention columns (text-only, every run and the frozen base)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a run-config override applied to every method (repeatable)")
     from bench.instruct_compare import add_instruct_arguments  # it builds on this module

@@ -71,7 +71,6 @@ def add_instruct_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--delia-ratio", type=float, default=1.0,
                        help="R of the DELIA rows; the training split leaves R x |train| pool queries to sample")
     group.add_argument("--answer-tokens", type=int, default=128, help="max new tokens of each held-out answer")
-    group.add_argument("--probe", type=Path, default=None, help="probe questions (default: eval.probe's file)")
     group.add_argument("--probe-limit", type=int, default=None, help="questions per category (default: all)")
     group.add_argument("--cache", type=Path, default=Path(".cache/delia"), help="grown pool and DELIA samples")
     group.add_argument("--max-new-tokens", type=int, default=96, help="of each DELIA self-sampled answer")
@@ -321,10 +320,6 @@ def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
     args.seeds = args.seeds if args.seeds is not None else [0, 1, 2]
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"error: --seeds needs distinct seeds, got {args.seeds}")
-    if args.probe is None:
-        from data.heldout import PROBE_FILE
-
-        args.probe = PROBE_FILE
     for name in ("model", "pool", "cache", "probe"):  # the runs' processes start in the repository root
         value = getattr(args, name)
         if value is not None and not value.is_absolute():

@@ -106,7 +106,10 @@ def test_the_instruct_comparison_tabulates_every_runs_own_scores(tiny_comparison
     base = results["rows"][0]
     assert base["trainable_parameters"] == 0 and "vs_base" not in base["heldout_nll"]
     categories = set(base["probe"])
-    assert len(categories) == 5 and all(base["scores"][0]["probe"]["chance"][c] == 25.0 for c in categories)
+    from eval.probe import PROBE_FILE, load_probe
+
+    assert categories == {question["category"] for question in load_probe(PROBE_FILE)}
+    assert all(base["scores"][0]["probe"]["chance"][c] == 25.0 for c in categories)
     for row in results["rows"][1:]:
         assert len(row["runs"]) == 2 and row["lr"] == 1e-2
         kept = [json.loads((out / row["row"] / "lr0.01" / f"seed{seed}" / "instruct_scores.json").read_text())
