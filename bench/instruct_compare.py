@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mm_excitor.io import atomic_write_json, atomic_write_jsonl, read_json
+from bench.retention import cached
+from mm_excitor.io import atomic_write_jsonl
 
 BASE = "base"
 """The frozen model's row: no training (the Excitor at init, which is the base model exactly)."""
@@ -209,17 +210,6 @@ def score_model(model: Any, collator: Any, dataset: Any, args: argparse.Namespac
     }
 
 
-def scored(path: Path, settings: dict[str, Any], score: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """`score()`, kept in `path` and reused while the scoring settings are the same."""
-    if path.is_file():
-        kept = read_json(path)
-        if kept.get("settings") == settings:
-            return kept["scores"]
-    scores = score()
-    atomic_write_json(path, {"settings": settings, "scores": scores})
-    return scores
-
-
 def score_run(run_dir: Path, args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
     from tasks.run import load_run
 
@@ -227,7 +217,7 @@ def score_run(run_dir: Path, args: argparse.Namespace, settings: dict[str, Any])
         run = load_run("instruct", run_dir, device=args.device)
         return score_model(run.model, run.collator, run.dataset, args)
 
-    return scored(run_dir / "instruct_scores.json", settings, score)
+    return cached(run_dir / "instruct_scores.json", settings, score)
 
 
 def score_base(preset: Any, overrides: list[str], args: argparse.Namespace, settings: dict[str, Any]) -> dict:
@@ -249,7 +239,7 @@ def score_base(preset: Any, overrides: list[str], args: argparse.Namespace, sett
         model, data = build(task, config, init_distributed(args.device).device, ("eval",))
         return score_model(model, task.collator(model.tokenizer, config, data), data.eval, args)
 
-    return scored(args.out / BASE / "instruct_scores.json", settings, score)
+    return cached(args.out / BASE / "instruct_scores.json", settings, score)
 
 
 # --- runs ----------------------------------------------------------------------------------------------------------
