@@ -7,7 +7,7 @@ SMOLLM2 := .cache/smollm2-135m-instruct
 SHAPES := .cache/shapes-demo
 CONVERSATIONS := .cache/shapes-conversations
 
-.PHONY: setup test test-slow demo bench compare delia shapes-conversations instruct-shapes clean
+.PHONY: setup test test-slow demo bench compare compare-instruct delia shapes-conversations instruct-shapes clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,13 @@ compare: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 	for s in 1 2; do $(PY) -m bench.compare --task shapes-sqa-likelihood --methods excitor --override train.seed=$$s \
 		--side-by-side-repeats 0 --out runs/compare/shapes-sqa-likelihood-seed$$s || exit 1; done
 	$(PY) -m bench.compare --task shapes-sqa --methods excitor
+
+# The language-only experiment (bench/instruct_compare.py): SmolLM2-135M-Instruct tuned on its own self-instruct
+# pool, every row (frozen base, Excitor, LoRA q/v and all-linear, LLaMA-Adapter, prefix-tuning, Excitor and LoRA with
+# DELIA) over three seeds at its own swept rate, scored by the capability probe against the frozen base. Each run is
+# resumable under runs/compare/instruct/; the whole is many hours on 2 CPU cores.
+compare-instruct: $(SMOLLM2)/config.json
+	OMP_NUM_THREADS=1 $(PY) -m bench.compare --task instruct --seeds 0,1,2
 
 # DELIA's ablation over R (bench/delia.py): pool, self-samples, one run per R, scores, retention (~65 min, 1 thread).
 delia: $(SMOLLM2)/config.json $(SHAPES)/manifest.json

@@ -11,6 +11,7 @@ them and a changed probe or checkpoint is scored again.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _cached(path: Path, key: dict[str, Any], score) -> dict[str, Any]:
+def cached(path: Path, key: dict[str, Any], score: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`score()`, kept in `path` and reused while `key` (what the scores depend on) is the same."""
     if path.is_file():
         stored = read_json(path)
         if stored.get("key") == key:
@@ -52,7 +54,7 @@ def run_scores(task: str, run_dir: Path, probe_file: Path) -> dict[str, Any]:
 
     checkpoint = resolve_checkpoint(run_dir)
     key = {"checkpoint": checkpoint.name, "probe_sha256": _sha256(probe_file)}
-    return _cached(Path(run_dir) / RUN_FILE, key,
+    return cached(Path(run_dir) / RUN_FILE, key,
                    lambda: _scores(*load_text_run(task, run_dir, _device()), probe_file))
 
 
@@ -65,7 +67,7 @@ def base_scores(task: str, run_dir: Path, out: Path, probe_file: Path) -> dict[s
     model_config = read_run_config(get_task(task), run_dir).model
     key = {"language_model": str(model_config.language_model), "dtype": model_config.dtype,
            "probe_sha256": _sha256(probe_file)}
-    return _cached(Path(out) / BASE_FILE, key,
+    return cached(Path(out) / BASE_FILE, key,
                    lambda: _scores(*load_base(model_config.language_model, model_config.dtype, _device()), probe_file))
 
 

@@ -75,6 +75,15 @@ def adapter_metadata(model: nn.Module) -> dict[str, Any]:
             "identity": {"language_model": language_model_identity(model)}}
 
 
+def keep_trainable_in_fp32(module: nn.Module) -> None:
+    """Cast `module`'s trainable tensors to fp32 in place, whatever the frozen model's dtype (they train under
+    autocast and are saved in fp32)."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.requires_grad and parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
+
+
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter that trains, selected by requires_grad rather than by a hand-written key list."""
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}

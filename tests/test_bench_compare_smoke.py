@@ -105,7 +105,7 @@ def test_a_sweep_grid_of_zero_negative_or_repeated_rates_is_a_one_line_error(gri
 def test_a_method_grid_replaces_the_common_one_for_that_method_only():
     def rates(*argv):
         args = compare.parse_args(["--task", "shapes-sqa-likelihood", *argv])
-        args.sweep = compare.sweep_grids(args.sweep)
+        args.sweep = compare.sweep_grids(args.sweep, ["excitor", "lora", "prefix"])
         return {method: compare.candidate_rates(args, method) for method in ("excitor", "lora", "prefix")}
 
     assert rates("--sweep", "1e-3,2e-3", "--sweep", "lora=5e-4,1e-3") == {

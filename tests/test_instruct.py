@@ -36,7 +36,7 @@ def mixed_items(scale: float) -> list[dict]:
     return items
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", [method for method in sorted(METHODS) if METHODS[method].takes_images])
 def test_a_mixed_batch_gives_image_rows_the_methods_visual_input_and_leaves_text_rows_alone(method):
     model = tiny_method_model(method)
     with torch.no_grad():  # off the zero init, as training leaves it, so that images can change the output
@@ -56,6 +56,12 @@ def test_a_mixed_batch_gives_image_rows_the_methods_visual_input_and_leaves_text
     loss = model(**first.inputs).loss
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_a_language_only_method_refuses_a_mixed_batch_in_one_line():
+    collator = ChatCollator(chat_tokenizer(), 64, blank={"visual_tokens": torch.zeros(5, 8)})
+    with pytest.raises(ValueError, match="'text_prefix' method is language-only"):
+        tiny_method_model("text_prefix")(**collator(mixed_items(1.0)).inputs)
 
 
 def instruct_assets(root: Path) -> Path:

@@ -24,7 +24,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..cli import format_ids
-from ..checkpoint import adapter_metadata, load_adapter, state_fingerprint, trainable_state_dict
+from ..checkpoint import (
+    adapter_metadata, keep_trainable_in_fp32, load_adapter, state_fingerprint, trainable_state_dict,
+)
 from ..io import atomic_write_json
 from . import checkpoints as ckpt
 from .batches import Batch, MicroBatches, ResumableSamplerProtocol
@@ -84,10 +86,7 @@ class Trainer:
                              "overflows); use 'bf16'")
         self.model = model
         self.adapter = adapter_metadata(model)  # before sharding: the identity reads frozen weights
-        with torch.no_grad():
-            for parameter in model.parameters():
-                if parameter.requires_grad and parameter.dtype != torch.float32:
-                    parameter.data = parameter.data.float()  # trainable tensors stay fp32 under autocast
+        keep_trainable_in_fp32(model)
         if val_dataset is not None and len(val_dataset) == 0:
             raise ValueError("val_dataset is empty; pass None to train without validation")
         self.val_dataset, self.val_collate_fn = val_dataset, val_collate_fn or collate_fn
