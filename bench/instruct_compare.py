@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.retention import cached
+from mm_excitor.integrity import file_sha256
 from mm_excitor.io import atomic_write_jsonl
 
 BASE = "base"
@@ -107,7 +108,8 @@ def prepare_pool(args: argparse.Namespace) -> tuple[Path, list[Any], list[str]]:
     held-out instruction, its answer or a probe question (or is within data.heldout's ROUGE-L of one) is left out.
     Returns the pool's path, the records kept and the ids left out."""
     from bench.delia import delia_command
-    from data.heldout import SEED_TASKS, overlaps, protected_texts, read_jsonl, split_seed_tasks
+    from data.heldout import SEED_TASKS, overlaps, protected_texts, split_seed_tasks
+    from data.instruct import read_records
     from mm_excitor.delia import load_pool
 
     pool = args.pool
@@ -115,7 +117,7 @@ def prepare_pool(args: argparse.Namespace) -> tuple[Path, list[Any], list[str]]:
         pool = args.cache / f"pool-tuning-{args.pool_size}.jsonl"
         if not pool.is_file():
             seeds = args.cache / "tuning_seeds.jsonl"
-            atomic_write_jsonl(seeds, split_seed_tasks(read_jsonl(SEED_TASKS))[0])
+            atomic_write_jsonl(seeds, split_seed_tasks(read_records(SEED_TASKS))[0])
             delia_command("pool", "--model", str(args.model), "--seeds", str(seeds), "--out", str(pool),
                           "--size", str(args.pool_size), "--device", args.device, "--no-progress")
     records = load_pool(pool).records
@@ -320,7 +322,8 @@ def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
     data = prepare_data(args, with_delia=any(ROWS[n].delia for n in args.methods if n != BASE))
     overrides = [*data["overrides"], f"train.eval_every_steps={steps}", f"train.device={args.device}",
                  *args.override]
-    settings = {"answer_tokens": args.answer_tokens, "probe": str(args.probe), "probe_limit": args.probe_limit}
+    settings = {"answer_tokens": args.answer_tokens, "probe_sha256": file_sha256(args.probe),
+                "probe_limit": args.probe_limit}
     base = score_base(preset, overrides, args, settings) if BASE in args.methods else None
     rows, learning_rates = [], {}
     if base is not None:

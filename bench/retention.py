@@ -10,11 +10,11 @@ them and a changed probe or checkpoint is scored again.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mm_excitor.integrity import file_sha256
 from mm_excitor.io import atomic_write_json, read_json
 
 RUN_FILE = "retention.json"
@@ -53,7 +53,7 @@ def run_scores(task: str, run_dir: Path, probe_file: Path) -> dict[str, Any]:
     from tasks.run import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(run_dir)
-    key = {"checkpoint": checkpoint.name, "probe_sha256": _sha256(probe_file)}
+    key = {"checkpoint": checkpoint.name, "probe_sha256": file_sha256(probe_file)}
     return cached(Path(run_dir) / RUN_FILE, key,
                    lambda: _scores(*load_text_run(task, run_dir, _device()), probe_file))
 
@@ -66,7 +66,7 @@ def base_scores(task: str, run_dir: Path, out: Path, probe_file: Path) -> dict[s
 
     model_config = read_run_config(get_task(task), run_dir).model
     key = {"language_model": str(model_config.language_model), "dtype": model_config.dtype,
-           "probe_sha256": _sha256(probe_file)}
+           "probe_sha256": file_sha256(probe_file)}
     return cached(Path(out) / BASE_FILE, key,
                    lambda: _scores(*load_base(model_config.language_model, model_config.dtype, _device()), probe_file))
 
@@ -102,6 +102,3 @@ def markdown_lines(results: dict[str, Any]) -> list[str]:
             for c in categories) + " |")
     return lines
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

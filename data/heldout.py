@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from data.instruct import read_records
 from mm_excitor.cli import run_cli
 from mm_excitor.delia.similarity import NearDuplicateIndex
 from mm_excitor.io import atomic_write_jsonl
@@ -29,22 +30,6 @@ PROBE_FILE = REPO / "data" / "probe" / "probe.jsonl"
 HELDOUT_EVERY = 3
 """The n-th seed of a kind is held out when n (1-based) is a multiple of this."""
 MAX_SIMILARITY = 0.7
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file; a bad line is an error naming the file and line."""
-    import json
-
-    from data.errors import DataError
-
-    records = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise DataError(path, f"line {number}", f"not JSON ({error.msg})") from None
-    return records
 
 
 def split_seed_tasks(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -59,7 +44,7 @@ def split_seed_tasks(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
 
 def heldout_instructions(path: str | Path = SEED_TASKS) -> list[tuple[str, str]]:
     """(instruction, reference answer) of every held-out seed task."""
-    return [(record["query"], record["answer"]) for record in split_seed_tasks(read_jsonl(path))[1]]
+    return [(record["query"], record["answer"]) for record in split_seed_tasks(read_records(path))[1]]
 
 
 def overlaps(texts: Iterable[tuple[str, str]], protected: Iterable[str],
@@ -72,7 +57,7 @@ def overlaps(texts: Iterable[tuple[str, str]], protected: Iterable[str],
 def protected_texts(seeds: str | Path = SEED_TASKS, probe: str | Path = PROBE_FILE) -> list[str]:
     """What no tuning data may repeat: the held-out instructions and answers, and the probe's questions."""
     texts = [text for pair in heldout_instructions(seeds) for text in pair]
-    return texts + [record["question"] for record in read_jsonl(probe)]
+    return texts + [record["question"] for record in read_records(probe)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -84,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="pools (any mm_excitor.delia format) that must not repeat a held-out text")
     args = parser.parse_args(argv)
     if args.tuning_seeds is not None:
-        tuning, heldout = split_seed_tasks(read_jsonl(args.seeds))
+        tuning, heldout = split_seed_tasks(read_records(args.seeds))
         atomic_write_jsonl(args.tuning_seeds, tuning)
         print(f"wrote {len(tuning)} tuning seeds to {args.tuning_seeds} ({len(heldout)} held out)")
     if args.check:

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from data.errors import DataError
-from data.heldout import PROBE_FILE, heldout_instructions, read_jsonl
+from data.heldout import PROBE_FILE, heldout_instructions
+from data.instruct import read_records
 from mm_excitor.cli import run_cli
 from mm_excitor.delia.chat import encode_chat_prompt, has_chat_template, stop_token_ids
 from mm_excitor.multimodal import IGNORE_INDEX, summed_label_log_probs
@@ -106,7 +107,7 @@ def pad_id(tokenizer: Any) -> int:
 
 def load_probe(path: str | Path = PROBE_FILE) -> list[dict[str, Any]]:
     """The probe's questions, each checked: a question, two or more distinct options, an answer index."""
-    questions = read_jsonl(path)
+    questions = read_records(path)
     for number, record in enumerate(questions, 1):
         options = record.get("options")
         problem = (

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from data import probe
-from data.heldout import (HELDOUT_EVERY, SEED_TASKS, heldout_instructions, overlaps, protected_texts, read_jsonl,
+from data.heldout import (HELDOUT_EVERY, SEED_TASKS, heldout_instructions, overlaps, protected_texts,
                           split_seed_tasks)
+from data.instruct import read_records
 from data.probe import WordNet, ProbeConfig, build_probe, write_probe
 
 FIXTURE = Path(__file__).resolve().parent / "wordnet"
@@ -124,7 +125,7 @@ def test_asking_for_more_questions_than_the_data_holds_is_an_error(wordnet):
 
 
 def shipped() -> list[dict]:
-    return read_jsonl(SHIPPED)
+    return read_records(SHIPPED)
 
 
 def test_the_shipped_probe_is_large_enough_and_every_key_holds():
@@ -154,7 +155,7 @@ def test_the_shipped_probe_is_what_the_generator_writes_from_system_wordnet(tmp_
 
 
 def test_the_held_out_instructions_are_every_third_seed_of_a_kind_and_the_rest_tunes():
-    records = read_jsonl(SEED_TASKS)
+    records = read_records(SEED_TASKS)
     tuning, heldout = split_seed_tasks(records)
     assert len(tuning) + len(heldout) == len(records) and 20 <= len(heldout) <= len(records) // HELDOUT_EVERY
     assert not {r["id"] for r in tuning} & {r["id"] for r in heldout}
@@ -164,7 +165,7 @@ def test_the_held_out_instructions_are_every_third_seed_of_a_kind_and_the_rest_t
 
 
 def test_no_probe_question_repeats_a_seed_task_and_no_tuning_seed_repeats_a_held_out_one():
-    seeds = read_jsonl(SEED_TASKS)
+    seeds = read_records(SEED_TASKS)
     seed_texts = [text for r in seeds for text in (r["query"], r["answer"])]
     assert overlaps([(q["id"], q["question"]) for q in shipped()], seed_texts) == []
     tuning, heldout = split_seed_tasks(seeds)
@@ -181,7 +182,7 @@ def test_check_names_a_pool_record_that_repeats_held_out_text(tmp_path, capsys):
     clean.write_text(json.dumps({"id": "p1", "query": "Name three colours of the rainbow.", "answer": "Red."}) + "\n")
     main(["--check", str(clean), "--tuning-seeds", str(tmp_path / "tuning.jsonl")])
     assert "none repeats" in capsys.readouterr().out
-    assert len(read_jsonl(tmp_path / "tuning.jsonl")) == len(split_seed_tasks(read_jsonl(SEED_TASKS))[0])
+    assert len(read_records(tmp_path / "tuning.jsonl")) == len(split_seed_tasks(read_records(SEED_TASKS))[0])
     leaky = tmp_path / "leaky.jsonl"
     leaky.write_text(json.dumps({"id": "p2", "query": query.upper() + " ", "answer": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"leaky\.jsonl: 1 record texts repeat held-out text: p2 \(query\) duplicate"):
