@@ -19,8 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import NON_ADAPTER_FIELDS, ExcitorConfig
-from .diff import Difference, describe_all, differences
+from .config import ADDED_FIELDS, NON_ADAPTER_FIELDS, ExcitorConfig
+from .diff import MISSING, Difference, describe_all, differences
 from .io import atomic_directory, atomic_write_json, read_json
 from .model import apply_excitor, decoder_layers, excitor_blocks
 
@@ -135,9 +135,13 @@ def identity_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
 
 
 def adapter_config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[Difference]:
-    """The method hyper-parameters that differ, under `config.`; settings of how the arithmetic runs do not count."""
-    return differences({"config": saved}, {"config": current},
-                       ignore=lambda d: d.key.rsplit(".", 1)[-1] in NON_ADAPTER_FIELDS)
+    """The method hyper-parameters that differ, under `config.`; settings of how the arithmetic runs do not count,
+    and a field the saved config predates counts as the value it was trained with (`config.ADDED_FIELDS`)."""
+    def ignore(d: Difference) -> bool:
+        leaf = d.key.rsplit(".", 1)[-1]
+        return leaf in NON_ADAPTER_FIELDS or (d.old == MISSING and ADDED_FIELDS.get(leaf, MISSING) == d.new)
+
+    return differences({"config": saved}, {"config": current}, ignore=ignore)
 
 
 def check_adapter_fits(metadata: Mapping[str, Any], model: nn.Module, where: Path | str,
