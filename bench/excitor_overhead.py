@@ -322,8 +322,9 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
         for variant, model in excitors.items():
             block = excitor_blocks(model)[0]
             shape = (batch, args.visual_tokens, block.prompt_width)
+            sets = 2 if excitor_configs[variant].visual_projection == "separate_kv" else 1
             visual[variant] = [torch.randn(shape, generator=generator).to(device).requires_grad_(True)
-                               for _ in range(1 if block.fast is not None else 2)]
+                               for _ in range(sets)]
         log(f"Excitor gets {args.visual_tokens} visual tokens per sample (concat): {spec['excitor']['num_prompts']} "
             f"+ {args.visual_tokens} prompts per layer; LoRA gets none")
 

@@ -47,6 +47,7 @@ class ExcitorKeyProjection(nn.Module):
         self.gate_tanh = config.gate_tanh
         self.visual_prompt_mode = config.visual_prompt_mode
         self.extra_key = config.extra_key
+        self.separate_kv = config.visual_projection == "separate_kv"
         hidden = base.in_features
         self.prompt_width = hidden if config.extra_key == "projected" else base.out_features
         self.scale = 1.0 / math.sqrt(self.prompt_width)
@@ -124,6 +125,9 @@ class ExcitorKeyProjection(nn.Module):
         if visual.tokens.shape[-1] != self.prompt_width:
             raise ValueError(f"visual tokens must be B x N x {self.prompt_width} (the prompts' width), got "
                              f"{tuple(visual.tokens.shape)}")
+        if (visual.value_tokens is not None) != self.separate_kv:
+            raise ValueError("separate value tokens are for visual_projection='separate_kv' blocks, and they need them"
+                             f" (this block: visual_projection={'separate_kv' if self.separate_kv else 'shared'})")
         visual.check_rows(rows)
 
     def gate_values(self) -> torch.Tensor:

@@ -248,7 +248,7 @@ def model_prompts(model, samples: int = 3) -> VisualPrompts:
     """Visual prompts of the model's prompt width, with separate value tokens where the blocks take them."""
     block = excitor_blocks(model)[0]
     prompts = visual_prompts(samples, width=block.prompt_width)
-    if block.fast is None:
+    if block.separate_kv:
         prompts = VisualPrompts(prompts.tokens, prompts.has_image, -prompts.tokens.flip(1))
     return prompts
 

@@ -244,6 +244,14 @@ def test_bad_use_gives_clear_errors():
         ExcitorConfig(visual_prompt_mode="prefix")
     with pytest.raises(ValueError, match="affinity_init_gain must be > 0"):
         ExcitorConfig(affinity_init_gain=0.0)
+    x, tokens, has_image = torch.randn(2, 3, 64), torch.randn(2, 4, 64), torch.ones(2, dtype=torch.bool)
+    for projection, values in (("separate_kv", None), ("shared", tokens)):
+        block = excitor_blocks(apply_excitor(tiny_model(), replace(CONFIG, visual_prompt_mode="concat",
+                                                                   visual_projection=projection)))[0]
+        with pytest.raises(ValueError, match="separate value tokens are for visual_projection='separate_kv'"):
+            block(x, VisualPrompts(tokens, has_image, values))
+    with pytest.raises(ValueError, match="built language-only"):
+        excitor_blocks(model)[0](x, VisualPrompts(tokens, has_image))
 
 
 def test_config_json_round_trip_and_unknown_keys():
