@@ -108,16 +108,23 @@ class ExcitorKeyProjection(nn.Module):
         mask (None: every prompt counts)."""
         if visual is None:
             return self.prompts, self.prompts, None
-        keys, values = (tokens.to(self.prompts.dtype) + self.visual_offset for tokens in (visual.tokens, visual.values))
-        batch, count = keys.shape[:2]
-        if self.visual_prompt_mode == "concat":
-            shared = self.prompts.expand(batch, -1, -1)
-            mask = torch.cat([torch.ones(batch, self.prompts.shape[0], dtype=torch.bool, device=keys.device),
-                              visual.has_image[:, None].expand(batch, count)], dim=1)
-            return torch.cat([shared, keys], dim=1), torch.cat([shared, values], dim=1), mask
-        flags = visual.has_image[:, None, None].to(keys.dtype)
-        keys, values = (self.prompts + resample(tokens, self.prompts.shape[0]) * flags for tokens in (keys, values))
-        return keys, values, None
+        batch, count = visual.tokens.shape[:2]
+        flags = visual.has_image[:, None, None].to(self.prompts.dtype)
+
+        def joined(tokens: torch.Tensor) -> torch.Tensor:
+            """P_l joined with these visual prompts: concatenated, or resampled to K and added (none without image)."""
+            visual_prompts = tokens.to(self.prompts.dtype) + self.visual_offset
+            if self.visual_prompt_mode == "concat":
+                return torch.cat([self.prompts.expand(batch, -1, -1), visual_prompts], dim=1)
+            return self.prompts + resample(visual_prompts, self.prompts.shape[0]) * flags
+
+        keys = joined(visual.tokens)
+        values = keys if visual.value_tokens is None else joined(visual.value_tokens)
+        if self.visual_prompt_mode != "concat":
+            return keys, values, None
+        mask = torch.cat([torch.ones(batch, self.prompts.shape[0], dtype=torch.bool, device=keys.device),
+                          visual.has_image[:, None].expand(batch, count)], dim=1)
+        return keys, values, mask
 
     def check_visual(self, visual: VisualPrompts, rows: int) -> None:
         if self.visual_prompt_mode is None:
