@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SMOLLM2 := .cache/smollm2-135m-instruct
 SHAPES := .cache/shapes-demo
+CONVERSATIONS := .cache/shapes-conversations
 
-.PHONY: setup test test-slow demo bench compare delia clean
+.PHONY: setup test test-slow demo bench compare compare-instruct delia shapes-conversations instruct-shapes clean
 
 setup: $(STAMP)
 
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-slow: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
+test-slow: $(SMOLLM2)/config.json $(SHAPES)/manifest.json $(CONVERSATIONS)/manifest.json
 	$(PY) -m pytest -q -m slow
 
 $(SMOLLM2)/config.json: $(STAMP)
@@ -30,6 +31,17 @@ $(SMOLLM2)/config.json: $(STAMP)
 $(SHAPES)/manifest.json: $(STAMP)
 	$(PY) -m data.shapes --out $(SHAPES) --num-images 3000 --seed 0 --difficulty simple --sizes large \
 		--captions-per-image 1 --val-fraction 0.05 --test-fraction 0.1 --no-progress --overwrite
+
+# Multi-turn visual conversations in LLaVA's format (data/shapes_conversations.py), and the Excitor trained on them
+# through the instruct task, scored on held-out conversations with the image and without it.
+shapes-conversations: $(CONVERSATIONS)/manifest.json
+
+$(CONVERSATIONS)/manifest.json: $(STAMP)
+	$(PY) -m data.shapes_conversations --out $(CONVERSATIONS) --num-images 3000 --seed 0 --difficulty simple \
+		--sizes large --val-fraction 0.05 --test-fraction 0.1 --overwrite
+
+instruct-shapes: $(SMOLLM2)/config.json $(CONVERSATIONS)/manifest.json
+	$(PY) train_instruct.py --config configs/instruct_shapes_llava.yaml
 
 # Train the captioner on the embedded default, then score it next to the image-blind control.
 demo: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
@@ -46,6 +58,13 @@ compare: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 	for s in 1 2; do $(PY) -m bench.compare --task shapes-sqa-likelihood --methods excitor --override train.seed=$$s \
 		--side-by-side-repeats 0 --out runs/compare/shapes-sqa-likelihood-seed$$s || exit 1; done
 	$(PY) -m bench.compare --task shapes-sqa --methods excitor
+
+# The language-only experiment (bench/instruct_compare.py): SmolLM2-135M-Instruct tuned on its own self-instruct
+# pool, every row (frozen base, Excitor, LoRA q/v and all-linear, LLaMA-Adapter, prefix-tuning, Excitor and LoRA with
+# DELIA) over three seeds at its own swept rate, scored by the capability probe against the frozen base. Each run is
+# resumable under runs/compare/instruct/; the whole is many hours on 2 CPU cores.
+compare-instruct: $(SMOLLM2)/config.json
+	OMP_NUM_THREADS=1 $(PY) -m bench.compare --task instruct --seeds 0,1,2
 
 # DELIA's ablation over R (bench/delia.py): pool, self-samples, one run per R, scores, retention (~65 min, 1 thread).
 delia: $(SMOLLM2)/config.json $(SHAPES)/manifest.json

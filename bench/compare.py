@@ -15,7 +15,8 @@ without them. Then generation speed is measured on the same prompts for every me
 step is timed again on one fixed batch, all methods interleaved in one process: the runs' own step times depend on
 what else the machine did while each ran, the side-by-side ratios do not. Writes `<out>/compare.json`,
 `<out>/compare.md` (with every learning rate tried) and `<out>/compare.png` (held-out metric against training
-wall-clock time and against trainable parameters).
+wall-clock time and against trainable parameters). Every row also says what tuning did to the LM's text-only
+abilities (bench/retention.py): capability-probe accuracy and held-out instruction NLL against the frozen base.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ from typing import Any, Callable, Iterator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import retention  # noqa: E402
+from data.heldout import PROBE_FILE  # noqa: E402
 from mm_excitor.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
 
 
@@ -58,6 +61,8 @@ PRESETS = {
     # the second, clearly separate protocol: answers are option texts, options ranked by likelihood
     "shapes-sqa-likelihood": TaskPreset("scienceqa", "configs/shapes_scienceqa.yaml", 500, "Avg", SCIENCEQA_COLUMNS,
                                         ("data.prompt_format=QCM-option",)),
+    # the language-only experiment (bench/instruct_compare.py): no images, the capability probe against the base
+    "instruct": TaskPreset("instruct", "configs/compare_instruct.yaml", 200, "answer_nll", ()),
 }
 LEARNING_RATES = {
     "shapes-caption": {"excitor": 2e-2, "lora": 1.25e-3, "llama_adapter": 2e-2, "prefix": 1e-2},
@@ -73,19 +78,19 @@ protocol): the demo's 5e-3, not swept. Replace a value only with a sweep's winne
 
 
 def run_method(preset: TaskPreset, method: str, lr: float, steps: int, out: Path, overrides: list[str],
-               label: str | None = None) -> dict[str, Any]:
-    """Train (or finish training) and evaluate one method in its own process; its summary.json. `label` names the
-    run in the progress lines (default: the method)."""
+               label: str | None = None, evaluate: bool = True) -> dict[str, Any]:
+    """Train (or finish training) and, with `evaluate`, evaluate one method in its own process; its summary.json.
+    `label` names the run in the progress lines (default: the method)."""
     label = label or method
     summary_path = out / "summary.json"
     if summary_path.is_file():
         summary = read_json(summary_path)
-        if summary.get("steps") == steps and not summary.get("interrupted") and "eval" in summary:
+        if summary.get("steps") == steps and not summary.get("interrupted") and ("eval" in summary or not evaluate):
             print(f"{label}: done before ({summary_path})", flush=True)
             return summary
     args = [sys.executable, f"train_{preset.task}.py", "--config", preset.recipe, f"model.method={method}",
             f"train.lr={lr}", f"train.max_steps={steps}", f"train.output_dir={out}", "train.resume=latest",
-            "train.progress_bar=false", "evaluate=true", *preset.overrides, *overrides]
+            "train.progress_bar=false", f"evaluate={str(evaluate).lower()}", *preset.overrides, *overrides]
     print(f"{label}: training {steps} steps at lr {lr:g} -> {out}", flush=True)
     result = subprocess.run(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     if result.returncode != 0:
@@ -120,12 +125,11 @@ def generation_speed(preset: TaskPreset, output_dir: Path, prompts: int, new_tok
     return len(items) * new_tokens / elapsed
 
 
-def side_by_side_step_times(preset: TaskPreset, methods: list[str], overrides: list[str],
-                            repeats: int) -> dict[str, float]:
-    """Median seconds per training step (forward, backward, AdamW) of each method on one fixed training batch of
-    the recipe, timed interleaved in this one process after a warm-up round: every method sees the same machine
-    load, so the ratios between them hold even where the separate runs' step times were measured under other
-    loads."""
+def side_by_side_step_times(preset: TaskPreset, runs: dict[str, list[str]], repeats: int) -> dict[str, float]:
+    """Median seconds per training step (forward, backward, AdamW) of each run (a label and its run-config
+    overrides, `model.method` among them) on one fixed training batch of the recipe, timed interleaved in this one
+    process after a warm-up round: every method sees the same machine load, so the ratios between them hold even
+    where the separate runs' step times were measured under other loads."""
     import torch
 
     from mm_excitor.recipe import load_config
@@ -134,25 +138,25 @@ def side_by_side_step_times(preset: TaskPreset, methods: list[str], overrides: l
 
     task = get_task(preset.task)
     steps = {}
-    for method in methods:
+    for label, overrides in runs.items():
         config = load_config(task.config_class, REPO / preset.recipe,
-                             [*preset.overrides, *overrides, f"model.method={method}", "train.device=cpu"])
+                             [*preset.overrides, *overrides, "train.device=cpu"])
         torch.manual_seed(config.train.seed)
         model, data = build(task, config, torch.device("cpu"), ("train",))
         batch = task.collator(model.tokenizer, config, data)(
             [data.train[i] for i in range(min(config.train.batch_size, len(data.train)))])
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.train.lr)
-        steps[method] = (model.train(), batch, optimizer)
-    times: dict[str, list[float]] = {method: [] for method in methods}
+        steps[label] = (model.train(), batch, optimizer)
+    times: dict[str, list[float]] = {label: [] for label in runs}
     for round_ in range(repeats + 1):
-        for method, (model, batch, optimizer) in steps.items():
+        for label, (model, batch, optimizer) in steps.items():
             start = time.perf_counter()
             model(**batch.inputs).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if round_:  # round 0 warms up
-                times[method].append(time.perf_counter() - start)
-    return {method: statistics.median(values) for method, values in times.items()}
+                times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(values) for label, values in times.items()}
 
 
 def trainable_parameters(output_dir: Path, steps: int) -> int:
@@ -177,13 +181,15 @@ ALL_METHODS = "*"
 """The `--sweep` key of a grid given without a method name: every method's grid."""
 
 
-def candidate_rates(args: argparse.Namespace, method: str) -> list[float]:
-    """`--sweep`'s grid for this method, else its grid for every method, else `--lr`'s value, else
-    LEARNING_RATES."""
+def candidate_rates(args: argparse.Namespace, method: str, default: list[float] | None = None) -> list[float]:
+    """`--sweep`'s grid for this method, else its grid for every method, else `--lr`'s value, else `default`
+    (LEARNING_RATES' rate when not given)."""
     grid = args.sweep.get(method, args.sweep.get(ALL_METHODS))
     if grid:
         return list(grid)
-    return [(args.lr or {}).get(method, LEARNING_RATES[args.task][method])]
+    if method in (args.lr or {}):
+        return [args.lr[method]]
+    return list(default) if default is not None else [LEARNING_RATES[args.task][method]]
 
 
 def parse_sweep(text: str) -> tuple[str, list[float]]:
@@ -246,20 +252,33 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             "protocol": summary.get("eval_protocol"),
             "image": summary["eval"]["image"], "blind": summary["eval"]["blind"],
             "generation_tokens_per_s": generation_speed(preset, run_dir, args.gen_prompts, args.gen_tokens),
+            **retention.run_scores(preset.task, run_dir, args.probe),
         })
+    base = retention.base_scores(preset.task, run_dir, out, args.probe)
+    retention.add_changes(rows, base)
     if args.side_by_side_repeats:
-        side_by_side = side_by_side_step_times(preset, args.methods, args.override, args.side_by_side_repeats)
+        side_by_side = side_by_side_step_times(
+            preset, {method: [*args.override, f"model.method={method}"] for method in args.methods},
+            args.side_by_side_repeats)
         for row in rows:
             row["step_s_side_by_side"] = side_by_side[row["method"]]
     results = {"task": args.task, "recipe": preset.recipe, "steps": steps, "metric": preset.metric,
                "columns": list(preset.columns), "overrides": [*preset.overrides, *args.override], "rows": rows,
-               "learning_rates": sweep}
-    atomic_write_json(out / "compare.json", results)
-    atomic_write_text(out / "compare.md", markdown(results))
-    plot(results, out / "compare.png")
-    print(markdown(results))
-    print(f"wrote {out / 'compare.json'}, {out / 'compare.md'}, {out / 'compare.png'}")
+               "learning_rates": sweep, "retention_base": base}
+    write_report(out / "compare", results, markdown, plot)
     return results
+
+
+def write_report(stem: Path, results: dict[str, Any], markdown: Callable[[dict[str, Any]], str],
+                 plot: Callable[[dict[str, Any], Path], None]) -> None:
+    """`<stem>.json` (the results), `<stem>.md` (their table, also printed) and `<stem>.png` (their plot)."""
+    paths = [stem.with_suffix(suffix) for suffix in (".json", ".md", ".png")]
+    table = markdown(results)
+    atomic_write_json(paths[0], results)
+    atomic_write_text(paths[1], table)
+    plot(results, paths[2])
+    print(table)
+    print(f"wrote {', '.join(map(str, paths))}")
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -268,7 +287,7 @@ def markdown(results: dict[str, Any]) -> str:
     reference = next((row for row in results["rows"] if row["method"] == "excitor"), results["rows"][0])
     header = ["method", "lr", "trainable params", "step (s)",
               *([f"step / {reference['method']}'s, side by side"] if side_by_side else []), "peak memory", "tokens/s",
-              *[f"{c} image" for c in columns], f"{results['metric']} blind", "gen tokens/s"]
+              *[f"{c} image" for c in columns], f"{results['metric']} blind", "gen tokens/s", *retention.header()]
     protocols = sorted({str(row.get("protocol")) for row in results["rows"]})
     lines = [f"{results['task']}, {results['steps']} steps per method; scored by: {'; '.join(protocols)}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -277,8 +296,9 @@ def markdown(results: dict[str, Any]) -> str:
                  *([f"{row['step_s_side_by_side'] / reference['step_s_side_by_side']:.2f}"] if side_by_side else []),
                  f"{row['peak_memory_bytes'] / 2**30:.2f} GiB", f"{row['tokens_per_s']:.0f}",
                  *[_number(row["image"].get(c)) for c in columns], _number(row["blind"].get(results["metric"])),
-                 f"{row['generation_tokens_per_s']:.1f}"]
+                 f"{row['generation_tokens_per_s']:.1f}", *retention.cells(row)]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += retention.markdown_lines(results)
     rates = results.get("learning_rates", {})
     if any(len(runs) > 1 for runs in rates.values()):
         metric = results["metric"]
@@ -326,15 +346,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def sweep_grids(pairs: list[tuple[str, list[float]]]) -> dict[str, list[float]]:
-    """`--sweep`'s (method, grid) pairs as {method or ALL_METHODS: grid}, checked: known methods, one grid each,
-    distinct positive rates."""
-    from mm_excitor.methods import METHODS
-
+def sweep_grids(pairs: list[tuple[str, list[float]]], known: list[str]) -> dict[str, list[float]]:
+    """`--sweep`'s (method, grid) pairs as {method or ALL_METHODS: grid}, checked: `known` methods (or rows), one
+    grid each, distinct positive rates."""
     grids: dict[str, list[float]] = {}
     for method, grid in pairs:
-        if method != ALL_METHODS and method not in METHODS:
-            raise SystemExit(f"error: --sweep names unknown method {method!r}; one of {', '.join(sorted(METHODS))}")
+        if method != ALL_METHODS and method not in known:
+            raise SystemExit(f"error: --sweep names unknown method {method!r}; one of {', '.join(sorted(known))}")
         if not grid or min(grid) <= 0 or len(set(grid)) != len(grid):
             raise SystemExit(f"error: --sweep needs distinct positive learning rates, got {grid}")
         if method in grids:
@@ -346,8 +364,9 @@ def sweep_grids(pairs: list[tuple[str, list[float]]]) -> dict[str, list[float]]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(PRESETS), required=True)
-    parser.add_argument("--methods", default="excitor,lora,llama_adapter,prefix",
-                        type=lambda text: [m for m in text.split(",") if m])
+    parser.add_argument("--methods", default=None, type=lambda text: [m for m in text.split(",") if m],
+                        help="default: excitor,lora,llama_adapter,prefix; for --task instruct its rows "
+                             "(bench/instruct_compare.py ROWS)")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps per method (default: the preset's)")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/compare/<task>")
     parser.add_argument("--lr", default=None, help="method=lr,... overriding LEARNING_RATES",
@@ -363,19 +382,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gen-tokens", type=int, default=8, help="new tokens per prompt when timing generation")
     parser.add_argument("--side-by-side-repeats", type=int, default=3,
                         help="timed rounds of the interleaved one-batch step timing of every method (0: skip it)")
+    parser.add_argument("--probe", type=Path, default=PROBE_FILE,
+                        help="capability probe of the retention columns (text-only, every run and the frozen base)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a run-config override applied to every method (repeatable)")
+    from bench.instruct_compare import add_instruct_arguments  # it builds on this module
+
+    add_instruct_arguments(parser.add_argument_group("--task instruct"))
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.task == "instruct":
+        from bench.instruct_compare import compare_instruct
+
+        return compare_instruct(args)
+    if args.seeds is not None:
+        raise SystemExit("error: --seeds is the instruct preset's; for another preset run one comparison per seed "
+                         "(--override train.seed=S --out DIR, as `make compare` does)")
     from mm_excitor.methods import METHODS
 
+    args.methods = args.methods or ["excitor", "lora", "llama_adapter", "prefix"]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; one of {', '.join(sorted(METHODS))}")
-    args.sweep = sweep_grids(args.sweep)
+    args.sweep = sweep_grids(args.sweep, sorted(METHODS))
     return compare(args)
 
 

@@ -35,8 +35,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.compare import TaskPreset, run_method  # noqa: E402
-from mm_excitor.io import atomic_write_json, atomic_write_jsonl, atomic_write_text  # noqa: E402
+from bench.compare import TaskPreset, run_method, write_report  # noqa: E402
+from mm_excitor.io import atomic_write_jsonl  # noqa: E402
 
 RECIPE = "configs/shapes_json.yaml"
 SEEDS = "data/delia/seed_tasks.jsonl"
@@ -185,11 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": stages,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "delia.json", results)
-    atomic_write_text(args.out / "delia.md", markdown(results))
-    plot(results, args.out / "delia.png")
-    print(markdown(results))
-    print(f"wrote {args.out / 'delia.json'}, {args.out / 'delia.md'}, {args.out / 'delia.png'}")
+    write_report(args.out / "delia", results, markdown, plot)
     return results
 
 

@@ -5,7 +5,7 @@
 Each model is built through the methods' own `build` on the meta device (nothing is allocated or downloaded):
 SmolLM2-135M (30 layers, 576 wide, GQA 9/3 heads) and LLaMA-7B (32 layers, 4096 wide, 32 heads), both fed ViT-L/14
 tokens (257 x 1024, the paper's encoder). Counts are split into what sits in the LM (Excitor blocks, LoRA
-matrices, adaption prompts) and the visual projection, and are checked against closed-form counts in
+matrices, adaption prompts, the language-only text_prefix's keys and values) and the visual projection, and are checked against closed-form counts in
 tests/test_bench_method_params.py.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cells = [f"{counts[s][method]['trainable']:,} ({counts[s][method]['in_language_model']:,} + "
                  f"{counts[s][method]['visual_projection']:,})" for s in SHAPES]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    settings = {name: to_dict(getattr(config, name)) for name in ("excitor", "lora", "llama_adapter", "prefix")}
+    settings = {name: to_dict(getattr(config, name)) for name in ("excitor", "lora", "llama_adapter", "prefix", "text_prefix")}
     results = {"counts": counts, "vision": VIT_L_14, "settings": settings, "table": "\n".join(lines),
                "command": "python bench/method_params.py " + " ".join(argv or [])}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from data.chat import encode_chat_prompt, encode_conversation
 from data.text import IGNORE_INDEX, Encoded, encode_example, encode_prompt, pad_id
 from mm_excitor.train.batches import Batch
 
@@ -40,9 +41,19 @@ class CollateStats:
     target_tokens_cut: int = 0
     skipped: int = 0
 
+    def count(self, encoded: Encoded | None) -> None:
+        """Add one item's truncation counts (None: an item its collator could not encode, see InstructStats)."""
+        if encoded is None:
+            raise ValueError("this collator encodes every item")
+        self.truncated += encoded.truncated
+        self.prompt_tokens_cut += encoded.prompt_tokens_cut
+        self.target_tokens_cut += encoded.target_tokens_cut
+
 
 class Collator:
     """`collate_fn` of a task: `collator(items)` for training, `collator.prompts(items)` for generation."""
+
+    stats_class: type[CollateStats] = CollateStats
 
     def __init__(self, tokenizer: Any, max_length: int = 512, *, blank: Mapping[str, torch.Tensor] | None = None,
                  pad_to_multiple_of: int | None = None) -> None:
@@ -69,18 +80,21 @@ class Collator:
                            left_pad=True)
 
     def _batch(self, items: Sequence[dict | None], encode: Any, left_pad: bool) -> Batch:
-        stats = CollateStats(skipped=sum(it is None for it in items))
-        kept = [it for it in items if it is not None]
-        stats.examples = len(kept)
+        stats = self.stats_class(skipped=sum(it is None for it in items))
         if stats.skipped:
             log.warning("batch: %d item(s) dropped (unreadable images, see earlier warnings)", stats.skipped)
+        kept, encoded = [], []
+        for item in items:
+            if item is None:
+                continue
+            e = encode(item)
+            stats.count(e)
+            if e is not None:
+                kept.append(item)
+                encoded.append(e)
+        stats.examples = len(kept)
         if not kept:
             return Batch(inputs={}, num_items=0, stats=asdict(stats))
-        encoded = [encode(it) for it in kept]
-        for e in encoded:
-            stats.truncated += e.truncated
-            stats.prompt_tokens_cut += e.prompt_tokens_cut
-            stats.target_tokens_cut += e.target_tokens_cut
         inputs = self._pad(encoded, left_pad)
         inputs.update(stack_visual(kept, self.blank))
         labels = inputs.get("labels")
@@ -143,3 +157,53 @@ def stack_visual(items: Sequence[dict], blank: Mapping[str, torch.Tensor] | None
         rows.append(tensor)
     out[VISUAL_KEYS[key]] = torch.stack(rows)
     return out
+
+
+@dataclass
+class ChatStats(CollateStats):
+    """CollateStats plus the conversation counts: trailing assistant turns dropped to fit `max_length`, and
+    conversations left out because their first answer does not fit (also counted in `skipped`)."""
+
+    turns_dropped: int = 0
+    too_long: int = 0
+
+    def count(self, encoded: Encoded | None) -> None:
+        if encoded is None:
+            self.too_long += 1
+            self.skipped += 1
+            return
+        super().count(encoded)
+        self.turns_dropped += getattr(encoded, "turns_dropped", 0)
+
+
+class ChatCollator(Collator):
+    """The collator of conversation items (`messages`, data.chat): rendered with the tokenizer's chat template
+    (`template` replaces it), labels on every assistant turn; generation prompts are the conversation up to its
+    last user turn. Items with `prompt`/`target` instead (DELIA's mix) are encoded as by Collator."""
+
+    stats_class = ChatStats
+
+    def __init__(self, tokenizer: Any, max_length: int = 512, *, blank: Mapping[str, torch.Tensor] | None = None,
+                 template: str | None = None, pad_to_multiple_of: int | None = None) -> None:
+        super().__init__(tokenizer, max_length, blank=blank, pad_to_multiple_of=pad_to_multiple_of)
+        self.template = template
+
+    def __call__(self, items: Sequence[dict | None]) -> Batch:
+        def encode(item: dict) -> Encoded | None:
+            if "messages" not in item:
+                return encode_example(self.tokenizer, item["prompt"], item["target"], self.max_length)
+            encoded = encode_conversation(self.tokenizer, item["messages"], self.max_length, self.template)
+            if encoded is None:
+                log.warning("conversation %s left out: its first answer does not fit max_length=%d",
+                            item.get("meta"), self.max_length)
+            return encoded
+
+        return self._batch(items, encode, left_pad=False)
+
+    def prompts(self, items: Sequence[dict | None]) -> Batch:
+        def encode(item: dict) -> Encoded:
+            if "messages" not in item:
+                return encode_prompt(self.tokenizer, item["prompt"], self.max_length)
+            return encode_chat_prompt(self.tokenizer, item["messages"], self.max_length, self.template)
+
+        return self._batch(items, encode, left_pad=True)

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from data.coco import CaptionImage, CaptionSample
 from data.errors import ImageError
+from data.instruct import Conversation
 from data.paraphrases import InstructionParaphrases
 from data.prompts import SCIENCEQA_FORMATS, CaptionTemplate, caption_example
 from data.scienceqa import ScienceQAProblem, build_example, problem_meta
@@ -226,6 +227,31 @@ class ShapesJsonDataset(_VisualDataset):
         prompt, target = shapes_json_example(self.instruction, e.colour, e.shape)
         return {"prompt": prompt, "target": target, **visual, "has_image": True,
                 "meta": {"image_id": e.image_id, "image_key": e.image_key, "colour": e.colour, "shape": e.shape}}
+
+
+class InstructDataset(_VisualDataset):
+    """Conversations (data.instruct): one item per conversation, `messages` for data.chat, the image when it has
+    one (`has_image` False for a text-only record). `prompt` is the last user turn, `meta["reference"]` its answer:
+    what a generation record and its scorer show."""
+
+    def __init__(self, conversations: Sequence[Conversation], *, image_transform: ImageTransform | None = None,
+                 visual_features: Mapping[str, torch.Tensor] | None = None,
+                 on_bad_image: OnBadImage = "error") -> None:
+        super().__init__(image_transform, visual_features, on_bad_image)
+        self.conversations = [c for c in conversations if self._check(c.source, c.image, c.image_key)]
+        self._report_skipped("instruction set")
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def __getitem__(self, index: int) -> dict | None:
+        c = self.conversations[index]
+        visual = self._visual(c.source, c.image, c.image_key)
+        if visual is None:
+            return None
+        messages = [dict(m) for m in c.messages]
+        return {"messages": messages, "prompt": messages[-2]["content"], **visual, "has_image": c.image is not None,
+                "meta": {"id": c.id, "image_key": c.image_key, "reference": messages[-1]["content"]}}
 
 
 class ImageBlind(Dataset):

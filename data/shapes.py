@@ -163,15 +163,13 @@ def _generate_scienceqa(root: Path, config: ShapesConfig, bar: tqdm) -> dict:
             "questions_per_context": {c: contexts.count(c) for c in CONTEXTS}}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m data.shapes", description=__doc__.split("\n\n")[0])
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ShapesConfig flags every shapes generator's command line shares (--out, --seed, the vocabulary...)."""
     defaults = ShapesConfig()
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--num-images", type=int, default=defaults.num_images)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--captions-per-image", type=int, default=defaults.captions_per_image)
-    parser.add_argument("--num-questions", type=int, default=None, help="default: --num-images")
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
     parser.add_argument("--difficulty", choices=("simple", "compositional"), default=defaults.difficulty,
@@ -185,14 +183,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="amplitude of grey background noise, 0..30")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace, **extra: object) -> ShapesConfig:
+    """The ShapesConfig of add_config_arguments' flags (and `extra` fields)."""
+    return ShapesConfig(
+        num_images=args.num_images, seed=args.seed, image_size=args.image_size, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, difficulty=args.difficulty, max_objects=args.max_objects,
+        colours=tuple(args.colours.split(",")), shapes=tuple(args.shapes.split(",")),
+        sizes=tuple(args.sizes.split(",")), background_noise=args.background_noise, **extra)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m data.shapes", description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
+    parser.add_argument("--captions-per-image", type=int, default=ShapesConfig().captions_per_image)
+    parser.add_argument("--num-questions", type=int, default=None, help="default: --num-images")
     args = parser.parse_args(argv)
-    config = ShapesConfig(
-        num_images=args.num_images, seed=args.seed, image_size=args.image_size,
-        captions_per_image=args.captions_per_image, num_questions=args.num_questions,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, difficulty=args.difficulty,
-        max_objects=args.max_objects, colours=tuple(args.colours.split(",")),
-        shapes=tuple(args.shapes.split(",")), sizes=tuple(args.sizes.split(",")),
-        background_noise=args.background_noise)
+    config = config_from_args(args, captions_per_image=args.captions_per_image, num_questions=args.num_questions)
     manifest = generate_shapes_dataset(args.out, config, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"wrote {manifest.root}: {sum(manifest.images_per_split.values())} caption images "
           f"({manifest.captions} captions), {sum(manifest.questions_per_split.values())} questions; "

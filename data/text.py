@@ -43,7 +43,7 @@ def encode_example(tokenizer: Any, prompt: str, target: str, max_length: int) ->
     eos = _eos_id(tokenizer)
     prompt_ids = _ids(tokenizer, prompt, special=True)
     target_ids = _ids(tokenizer, target, special=False) + [eos]
-    n_special = _n_leading_special(tokenizer, prompt_ids)
+    n_special = n_leading_special(tokenizer, prompt_ids)
     if max_length < n_special + 2:
         raise ValueError(f"max_length={max_length} leaves no room for a prompt token and a target token")
     prompt_cut = target_cut = 0
@@ -54,7 +54,7 @@ def encode_example(tokenizer: Any, prompt: str, target: str, max_length: int) ->
             target_cut = len(target_ids) - room_for_target
             target_ids = target_ids[:room_for_target]  # the EOS goes first: the answer is unfinished
         room_for_prompt = max_length - len(target_ids)
-        prompt_ids, prompt_cut = _cut_left(prompt_ids, room_for_prompt, n_special)
+        prompt_ids, prompt_cut = cut_left(prompt_ids, room_for_prompt, n_special)
     labels = [IGNORE_INDEX] * len(prompt_ids) + target_ids
     return Encoded(prompt_ids + target_ids, labels, prompt_cut, target_cut)
 
@@ -62,10 +62,10 @@ def encode_example(tokenizer: Any, prompt: str, target: str, max_length: int) ->
 def encode_prompt(tokenizer: Any, prompt: str, max_length: int) -> Encoded:
     """Prompt ids for generation, truncated from the left exactly as in ``encode_example``."""
     prompt_ids = _ids(tokenizer, prompt, special=True)
-    n_special = _n_leading_special(tokenizer, prompt_ids)
+    n_special = n_leading_special(tokenizer, prompt_ids)
     if max_length < n_special + 1:
         raise ValueError(f"max_length={max_length} leaves no room for a prompt token")
-    ids, cut = _cut_left(prompt_ids, max_length, n_special)
+    ids, cut = cut_left(prompt_ids, max_length, n_special)
     return Encoded(ids, None, cut, 0)
 
 
@@ -86,7 +86,7 @@ def _eos_id(tokenizer: Any) -> int:
     return int(eos)
 
 
-def _n_leading_special(tokenizer: Any, ids: list[int]) -> int:
+def n_leading_special(tokenizer: Any, ids: list[int]) -> int:
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     n = 0
     while n < len(ids) and ids[n] in special:
@@ -94,7 +94,7 @@ def _n_leading_special(tokenizer: Any, ids: list[int]) -> int:
     return n
 
 
-def _cut_left(ids: list[int], length: int, n_keep_front: int) -> tuple[list[int], int]:
+def cut_left(ids: list[int], length: int, n_keep_front: int) -> tuple[list[int], int]:
     """Drop tokens after the first ``n_keep_front`` until ``ids`` fits ``length``; returns (ids, n dropped)."""
     excess = len(ids) - length
     if excess <= 0:

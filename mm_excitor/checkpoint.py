@@ -21,6 +21,7 @@ from torch import nn
 
 from .config import ADDED_FIELDS, NON_ADAPTER_FIELDS, ExcitorConfig
 from .diff import MISSING, Difference, describe_all, differences
+from .integrity import verify_checksums, write_checksums
 from .io import atomic_directory, atomic_write_json, read_json
 from .model import apply_excitor, decoder_layers, excitor_blocks
 
@@ -74,6 +75,15 @@ def adapter_metadata(model: nn.Module) -> dict[str, Any]:
             "identity": {"language_model": language_model_identity(model)}}
 
 
+def keep_trainable_in_fp32(module: nn.Module) -> None:
+    """Cast `module`'s trainable tensors to fp32 in place, whatever the frozen model's dtype (they train under
+    autocast and are saved in fp32)."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.requires_grad and parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
+
+
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter that trains, selected by requires_grad rather than by a hand-written key list."""
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
@@ -107,6 +117,7 @@ def save_adapter(model: nn.Module, directory: Path | str) -> Path:
     metadata = adapter_metadata(model)
     with atomic_directory(directory) as scratch:
         write_adapter(scratch, trainable_state_dict(model), metadata)
+        write_checksums(scratch)
     return directory
 
 
@@ -161,9 +172,12 @@ def load_adapter(model: nn.Module, directory: Path | str, *, strict_identity: bo
     """Load an adapter into `model`; a bare Hugging Face LM gets the saved Excitor blocks first.
 
     `strict_identity=False` accepts a base whose weight fingerprint differs (a different checkpoint of the same
-    architecture); architecture differences are always refused.
+    architecture); architecture differences are always refused. The two adapter files are checked against the
+    directory's checksums first (integrity.py; directories written without checksums load unverified).
     """
     directory = Path(directory)
+    verify_checksums(directory, [name for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)
+                                 if (directory / name).exists()])
     metadata = read_adapter_config(directory)
     weights_path = directory / ADAPTER_WEIGHTS_NAME
     if not weights_path.is_file():

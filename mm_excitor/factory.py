@@ -13,6 +13,7 @@ from .methods import method_class
 from .methods.llama_adapter import LlamaAdapterSettings
 from .methods.lora import LoraSettings
 from .methods.prefix import PrefixSettings
+from .methods.text_prefix import TextPrefixSettings
 from .multimodal import VisionLanguageModel
 from .vision import VisionConfig, VisionEncoder
 
@@ -34,12 +35,14 @@ class ModelConfig:
     """dtype of the frozen LM: float32 | bfloat16 | float16 (trainable tensors are always fp32)."""
     attn_implementation: str = "sdpa"
     method: str = "excitor"
-    """How the frozen LM is adapted: excitor | lora | llama_adapter | prefix (mm_excitor.methods.METHODS); each
-    reads its own section below (lora reads `lora` and `prefix`)."""
+    """How the frozen LM is adapted: excitor | lora | llama_adapter | prefix | text_prefix
+    (mm_excitor.methods.METHODS); each reads its own section below (lora reads `lora` and `prefix`; text_prefix is
+    language-only)."""
     excitor: ExcitorConfig = field(default_factory=lambda: ExcitorConfig(visual_prompt_mode="concat"))
     lora: LoraSettings = field(default_factory=LoraSettings)
     llama_adapter: LlamaAdapterSettings = field(default_factory=LlamaAdapterSettings)
     prefix: PrefixSettings = field(default_factory=PrefixSettings)
+    text_prefix: TextPrefixSettings = field(default_factory=TextPrefixSettings)
     vision: VisionConfig = field(default_factory=VisionConfig)
 
     def __post_init__(self) -> None:

@@ -27,6 +27,15 @@ IGNORE_INDEX = -100
 """Hugging Face's label for positions the loss leaves out (prompt, padding, inserted slots)."""
 
 
+def summed_label_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each row's summed log-probability of its labelled tokens (B), from the logits at the text's positions
+    (B x T x V): position t predicts token t + 1, as for the loss."""
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:].to(logits.device)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return (logp * (targets != IGNORE_INDEX)).sum(-1)
+
+
 class VisualProjection(nn.Module):
     """phi = LayerNorm o Linear(D -> C): puts visual tokens on the LM's hidden-state scale."""
 
@@ -45,6 +54,8 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
     method: ClassVar[str]
     ddp_find_unused_parameters: ClassVar[bool] = False
     """Whether some trainable tensor can get no gradient in a step (DDP must then search the graph every step)."""
+    takes_images: ClassVar[bool] = True
+    """False for a language-only method: a row with an image is an error, and blank rows' tensors are not read."""
 
     def __init__(
         self, language_model: nn.Module, tokenizer: Any, vision: VisionEncoder | None = None,
@@ -106,6 +117,17 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
             raise ValueError(f"visual tokens of shape {tuple(tokens.shape)} do not match the encoder's N x D = {expected}")
         return tokens.to(self.device)
 
+    def checked_visual_tokens(
+        self, batch_size: int, images: torch.Tensor | None, visual_tokens: torch.Tensor | None, flags: torch.Tensor
+    ) -> torch.Tensor | None:
+        """`visual_tokens` of the batch; a language-only method refuses rows with an image and reads no tensor."""
+        if self.takes_images:
+            return self.visual_tokens(batch_size, images, visual_tokens)
+        if (images is not None or visual_tokens is not None) and bool(flags.any()):
+            raise ValueError(f"the {self.method!r} method is language-only: {int(flags.sum())} of {batch_size} rows "
+                             "have an image (train images with excitor, lora, llama_adapter or prefix)")
+        return None
+
     @staticmethod
     def image_flags(batch_size: int, has_image: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         if has_image is None:
@@ -127,9 +149,9 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
         """A Hugging Face CausalLMOutput; with labels, `.loss` is the mean over label tokens, or their sum divided
         by `num_items_in_batch` when given (how the Trainer normalises over ranks and accumulation steps)."""
         batch = input_ids.shape[0]
-        tokens = self.visual_tokens(batch, images, visual_tokens)
-        loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
         flags = self.image_flags(batch, has_image, self.device)
+        tokens = self.checked_visual_tokens(batch, images, visual_tokens, flags)
+        loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
         return self.forward_ids(input_ids, attention_mask, labels, tokens, flags, loss_kwargs)
 
     @abc.abstractmethod
@@ -147,8 +169,15 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
     ) -> torch.Tensor:
         """The new token ids (B x T) after left-padded prompts, given the batch's visual tokens."""
 
+    def generate(self, *inputs: torch.Tensor | None, decoding: Decoding = Decoding(),
+                 **named: torch.Tensor | None) -> list[str]:
+        """Texts for a collated generation batch (`generate_tokens`' arguments): prompts left-padded (the collator's
+        `prompts()`), so an item's output does not depend on what else is in its batch."""
+        new = self.generate_tokens(*inputs, decoding=decoding, **named)
+        return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
     @torch.no_grad()
-    def generate(
+    def generate_tokens(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
@@ -157,9 +186,10 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
         has_image: torch.Tensor | None = None,
         *,
         decoding: Decoding = Decoding(),
-    ) -> list[str]:
-        """Texts for a collated generation batch: prompts left-padded (the collator's `prompts()`), so an item's
-        output does not depend on what else is in its batch."""
+    ) -> torch.Tensor:
+        """The new token ids (B x T) of a collated generation batch (the collator's `prompts()`), what `generate`
+        decodes: a row that stopped holds the EOS token it stopped at (then padding); one without EOS ran to
+        `decoding.max_new_tokens`."""
         if attention_mask is None or bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left-padded prompts with their attention_mask (a collator's prompts())")
         was_training = self.training
@@ -167,12 +197,11 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
         try:
             device = self.device
             batch = input_ids.shape[0]
-            tokens = self.visual_tokens(batch, images, visual_tokens)
             flags = self.image_flags(batch, has_image, device)
-            new = self.generate_ids(input_ids.to(device), attention_mask.to(device), tokens, flags, decoding)
+            tokens = self.checked_visual_tokens(batch, images, visual_tokens, flags)
+            return self.generate_ids(input_ids.to(device), attention_mask.to(device), tokens, flags, decoding)
         finally:
             self.train(was_training)
-        return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     @torch.no_grad()
     def label_log_likelihoods(
@@ -192,10 +221,7 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
             out = self(input_ids, attention_mask, images=images, visual_tokens=visual_tokens, has_image=has_image)
         finally:
             self.train(was_training)
-        logits = self.text_logits(out.logits, attention_mask.to(out.logits.device))[:, :-1].float()
-        targets = labels[:, 1:].to(logits.device)
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
-        return (logp * (targets != IGNORE_INDEX)).sum(-1)
+        return summed_label_log_probs(self.text_logits(out.logits, attention_mask.to(out.logits.device)), labels)
 
     def text_logits(self, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The logits at the text's own positions (B x T x V); methods that insert positions override it."""

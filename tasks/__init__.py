@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from tasks.base import Task
 from tasks.caption import CaptionTask
+from tasks.instruct import InstructTask
 from tasks.scienceqa import ScienceQATask
 from tasks.shapes_json import ShapesJsonTask
 
-TASKS: dict[str, Task] = {task.name: task for task in (CaptionTask(), ScienceQATask(), ShapesJsonTask())}
+TASKS: dict[str, Task] = {task.name: task for task in (CaptionTask(), ScienceQATask(), ShapesJsonTask(),
+                                                      InstructTask())}
 
 
 def get_task(name: str) -> Task:

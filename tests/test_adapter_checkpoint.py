@@ -125,3 +125,27 @@ def test_how_the_arithmetic_runs_or_starts_is_not_part_of_the_adapter(tmp_path, 
     model = load_adapter(apply_excitor(tiny_model(), CONFIG), tmp_path / "a")
     assert getattr(model.excitor_config, name) == getattr(CONFIG, name)
     assert torch.equal(excitor_blocks(model)[0].up.weight, excitor_blocks(saved)[0].up.weight)
+
+
+def test_load_adapter_checks_the_files_against_their_checksums(tmp_path):
+    """A byte flipped on disk still parses as safetensors; only the checksums written with the adapter tell."""
+    model = trained_adapter()
+    save_adapter(model, tmp_path / "a")
+    assert json.loads((tmp_path / "a/checksums.json").read_text())["files"].keys() == {ADAPTER_CONFIG_NAME,
+                                                                                      ADAPTER_WEIGHTS_NAME}
+    weights = tmp_path / "a" / ADAPTER_WEIGHTS_NAME
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # inside the last tensor's values
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{ADAPTER_WEIGHTS_NAME}: sha256 differs"):
+        load_adapter(tiny_model(), tmp_path / "a")
+    weights.write_bytes(bytes(data[:100]))
+    with pytest.raises(ValueError, match=f"{ADAPTER_WEIGHTS_NAME}: 100 bytes, the checkpoint recorded"):
+        load_adapter(tiny_model(), tmp_path / "a")
+
+
+def test_an_adapter_without_checksums_loads_unverified(tmp_path):
+    model = trained_adapter()
+    save_adapter(model, tmp_path / "a")
+    (tmp_path / "a/checksums.json").unlink()  # as written before checksums existed
+    assert torch.equal(logits(load_adapter(tiny_model(), tmp_path / "a")), logits(model))

@@ -1,18 +1,25 @@
-"""bench/compare.py end to end on the tiny assets: every method trains, resumes instead of retraining, and the
-comparison is written as JSON, Markdown and a plot."""
+"""bench/compare.py end to end on the tiny assets: every method trains, resumes instead of retraining, the retention
+columns score every run and the frozen base text-only, and the comparison is written as JSON, Markdown and a plot."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from bench import compare
+from bench import compare, retention
+from tests.delia.helpers import chat_tokenizer
+from tests.eval.test_eval_probe import QUESTIONS
 from tests.tiny_models import TINY_ASSETS_CLIP, write_tiny_assets
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    return write_tiny_assets(tmp_path_factory.mktemp("assets"))
+    """The tiny assets, their tokenizer with a chat template (the retention columns score chat replies), and a
+    three-question probe."""
+    root = write_tiny_assets(tmp_path_factory.mktemp("assets"))
+    chat_tokenizer().save_pretrained(root / "lm")
+    (root / "probe.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    return root
 
 
 def tiny_overrides(assets) -> list[str]:
@@ -27,7 +34,7 @@ def tiny_overrides(assets) -> list[str]:
         "train.save_every_steps=2", "train.eval_every_steps=2", "train.tensorboard=false", "train.device=cpu",
         "decoding.batch_size=8", "decoding.max_new_tokens=4",
     ]
-    return [arg for value in values for arg in ("--override", value)]
+    return [arg for value in values for arg in ("--override", value)] + ["--probe", str(assets / "probe.jsonl")]
 
 
 def test_compare_trains_each_method_once_and_writes_the_table(assets, tmp_path, capsys):
@@ -40,9 +47,15 @@ def test_compare_trains_each_method_once_and_writes_the_table(assets, tmp_path, 
         assert row["trainable_parameters"] > 0 and row["step_s"] > 0 and row["peak_memory_bytes"] > 0
         assert set(row["image"]) >= {"CIDEr", "Bleu_4"} and set(row["blind"]) >= {"CIDEr"}
         assert row["generation_tokens_per_s"] > 0 and row["step_s_side_by_side"] > 0
-    assert [r["method"] for r in json.loads((tmp_path / "compare.json").read_text())["rows"]] == methods
+        assert set(row["probe_categories"]) == {"colour", "shape"} and row["heldout_nll"] > 0
+        assert row["probe_change"] == row["probe_accuracy"] - results["retention_base"]["probe_accuracy"]
+        assert (tmp_path / row["method"] / f"lr{row['lr']:g}" / retention.RUN_FILE).is_file()
+    written = json.loads((tmp_path / "compare.json").read_text())
+    assert [r["method"] for r in written["rows"]] == methods and written["retention_base"]["heldout_nll"] > 0
+    assert (tmp_path / retention.BASE_FILE).is_file()
     table = (tmp_path / "compare.md").read_text()
     assert all(f"| {method} |" in table for method in methods) and "excitor's, side by side" in table
+    assert "probe acc (vs base)" in table and "| frozen base |" in table
     assert (tmp_path / "compare.png").stat().st_size > 1000
     capsys.readouterr()
     compare.main(argv)  # a finished method is not trained again
@@ -92,7 +105,7 @@ def test_a_sweep_grid_of_zero_negative_or_repeated_rates_is_a_one_line_error(gri
 def test_a_method_grid_replaces_the_common_one_for_that_method_only():
     def rates(*argv):
         args = compare.parse_args(["--task", "shapes-sqa-likelihood", *argv])
-        args.sweep = compare.sweep_grids(args.sweep)
+        args.sweep = compare.sweep_grids(args.sweep, ["excitor", "lora", "prefix"])
         return {method: compare.candidate_rates(args, method) for method in ("excitor", "lora", "prefix")}
 
     assert rates("--sweep", "1e-3,2e-3", "--sweep", "lora=5e-4,1e-3") == {

@@ -1,5 +1,6 @@
 """bench/method_params.py counts what the closed-form formulas give (defaults: Excitor K=30 r=16 on 30 layers,
-LoRA r=16 on q and v, LLaMA-Adapter 10 prompts on 30 layers, LLaVA-1.5's 2-layer MLP; ViT-L/14 width 1024)."""
+LoRA r=16 on q and v, LLaMA-Adapter 10 prompts on 30 layers, LLaVA-1.5's 2-layer MLP, prefix-tuning's 10
+virtual tokens; ViT-L/14 width 1024)."""
 from __future__ import annotations
 
 
@@ -17,6 +18,7 @@ def test_trainable_parameter_counts_match_the_formulas(tmp_path):
             "lora": layers * 16 * ((width + width) + (width + kv_width)) + mlp,
             "llama_adapter": 30 * (10 * width + heads) + linear_norm,
             "prefix": mlp,
+            "text_prefix": 10 * layers * 2 * kv_width,  # 10 virtual tokens' keys and values in every layer
         }
         got = {method: c["trainable"] for method, c in counts[shape].items()}
         assert got == expected, shape

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from bench import compare
+from data.heldout import PROBE_FILE, read_jsonl
+from mm_excitor.io import atomic_write_jsonl
 
 MIN_CIDER = {"excitor": 100.0, "prefix": 100.0, "lora": 100.0, "llama_adapter": 20.0}
 """Held-out CIDEr with images after 100 steps at each method's swept rate (LEARNING_RATES), several times below
@@ -18,8 +20,12 @@ on the image (four distinct captions), so it is held to learning the format only
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(MIN_CIDER))
 def test_each_method_learns_the_shapes_captions(method, tmp_path):
+    probe = tmp_path / "probe.jsonl"  # the retention columns on 10 questions per category: this test is about captions
+    questions = read_jsonl(PROBE_FILE)
+    atomic_write_jsonl(probe, [q for c in sorted({q["category"] for q in questions})
+                               for q in [q for q in questions if q["category"] == c][:10]])
     results = compare.main(["--task", "shapes-caption", "--methods", method, "--out", str(tmp_path),
-                            "--side-by-side-repeats", "0"])
+                            "--side-by-side-repeats", "0", "--probe", str(probe)])
     (row,) = results["rows"]
     image, blind = row["image"]["CIDEr"], row["blind"]["CIDEr"]
     assert image > MIN_CIDER[method]
@@ -29,5 +35,6 @@ def test_each_method_learns_the_shapes_captions(method, tmp_path):
 
 @pytest.mark.slow
 def test_the_excitor_step_costs_at_most_half_the_prefix_step():
-    steps = compare.side_by_side_step_times(compare.PRESETS["shapes-caption"], ["excitor", "prefix"], [], repeats=3)
+    runs = {method: [f"model.method={method}"] for method in ("excitor", "prefix")}
+    steps = compare.side_by_side_step_times(compare.PRESETS["shapes-caption"], runs, repeats=3)
     assert steps["excitor"] <= 0.5 * steps["prefix"]  # measured 0.20 (README)

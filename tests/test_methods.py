@@ -1,5 +1,6 @@
-"""Every adapter method (excitor, lora, llama_adapter, prefix) against the unmodified Hugging Face model, through
-the same collator, checkpoints, Trainer and generation."""
+"""Every adapter method (excitor, lora, llama_adapter, prefix, text_prefix) against the unmodified Hugging Face
+model, through the same collator, checkpoints, Trainer and generation. The language-only text_prefix gets the same
+properties on text-only batches, and is held to its reference formulation instead of exactness at init."""
 from __future__ import annotations
 
 import copy
@@ -26,6 +27,10 @@ from tests.tiny_models import (
 
 CONFIG = tiny_method_config()
 ALL = sorted(METHODS)
+MULTIMODAL = [method for method in ALL if METHODS[method].takes_images]
+EXACT_AT_INIT = [method for method in ALL if method != "text_prefix"]
+"""Methods that are the base model at init (zero gates, zero LoRA B, a prefix only on rows with an image).
+Prefix-tuning is not: its random keys and values are attended from the first call (see its reference test)."""
 EXCITOR_VARIANTS = {
     "excitor:separate_kv": dict(visual_projection="separate_kv"),
     "excitor:direct": dict(extra_key="direct"),
@@ -38,6 +43,7 @@ TRAINABLE = {
     "lora": (".lora_A.", ".lora_B.", "projector."),
     "llama_adapter": (".adaption_prompts.", "projection."),
     "prefix": ("projector.",),
+    "text_prefix": (".prompt_encoder.",),
 }
 
 
@@ -46,6 +52,11 @@ def build(method, base=None, vision=None, seed=1, config=CONFIG):
     if method in EXCITOR_VARIANTS:
         config = dataclasses.replace(config, excitor=dataclasses.replace(config.excitor, **EXCITOR_VARIANTS[method]))
     return tiny_method_model(method.split(":")[0], base, vision, seed, config)
+
+
+def image_rows(method):
+    """Which rows of `items()` carry an image for `method`: none for a language-only method."""
+    return (True, False, True, True) if METHODS[method.split(":")[0]].takes_images else (False,) * 4
 
 
 def text_logits(logits, mask):
@@ -69,7 +80,7 @@ def encoder(tmp_path_factory):
 
 @pytest.mark.parametrize("family", ["llama-gqa", "llama-mha", "mistral", "qwen2"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("method", ALL_AND_VARIANTS)
+@pytest.mark.parametrize("method", [*EXACT_AT_INIT, *EXCITOR_VARIANTS])
 def test_at_init_text_is_the_unmodified_model_bit_for_bit(method, attn, family):
     """Zero gates (Excitor, LLaMA-Adapter) and zero LoRA B: logits equal the Hugging Face model's, for text-only
     calls on right- and left-padded batches, and, for the prompt methods, for rows with an image too."""
@@ -84,7 +95,7 @@ def test_at_init_text_is_the_unmodified_model_bit_for_bit(method, attn, family):
 
 
 @pytest.mark.parametrize("trained", [False, True])
-@pytest.mark.parametrize("method", ALL_AND_VARIANTS)
+@pytest.mark.parametrize("method", [*MULTIMODAL, *EXCITOR_VARIANTS])
 def test_rows_without_an_image_are_the_text_only_model(method, trained):
     """In a batch with images, a row with has_image=False computes what a call without images computes (at init:
     the unmodified LM; trained: the image-blind control), while the images change the other rows."""
@@ -202,19 +213,109 @@ def test_prefix_layout_positions_and_labels():
     assert out["labels"].tolist() == [[-100, -100, -100, 6, 7, -100], [-100, -100, -100, -100, -100, 9]]
 
 
-def test_lora_is_the_base_model_with_merged_low_rank_updates_on_q_and_v():
+LINEAR_LAYERS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.mark.parametrize(("targets", "wrapped"), [
+    (["q_proj", "v_proj"], {"q_proj", "v_proj"}),
+    (["all-linear"], LINEAR_LAYERS),  # every decoder linear layer, not the output head
+])
+def test_lora_is_the_base_model_with_merged_low_rank_updates_on_its_targets(targets, wrapped, tmp_path):
+    config = dataclasses.replace(CONFIG, lora=LoraSettings(r=4, target_modules=targets))
     base = tiny_model()
-    model = perturb(build("lora", base))
-    merged = copy.deepcopy(base)
-    scale = CONFIG.lora.alpha / CONFIG.lora.r
+    batch = collator()(items())
     with torch.no_grad():
-        for name, module in merged.named_modules():
-            if name.rsplit(".", 1)[-1] in CONFIG.lora.target_modules:
-                lora = model.language_model.get_submodule(name)
-                module.weight += scale * lora.lora_B["default"].weight @ lora.lora_A["default"].weight
-        batch = collator()(items())
+        assert torch.equal(build("lora", base, config=config)(**text_only(batch.inputs)).logits,
+                           base(**text_only(batch.inputs)).logits)  # exact at init
+    model = perturb(build("lora", base, config=config), std=0.05)  # all-linear moves every layer: keep fp32 close
+    adapted = {name for name, module in model.language_model.named_modules() if hasattr(module, "lora_A")}
+    assert {name.rsplit(".", 1)[-1] for name in adapted} == wrapped
+    assert len(adapted) == len(wrapped) * base.config.num_hidden_layers
+    merged = copy.deepcopy(base)
+    scale = config.lora.alpha / config.lora.r
+    with torch.no_grad():
+        for name in adapted:
+            lora = model.language_model.get_submodule(name)
+            merged.get_submodule(name).weight += scale * lora.lora_B["default"].weight @ lora.lora_A["default"].weight
         torch.testing.assert_close(model(**text_only(batch.inputs)).logits, merged(**text_only(batch.inputs)).logits,
                                    rtol=1e-5, atol=1e-5)
+    save_adapter(model, tmp_path)
+    assert read_adapter_config(tmp_path)["config"]["lora"]["target_modules"] == targets
+
+
+def prefix_cache(model, batch_size):
+    """Li and Liang's prefix written out: layer l attends first to the virtual tokens' keys and values, slots 2l and
+    2l + 1 of each virtual token's embedding row (KV heads x head dim each)."""
+    from transformers import DynamicCache
+
+    config = model.language_model.get_base_model().config
+    heads, dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    rows = model.language_model.prompt_encoder["default"].embedding.weight
+    per_layer = rows.view(rows.shape[0], config.num_hidden_layers, 2, heads, dim)
+    cache = DynamicCache()
+    for layer in range(config.num_hidden_layers):
+        keys, values = (per_layer[:, layer, kind].permute(1, 0, 2)[None].expand(batch_size, -1, -1, -1)
+                        for kind in (0, 1))
+        cache.update(keys, values, layer)
+    return cache
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "llama-mha", "qwen2"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_text_prefix_is_the_base_model_attending_to_its_prefix_and_not_the_base_model_at_init(attn, family):
+    """Prefix-tuning at init: the unmodified model given the prefix as its past keys and values (the text at the
+    positions after it, whatever the padding), on right- and left-padded batches; unlike the zero-gated methods, not
+    the base model."""
+    base = tiny_model(family, attn)
+    model = build("text_prefix", base)
+    size = CONFIG.text_prefix.num_virtual_tokens
+    for batch in (collator()(items(image_rows("text_prefix"))), collator().prompts(items((False,) * 4, targets=False))):
+        inputs = text_only(batch.inputs)
+        mask = inputs["attention_mask"]
+        with torch.no_grad():
+            logits = model(**inputs).logits
+            expected = base(input_ids=inputs["input_ids"], past_key_values=prefix_cache(model, mask.shape[0]),
+                            attention_mask=torch.cat([torch.ones(mask.shape[0], size, dtype=mask.dtype), mask], 1),
+                            position_ids=(mask.cumsum(1) - 1).clamp(min=0) + size).logits
+            assert not torch.allclose(logits, base(**inputs).logits)
+        real = mask.bool()
+        torch.testing.assert_close(logits[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
+def test_text_prefix_generation_is_its_uncached_greedy_decoding_whatever_the_batch():
+    """peft's cached generation (the prefix as the cache's first entries) against greedy decoding by full forwards
+    without a cache, stopped at EOS; an item's output does not depend on its batch, greedy or with beams."""
+    model = perturb(build("text_prefix"), std=0.5)
+    prompts = items((False,) * 4, targets=False)
+    batch = collator().prompts(prompts)
+    steps = 6
+    generated = model.generate(**batch.inputs, decoding=Decoding(max_new_tokens=steps))
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    new = []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = model(input_ids=ids, attention_mask=mask).logits[:, -1].argmax(-1, keepdim=True)
+            new.append(token)
+            ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
+    eos = model.tokenizer.eos_token_id
+    uncached = []
+    for row in torch.cat(new, 1).tolist():
+        row = row[:row.index(eos)] if eos in row else row
+        uncached.append(model.tokenizer.decode(row, skip_special_tokens=True).strip())
+    assert generated == uncached and any(generated)
+    for decoding in (Decoding(max_new_tokens=steps), Decoding(max_new_tokens=4, num_beams=2)):
+        together = model.generate(**batch.inputs, decoding=decoding)
+        assert together == [model.generate(**collator().prompts([item]).inputs, decoding=decoding)[0]
+                            for item in prompts]
+
+
+def test_a_language_only_method_refuses_rows_with_an_image_in_one_line():
+    model = build("text_prefix")
+    for batch in (collator()(items()), collator().prompts(items(targets=False))):
+        with pytest.raises(ValueError, match=r"^the 'text_prefix' method is language-only: 3 of 4 rows have an image"):
+            model(**batch.inputs)
+    with pytest.raises(ValueError, match="language-only"):
+        model.generate(**collator().prompts(items(targets=False)).inputs, decoding=Decoding(max_new_tokens=2))
 
 
 # --- what trains -------------------------------------------------------------------------------------------------
@@ -226,7 +327,7 @@ def test_only_the_adapter_trains_and_each_of_its_tensors_gets_a_gradient(method,
     assert trainable and all(any(part in n for part in TRAINABLE[model.method]) for n in trainable), sorted(trainable)
     assert not any(p.requires_grad for p in model.vision.parameters())
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    batch = collator("image", (3, 32, 32))(items(key="image", shape=(3, 32, 32)))
+    batch = collator("image", (3, 32, 32))(items(image_rows(method), key="image", shape=(3, 32, 32)))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     moved = set()
     model.train()
@@ -257,7 +358,7 @@ def test_a_text_only_batch_keeps_every_trainable_tensor_in_the_graph(method):
 def test_the_loss_is_the_summed_label_loss_over_num_items_in_batch(method):
     """The Trainer's contract (HF's `num_items_in_batch`): the prefix changes no label count."""
     model = perturb(build(method))
-    batch = collator()(items())
+    batch = collator()(items(image_rows(method)))
     with torch.no_grad():
         mean = model(**batch.inputs).loss
         summed = model(**batch.inputs, num_items_in_batch=1.0).loss
@@ -270,9 +371,9 @@ def test_label_log_likelihoods_are_each_rows_own_summed_label_log_probability(me
     """The multiple-choice likelihood protocol's scores: row by row, minus the loss of that row alone (padding,
     the prefix's slots and the other rows change nothing)."""
     model = perturb(build(method)).eval()
-    batch = collator()(items())
+    batch = collator()(items(image_rows(method)))
     scores = model.label_log_likelihoods(**batch.inputs)
-    for row, item in enumerate(items()):
+    for row, item in enumerate(items(image_rows(method))):
         alone = collator()([item])
         with torch.no_grad():
             loss = model(**alone.inputs, num_items_in_batch=1.0).loss
@@ -288,7 +389,7 @@ def test_adapter_round_trip_and_a_checkpoint_of_another_method_is_refused(method
     metadata = read_adapter_config(tmp_path / "adapter")
     assert metadata["method"] == method and metadata["config"] == model.adapter_config()
     assert metadata["num_parameters"] == sum(t.numel() for t in trainable_state_dict(model).values())
-    batch = collator()(items())
+    batch = collator()(items(image_rows(method)))
     fresh = build(method, seed=2)
     with torch.no_grad():
         expected = model(**batch.inputs).logits
@@ -312,11 +413,15 @@ def test_lora_on_any_linear_layer_and_a_clear_error_for_a_missing_one(tmp_path):
     bad = dataclasses.replace(CONFIG, lora=LoraSettings(target_modules=["qkv_proj"]))
     with pytest.raises(ValueError, match=r"model.lora.target_modules \['qkv_proj'\]"):
         build("lora", config=bad)
+    with pytest.raises(ValueError, match="'all-linear' stands alone"):
+        LoraSettings(target_modules=["all-linear", "q_proj"])
+    assert load_config(ModelConfig, None, ["lora.target_modules=[all-linear]"]).lora.peft_target_modules() == (
+        "all-linear")
 
 
 # --- training through the Trainer --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["lora", "llama_adapter"])
+@pytest.mark.parametrize("method", ["lora", "llama_adapter", "text_prefix"])
 def test_the_trainer_stops_and_resumes_exactly(method, tmp_path):
     from mm_excitor.train import Trainer, TrainingInterrupted
     from tests.train.helpers import TokenDataset, adapter_tensors, collate, make_config, make_sampler, read_metrics
@@ -327,7 +432,8 @@ def test_the_trainer_stops_and_resumes_exactly(method, tmp_path):
                 os.kill(os.getpid(), signal.SIGTERM)
 
         model = build(method, seed=1)
-        trainer = Trainer(model, TokenDataset(12, image_every=2), collate, make_sampler(12, seed=3),
+        image_every = 2 if METHODS[method].takes_images else 0
+        trainer = Trainer(model, TokenDataset(12, image_every=image_every), collate, make_sampler(12, seed=3),
                           make_config(output_dir, max_steps=6, warmup_steps=1, save_every_steps=2, blr=0.05),
                           callbacks=[stop])
         return trainer.fit(resume=resume)
@@ -347,7 +453,7 @@ def test_the_trainer_stops_and_resumes_exactly(method, tmp_path):
 
 # --- generation --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ALL_AND_VARIANTS)
+@pytest.mark.parametrize("method", [*MULTIMODAL, *EXCITOR_VARIANTS])
 def test_generation_with_images_does_not_depend_on_the_batch(method, encoder):
     model = perturb(build(method, vision=encoder), std=0.1)
     collate = collator("image", (3, 32, 32))
@@ -360,6 +466,17 @@ def test_generation_with_images_does_not_depend_on_the_batch(method, encoder):
     greedy, prompts = Decoding(max_new_tokens=5), collate.prompts(batch_items)
     blind = model.generate(**text_only(prompts.inputs), decoding=greedy)
     assert model.generate(**prompts.inputs, decoding=greedy)[1] == blind[1]
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_generate_tokens_are_what_generate_decodes(method):
+    model = perturb(build(method), std=0.1)
+    prompts = collator().prompts(items(image_rows(method), targets=False))
+    decoding = Decoding(max_new_tokens=5)
+    new = model.generate_tokens(**prompts.inputs, decoding=decoding)
+    assert new.shape == (4, 5) or bool((new == model.tokenizer.eos_token_id).any())  # shorter only if all stopped
+    texts = [text.strip() for text in model.tokenizer.batch_decode(new, skip_special_tokens=True)]
+    assert texts == model.generate(**prompts.inputs, decoding=decoding)
 
 
 def test_llama_adapter_projects_its_prompts_once_per_generate_call_and_never_reuses_stale_ones(monkeypatch):
@@ -386,7 +503,7 @@ def test_llama_adapter_projects_its_prompts_once_per_generate_call_and_never_reu
 # --- errors ------------------------------------------------------------------------------------------------------
 
 def test_a_bad_method_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown model.method 'lora2'; one of excitor, llama_adapter, lora, prefix"):
+    with pytest.raises(ValueError, match="unknown model.method 'lora2'; one of excitor, llama_adapter, lora, prefix, text_prefix"):
         ModelConfig(method="lora2")
     with pytest.raises(ConfigError, match="unknown model.method"):
         load_config(ModelConfig, None, ["method=adapter"])
@@ -400,7 +517,8 @@ def test_a_bad_method_name_lists_the_valid_ones():
 def test_a_model_without_an_encoder_refuses_images(method):
     model = build(method)
     batch = collator("image", (3, 32, 32))(items(key="image", shape=(3, 32, 32)))
-    with pytest.raises(ValueError, match="built from a feature cache"):
+    message = "built from a feature cache" if METHODS[method].takes_images else "language-only"
+    with pytest.raises(ValueError, match=message):
         model(**batch.inputs)
 
 
@@ -434,10 +552,12 @@ def test_greedy_output_ignores_the_model_generation_config_and_sets_no_sampling_
 
 # --- activation checkpointing ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ALL_AND_VARIANTS)
+@pytest.mark.parametrize("method", [*MULTIMODAL, *EXCITOR_VARIANTS])
 def test_activation_checkpointing_with_images_gives_the_same_step(method):
     """The visual prompts are an argument of the call (mm_excitor/visual_prompts.py), so the layers that activation
-    checkpointing replays in backward see them again: the same loss and gradients as without checkpointing."""
+    checkpointing replays in backward see them again: the same loss and gradients as without checkpointing, for
+    every method that takes images. (text_prefix hands its prefix to the LM as the KV cache, which transformers'
+    checkpointed layers drop: peft's prefix tuning does not train under activation checkpointing.)"""
     batch = collator()(items())
 
     def step(checkpointing: bool):
@@ -462,6 +582,7 @@ def test_an_excitor_adapter_saved_before_the_variants_existed_loads_as_the_share
     import json
 
     from mm_excitor.checkpoint import ADAPTER_CONFIG_NAME
+    from mm_excitor.integrity import CHECKSUMS_NAME
 
     model = perturb(build("excitor"))
     save_adapter(model, tmp_path / "adapter")
@@ -470,6 +591,7 @@ def test_an_excitor_adapter_saved_before_the_variants_existed_loads_as_the_share
     for name in ("visual_projection", "extra_key"):
         del metadata["config"][name]
     path.write_text(json.dumps(metadata))
+    (tmp_path / "adapter" / CHECKSUMS_NAME).unlink()  # adapters of that time had no checksum list either
     fresh = build("excitor", seed=2)
     load_adapter(fresh, tmp_path / "adapter")
     batch = collator()(items())

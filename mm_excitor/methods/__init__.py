@@ -6,12 +6,14 @@ from .excitor import MultimodalExcitor
 from .llama_adapter import LlamaAdapterModel
 from .lora import LoraPrefixModel
 from .prefix import VisualPrefixModel
+from .text_prefix import TextPrefixModel
 
 METHODS: dict[str, type[VisionLanguageModel]] = {
     "excitor": MultimodalExcitor,
     "lora": LoraPrefixModel,
     "llama_adapter": LlamaAdapterModel,
     "prefix": VisualPrefixModel,
+    "text_prefix": TextPrefixModel,
 }
 
 

@@ -17,11 +17,15 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from ..checkpoint import keep_trainable_in_fp32
 from ..vision import VisionEncoder
 from .prefix import PrefixSettings, VisualPrefixModel
 
 if TYPE_CHECKING:
     from ..factory import ModelConfig
+
+
+ALL_LINEAR = "all-linear"
 
 
 @dataclass
@@ -35,7 +39,8 @@ class LoraSettings:
     dropout: float = 0.05
     """Dropout on the LoRA branch's input (LLaVA-1.5's LoRA recipe)."""
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    """Names of the LM's linear layers that get LoRA (the LoRA paper's choice: the query and value projections)."""
+    """Names of the LM's linear layers that get LoRA (the LoRA paper's choice: the query and value projections), or
+    [all-linear]: every linear layer of the decoder, the output head excepted (peft's `all-linear`, QLoRA's choice)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or self.r < 1:
@@ -45,6 +50,13 @@ class LoraSettings:
         if not self.target_modules:
             raise ValueError("model.lora.target_modules is empty: name at least one linear layer, e.g. q_proj")
         self.target_modules = list(self.target_modules)
+        if ALL_LINEAR in self.target_modules and len(self.target_modules) > 1:
+            raise ValueError(f"model.lora.target_modules: {ALL_LINEAR!r} stands alone (it already names every linear "
+                             f"layer), got {self.target_modules}")
+
+    def peft_target_modules(self) -> list[str] | str:
+        """What peft's LoraConfig takes: the names, or its `all-linear` string."""
+        return ALL_LINEAR if self.target_modules == [ALL_LINEAR] else list(self.target_modules)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,15 +74,12 @@ class LoraPrefixModel(VisualPrefixModel):
         super().__init__(language_model, tokenizer, prefix, vision, vision_identity=vision_identity)
         self.lora_settings = lora
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules), bias="none")
+                            target_modules=lora.peft_target_modules(), bias="none")
         try:
             inject_adapter_in_model(config, self.language_model)
         except ValueError as error:  # peft names the targets it did not find
             raise ValueError(f"model.lora.target_modules {lora.target_modules}: {error}") from None
-        with torch.no_grad():  # trainable tensors in fp32 whatever the frozen model's dtype
-            for parameter in self.language_model.parameters():
-                if parameter.requires_grad:
-                    parameter.data = parameter.data.float()
+        keep_trainable_in_fp32(self.language_model)
 
     @classmethod
     def build(cls, language_model: nn.Module, tokenizer: Any, config: ModelConfig, vision: VisionEncoder | None,

@@ -32,6 +32,8 @@ class Batch:
     num_tokens: int = 0
     meta: list[Any] = field(default_factory=list)
     """Per-item information for evaluation (ids, references); never a model input."""
+    indices: list[int] = field(default_factory=list)
+    """The dataset indices the sampler gave this batch (set by MicroBatches; named when a step is skipped)."""
     stats: dict[str, int] = field(default_factory=dict)
     """This batch's data counts (truncations, skipped items), summed into summary.json by the trainer."""
 
@@ -59,10 +61,12 @@ class ResumableSamplerProtocol(Protocol):
 
 
 class _SkippingBatches:
-    """Index batches from `sampler`, after skipping the first `skip` indices; records each batch's size."""
+    """Index batches from `sampler`, after skipping the first `skip` indices; records each batch's indices."""
 
-    def __init__(self, sampler: ResumableSamplerProtocol, batch_size: int, drop_last: bool, skip: int, sizes: deque) -> None:
-        self.sampler, self.batch_size, self.drop_last, self.skip, self.sizes = sampler, batch_size, drop_last, skip, sizes
+    def __init__(self, sampler: ResumableSamplerProtocol, batch_size: int, drop_last: bool, skip: int,
+                 taken: deque) -> None:
+        self.sampler, self.batch_size, self.drop_last, self.skip = sampler, batch_size, drop_last, skip
+        self.taken = taken
 
     def __iter__(self) -> Iterator[list[int]]:
         indices = iter(self.sampler)
@@ -73,11 +77,11 @@ class _SkippingBatches:
         for index in indices:
             batch.append(index)
             if len(batch) == self.batch_size:
-                self.sizes.append(len(batch))
+                self.taken.append(batch)
                 yield batch
                 batch = []
         if batch and not self.drop_last:
-            self.sizes.append(len(batch))
+            self.taken.append(batch)
             yield batch
 
     def __len__(self) -> int:
@@ -149,13 +153,13 @@ class MicroBatches:
                 self.consumed = 0
             else:
                 self.sampler.load_state_dict(self.sampler_state)
-            sizes: deque[int] = deque()
+            taken: deque[list[int]] = deque()
             # A private generator: creating the loader's iterator must not draw from the global torch RNG, or a
             # resumed run (which creates it mid-epoch) would shift every later random number.
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 1_009 + self.rank)
             loader = DataLoader(
                 self.dataset,
-                batch_sampler=_SkippingBatches(self.sampler, self.batch_size, self.drop_last, self.consumed, sizes),
+                batch_sampler=_SkippingBatches(self.sampler, self.batch_size, self.drop_last, self.consumed, taken),
                 collate_fn=self.collate_fn,
                 num_workers=self.num_workers,
                 pin_memory=self.pin_memory,
@@ -165,7 +169,8 @@ class MicroBatches:
             iterator = iter(loader)
             try:
                 for batch in iterator:
-                    self.consumed += sizes.popleft()
+                    batch.indices = taken.popleft()
+                    self.consumed += len(batch.indices)
                     yield batch
             finally:
                 shutdown_workers(iterator)

@@ -13,6 +13,7 @@ from typing import Any
 PRECISIONS = ("fp32", "bf16", "fp16")
 DISTRIBUTED_MODES = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
+RESUME_SCHEDULES = ("keep", "replan")
 
 
 @dataclass
@@ -32,6 +33,10 @@ class TrainConfig:
     eps: float = 1e-8
     clip_grad: float | None = None
     """Max global L2 norm of the trainable gradients; None disables clipping (the norm is still logged)."""
+    max_consecutive_skipped_steps: int = 20
+    """A step whose loss or gradient norm is not finite (on any rank) is skipped: no update, logged with its samples.
+    More skipped steps in a row than this end the run with an error (0: the first one does). fp16's loss-scale
+    backoffs count too, hence the margin."""
 
     # batch and run length
     batch_size: int = 4
@@ -66,8 +71,13 @@ class TrainConfig:
     tensorboard: bool = True
     progress_bar: bool = True
     resume: str | None = None
-    """None: fresh run (refused if output_dir already holds checkpoints); 'latest': the newest checkpoint in
-    output_dir, or a fresh run if there is none; otherwise the path of a checkpoint directory."""
+    """None: fresh run (refused if output_dir already holds checkpoints); 'latest': the newest intact checkpoint in
+    output_dir (damaged ones are passed over with a warning), or a fresh run if there is none; 'step-N': that
+    checkpoint of output_dir; otherwise the path of a checkpoint directory or of another run's output_dir."""
+    resume_schedule: str = "keep"
+    """When a resumed run is longer or shorter than the checkpoint's (max_steps, epochs): 'keep' the checkpoint's
+    learning-rate schedule (the run follows the trajectory it was on; steps past its end run at min_lr), or
+    'replan' warm-up and cosine for the new length (a new trajectory from the checkpoint on)."""
 
     # hardware
     num_workers: int = 2
@@ -83,6 +93,8 @@ class TrainConfig:
         errors = []
         if self.precision not in PRECISIONS:
             errors.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.resume_schedule not in RESUME_SCHEDULES:
+            errors.append(f"resume_schedule must be one of {RESUME_SCHEDULES}, got {self.resume_schedule!r}")
         if self.distributed not in DISTRIBUTED_MODES:
             errors.append(f"distributed must be one of {DISTRIBUTED_MODES}, got {self.distributed!r}")
         if self.device not in DEVICES:
@@ -100,6 +112,8 @@ class TrainConfig:
             errors.append(f"keep_last must be >= 1 or None (keep all), got {self.keep_last}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             errors.append(f"clip_grad must be > 0 or None, got {self.clip_grad}")
+        if self.max_consecutive_skipped_steps < 0:
+            errors.append(f"max_consecutive_skipped_steps must be >= 0, got {self.max_consecutive_skipped_steps}")
         if self.num_workers < 0:
             errors.append(f"num_workers must be >= 0, got {self.num_workers}")
         for name in ("blr", "min_lr", "weight_decay", "eps"):

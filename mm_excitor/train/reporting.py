@@ -1,12 +1,14 @@
 """What a run reports: per-interval training records, run totals carried across resumes, and summary.json."""
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
+from ..cli import format_ids
 from ..io import atomic_write_json
 from . import checkpoints as ckpt
 from .batches import Batch
@@ -20,7 +22,7 @@ SUMMARY_FILE = "summary.json"
 
 
 class Interval:
-    """Loss, tokens and items since the last training record (kept on the device: no host sync per step)."""
+    """Loss, tokens and items since the last training record; the loss over the steps that updated the weights."""
 
     def __init__(self, device: torch.device, step: int) -> None:
         self.device = device
@@ -29,37 +31,35 @@ class Interval:
     def reset(self, step: int) -> None:
         """Start counting after optimiser step `step`."""
         self.start_step = step
-        self.loss = torch.zeros((), device=self.device)
-        self.tokens = self.items = self.steps = 0
+        self.loss = 0.0
+        self.tokens = self.items = self.steps = self.skipped = 0
         self.start = time.perf_counter()
 
-    def add(self, batch: Batch, loss: torch.Tensor) -> None:
-        self.loss += loss.detach().float()
+    def add(self, batch: Batch) -> None:
         self.tokens += batch.num_tokens
         self.items += batch.num_items
 
-    def report(self, trainer: Trainer, grad_norm: float, bar: tqdm) -> dict[str, Any]:
-        """One `train` record over all ranks (a collective), logged, then the interval starts again.
+    def add_step(self, loss: float, updated: bool) -> None:
+        """One optimiser step's loss (the token mean over all ranks); a skipped step is counted, not averaged."""
+        if updated:
+            self.loss += loss
+            self.steps += 1
+        else:
+            self.skipped += 1
 
-        Each micro-batch's loss is its summed token loss over the step's label tokens per rank, so summing over
-        micro-batches and ranks and dividing by world size and steps gives the token mean per step."""
-        steps = max(trainer.step - self.start_step, 1)
+    def report(self, trainer: Trainer, grad_norm: float, bar: tqdm) -> dict[str, Any]:
+        """One `train` record over all ranks (a collective), logged, then the interval starts again."""
         dist = trainer.dist
-        totals = torch.stack([self.loss.double(), torch.tensor(float(self.tokens), device=self.device, dtype=torch.float64),
-                              torch.tensor(float(self.items), device=self.device, dtype=torch.float64)])
-        loss_sum, tokens, items = all_reduce(totals).tolist()
+        counts = torch.tensor([float(self.tokens), float(self.items)], device=self.device, dtype=torch.float64)
+        tokens, items = all_reduce(counts).tolist()
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        loss = loss_sum / (dist.world_size * steps)
-        if not torch.isfinite(torch.tensor(loss)):
-            raise FloatingPointError(
-                f"training loss is {loss} at step {trainer.step}; the last good checkpoint is "
-                f"{trainer.last_checkpoint}. Lower the learning rate or use precision='bf16'/'fp32'."
-            )
+        loss = self.loss / self.steps if self.steps else None
         batches = trainer.batches
         values = {
             "loss": loss,
             "lr": trainer.optimizer.param_groups[0]["lr"],
-            "grad_norm": grad_norm,
+            "grad_norm": json_number(grad_norm),
+            "skipped_steps": self.skipped,
             "epoch": batches.epoch + batches.consumed / max(len(batches.sampler), 1),
             "tokens_per_s": tokens / elapsed,
             "samples_per_s": items / elapsed,
@@ -67,9 +67,15 @@ class Interval:
         if trainer.scaler.is_enabled():
             values["loss_scale"] = float(trainer.scaler.get_scale())
         trainer.metrics.log("train", trainer.step, values)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{values['lr']:.2e}", tok_s=f"{values['tokens_per_s']:.0f}")
+        bar.set_postfix(loss=f"{loss:.4f}" if loss is not None else "skipped", lr=f"{values['lr']:.2e}",
+                        tok_s=f"{values['tokens_per_s']:.0f}")
         self.reset(trainer.step)
         return values
+
+
+def json_number(value: float) -> float | str:
+    """A float for a JSON record; inf/nan as the strings 'inf'/'nan' (strict JSON has no such numbers)."""
+    return value if math.isfinite(value) else str(value)
 
 
 class RunTotals:
@@ -79,7 +85,8 @@ class RunTotals:
     def __init__(self, dist: DistInfo) -> None:
         self.dist = dist
         self.saved: dict[str, Any] = {"samples_seen": 0, "tokens_seen": 0, "train_time_s": 0.0,
-                                      "best_val_loss": None, "best_step": None, "data": {}}
+                                      "best_val_loss": None, "best_step": None, "data": {},
+                                      "skipped_steps": [], "skipped_in_a_row": 0}
         self.session_tokens = self.session_items = 0
         self.session_data: dict[str, int] = {}
         self.session_start = time.perf_counter()
@@ -98,6 +105,15 @@ class RunTotals:
             self.saved["best_val_loss"], self.saved["best_step"] = val_loss, step
             return True
         return False
+
+    def skip(self, step: int, samples: list[int]) -> int:
+        """Record a skipped step and the training samples in it; returns how many steps in a row were skipped."""
+        self.saved["skipped_steps"] = [*self.saved["skipped_steps"], {"step": step, "samples": samples}]
+        self.saved["skipped_in_a_row"] += 1
+        return self.saved["skipped_in_a_row"]
+
+    def updated(self) -> None:
+        self.saved["skipped_in_a_row"] = 0
 
     def restore(self, counters: dict[str, Any]) -> None:
         self.saved.update(counters)
@@ -155,6 +171,7 @@ def write_summary(trainer: Trainer, interrupted: str | None) -> dict[str, Any]:
         "effective_batch": config.effective_batch(dist.world_size),
         "lr": trainer.lr,
         "data": totals["data"],
+        "skipped_steps": totals["skipped_steps"],
     }
     if dist.is_main:
         atomic_write_json(trainer.output_dir / SUMMARY_FILE, summary)
@@ -163,9 +180,15 @@ def write_summary(trainer: Trainer, interrupted: str | None) -> dict[str, Any]:
         say(dist, f"{'stopped' if interrupted else 'done'}: {trainer.step}/{trainer.total_steps} steps in {wall:.1f}s, "
                   f"{summary['tokens_per_s']:.0f} tokens/s, peak memory {human_bytes(memory)} ({memory_kind}); "
                   f"best checkpoint: {best}; last: {summary['last_checkpoint']}")
+        skipped = summary["skipped_steps"]
+        if skipped:
+            say(dist, f"{len(skipped)} step(s) skipped for a non-finite loss or gradient norm: "
+                      f"{format_ids([s['step'] for s in skipped])} (their samples: metrics.jsonl, summary.json)")
         data = summary["data"]
         if data.get("truncated") or data.get("skipped"):
             say(dist, f"data: {data.get('truncated', 0)} of {data.get('examples', 0)} examples truncated "
                       f"({data.get('prompt_tokens_cut', 0)} prompt / {data.get('target_tokens_cut', 0)} answer tokens "
-                      f"cut), {data.get('skipped', 0)} items skipped")
+                      f"cut), {data.get('skipped', 0)} items skipped"
+                      + (f" ({data['too_long']} conversations whose first answer does not fit; "
+                         f"{data['turns_dropped']} trailing turns dropped)" if "turns_dropped" in data else ""))
     return summary

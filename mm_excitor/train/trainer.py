@@ -23,19 +23,22 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..checkpoint import adapter_metadata, load_adapter, state_fingerprint, trainable_state_dict
+from ..cli import format_ids
+from ..checkpoint import (
+    adapter_metadata, keep_trainable_in_fp32, load_adapter, state_fingerprint, trainable_state_dict,
+)
 from ..io import atomic_write_json
 from . import checkpoints as ckpt
 from .batches import Batch, MicroBatches, ResumableSamplerProtocol
 from .config import TrainConfig
 from .distributed import (
-    DistInfo, all_reduce, barrier, broadcast_object, full_tensor, gather_objects, gradient_sync, init_distributed,
+    DistInfo, all_reduce, broadcast_object, full_tensor, gather_objects, gradient_sync, init_distributed,
     is_fsdp, load_optimizer_state, optimizer_state, trainable_state, unwrap, wrap_model,
 )
 from .metrics import MetricsLogger, say
 from .optim import build_optimizer, lr_at, set_lr
-from .reporting import Interval, RunTotals, write_summary
-from .resume import FREE_TRAIN_KEYS, ResumeMismatchError, check_resume, find_checkpoint
+from .reporting import Interval, RunTotals, json_number, write_summary
+from .resume import FREE_TRAIN_KEYS, ResumeMismatchError, check_resume, find_checkpoint, resumed_schedule
 from .signals import StopSignals, TrainingInterrupted
 from .state import ResumeState, capture_rng, preserved_rng, read_resume_state, restore_rng, seed_everything
 from .validation import validation_loss
@@ -43,6 +46,10 @@ from .validation import validation_loss
 RUN_FILE = "train_config.json"
 StepCallback = Callable[["Trainer", dict[str, Any]], None]
 SampleFn = Callable[[nn.Module], Sequence[Any]]
+
+
+class NonFiniteStepsError(ValueError):
+    """More optimizer steps in a row than train.max_consecutive_skipped_steps had a non-finite loss or gradient."""
 
 
 class Trainer:
@@ -79,10 +86,7 @@ class Trainer:
                              "overflows); use 'bf16'")
         self.model = model
         self.adapter = adapter_metadata(model)  # before sharding: the identity reads frozen weights
-        with torch.no_grad():
-            for parameter in model.parameters():
-                if parameter.requires_grad and parameter.dtype != torch.float32:
-                    parameter.data = parameter.data.float()  # trainable tensors stay fp32 under autocast
+        keep_trainable_in_fp32(model)
         if val_dataset is not None and len(val_dataset) == 0:
             raise ValueError("val_dataset is empty; pass None to train without validation")
         self.val_dataset, self.val_collate_fn = val_dataset, val_collate_fn or collate_fn
@@ -97,6 +101,8 @@ class Trainer:
             pin_memory=self.dist.device.type == "cuda",
         )
         self.total_steps, self.warmup_steps = config.schedule_lengths(self.batches.per_epoch())
+        self.schedule_steps = self.total_steps
+        """Where the cosine ends: the run's length, unless a resumed run keeps the checkpoint's schedule."""
         self.lr = config.learning_rate(self.dist.world_size)
         self.step = 0
         self.totals = RunTotals(self.dist)
@@ -160,15 +166,22 @@ class Trainer:
                 label_tokens = all_reduce(torch.tensor(float(sum(b.num_label_tokens for b in window)),
                                                        device=self.dist.device)).item()
                 normaliser = max(label_tokens, 1.0) / self.dist.world_size  # DDP/FSDP average over ranks
+                window_loss = torch.zeros((), device=self.dist.device)
                 for i, batch in enumerate(window):
                     with gradient_sync(self.wrapped, enabled=i == len(window) - 1), self._autocast():
                         loss = self.wrapped(**batch.to(self.dist.device).inputs, num_items_in_batch=normaliser).loss
                     self.scaler.scale(loss).backward()
-                    interval.add(batch, loss)
+                    window_loss += loss.detach().float()
+                    interval.add(batch)
                     self.totals.add(batch)
-                grad_norm = self._optimizer_step()
+                grad_norm, step_loss, updated = self._optimizer_step(window_loss)
                 self.step += 1
                 bar.update(1)
+                interval.add_step(step_loss, updated)
+                if updated:
+                    self.totals.updated()
+                else:
+                    self._skipped(window, step_loss, grad_norm)
                 stop = self._after_step(interval, grad_norm, bar, signals)
                 if stop is not None:
                     return stop
@@ -177,21 +190,47 @@ class Trainer:
             bar.close()
             stream.close()
 
-    def _optimizer_step(self) -> torch.Tensor:
+    def _optimizer_step(self, loss: torch.Tensor) -> tuple[float, float, bool]:
+        """Unscale, clip and update; returns (gradient norm, the step's loss over all ranks, updated).
+
+        A step whose loss or gradient norm is not finite on any rank changes neither the weights nor the optimizer
+        state (under fp16 the GradScaler lowers its scale, as it would have). Deciding that before the update costs
+        one host sync per step."""
         self.scaler.unscale_(self.optimizer)
         clip = self.config.clip_grad if self.config.clip_grad is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip)
-        self.scaler.step(self.optimizer)
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.trainable, clip)).to(self.dist.device)
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        loss_sum, bad_ranks = all_reduce(torch.stack([loss.float(), (~finite).float()])).tolist()
+        updated = bad_ranks == 0
+        if updated:
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return float(grad_norm), loss_sum / self.dist.world_size, updated
 
-    def _after_step(self, interval: Interval, grad_norm: torch.Tensor, bar: tqdm, signals: StopSignals) -> Any:
+    def _skipped(self, window: list[Batch], loss: float, grad_norm: float) -> None:
+        """Log a skipped step with every rank's samples in it; too many in a row end the run."""
+        samples = sorted(i for indices in gather_objects([i for b in window for i in b.indices]) for i in indices)
+        in_a_row = self.totals.skip(self.step, samples)
+        self.metrics.log("skipped", self.step, {"loss": json_number(loss), "grad_norm": json_number(grad_norm),
+                                                "samples": samples, "in_a_row": in_a_row})
+        say(self.dist, f"step {self.step}: skipped (loss {loss:.4g}, gradient norm {grad_norm:.4g}); training samples "
+                       f"{format_ids(samples)}")
+        limit = self.config.max_consecutive_skipped_steps
+        if in_a_row > limit:
+            raise NonFiniteStepsError(
+                f"{in_a_row} optimizer steps in a row ({self.step - in_a_row + 1}-{self.step}) had a non-finite loss "
+                f"or gradient norm, more than train.max_consecutive_skipped_steps={limit}; training samples of the "
+                f"last one: {format_ids(samples)} (all: metrics.jsonl); the last checkpoint is {self.last_checkpoint}. "
+                "Check those samples, lower the learning rate, or train in bf16/fp32."
+            )
+
+    def _after_step(self, interval: Interval, grad_norm: float, bar: tqdm, signals: StopSignals) -> Any:
         """Log, call back, validate, save; returns the stop signal all ranks agreed on, if any."""
         config, final = self.config, self.step == self.total_steps
         record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
         if self.step % config.log_every_steps == 0 or final:
-            record.update(interval.report(self, float(full_tensor(grad_norm)), bar))
+            record.update(interval.report(self, grad_norm, bar))
         for callback in self.callbacks:
             callback(self, record)
         if self.val_dataset is not None and (self.step % config.eval_every_steps == 0 or final):
@@ -201,8 +240,8 @@ class Trainer:
             say(self.dist, f"received {stop.name}: saving a checkpoint at step {self.step} and stopping "
                            "(Ctrl-C again aborts without saving)")
         if self.step % config.save_every_steps == 0 or final or stop is not None:
+            self._save(ckpt.step_dir(self.output_dir, self.step), update_latest=True)
             self.last_checkpoint = ckpt.step_dir(self.output_dir, self.step)
-            self._save(self.last_checkpoint, update_latest=True)
         return stop
 
     def _next_batch(self, stream: Any) -> Batch:
@@ -216,7 +255,7 @@ class Trainer:
 
     def _lr_at(self, step: int) -> float:
         return lr_at(step, base_lr=self.lr, min_lr=self.config.min_lr, warmup_steps=self.warmup_steps,
-                     total_steps=self.total_steps)
+                     total_steps=self.schedule_steps)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.precision == "fp32":
@@ -257,7 +296,8 @@ class Trainer:
     # --- checkpoints and resume --------------------------------------------------------------------------------
 
     def _save(self, directory: Path, *, update_latest: bool) -> None:
-        """Gather (a collective under FSDP), then rank 0 writes; every rank waits for the write to finish."""
+        """Gather (a collective under FSDP), then rank 0 writes; every rank waits for the write to finish, and a
+        failed write (a full disk) ends the run on every rank with CheckpointWriteError."""
         adapter = trainable_state(self.wrapped)
         self.adapter_fingerprint = state_fingerprint(adapter)
         optimizer = optimizer_state(self.wrapped, self.optimizer)
@@ -275,13 +315,13 @@ class Trainer:
                 world_size=self.dist.world_size, run_config=self.run_config, model=self.adapter,
                 data=self.data_identity, counters=counters,
                 schedule={"kind": "linear_warmup_half_cosine", "base_lr": self.lr, "min_lr": self.config.min_lr,
-                          "warmup_steps": self.warmup_steps, "total_steps": self.total_steps},
+                          "warmup_steps": self.warmup_steps, "total_steps": self.schedule_steps},
             )
-            ckpt.write_checkpoint(directory, adapter, self.adapter, state)
-            if update_latest:
-                ckpt.set_latest(self.output_dir, directory)
-                ckpt.prune(self.output_dir, self.config.keep_last, protect=directory)
-        barrier()
+            failure = ckpt.write_checkpoint_or_report(directory, adapter, self.adapter, state,
+                                                      update_latest=update_latest, keep_last=self.config.keep_last)
+        failure = broadcast_object(failure if self.is_main else None)
+        if failure is not None:
+            raise ckpt.CheckpointWriteError(failure)
 
     def _prepare(self, resume: str | Path | bool | None) -> ResumeState | None:
         """Find the checkpoint to resume from (rank 0 reads the file system, every rank follows), check that it
@@ -291,7 +331,7 @@ class Trainer:
             try:
                 for leftover in ckpt.clean_scratch(self.output_dir):
                     say(self.dist, f"removed {leftover.name}, left by an interrupted checkpoint write")
-                found = find_checkpoint(self.output_dir, resume)
+                found = find_checkpoint(self.output_dir, resume, warn=lambda line: say(self.dist, line))
                 if found is None and resume not in (None, False, ""):
                     say(self.dist, f"no checkpoint in {self.output_dir / ckpt.CHECKPOINTS}: starting from scratch")
                 decision = ("ok", str(found) if found is not None else None)
@@ -314,9 +354,12 @@ class Trainer:
                 + "".join(f"\n  {line}" for line in check.refused)
                 + "\nStart a new run in another train.output_dir to change these."
             )
-        if check.allowed:
-            say(self.dist, f"resuming from {path} with changed settings that leave the trajectory alone:"
-                + "".join(f"\n  {line}" for line in check.allowed))
+        (self.schedule_steps, self.warmup_steps), schedule = resumed_schedule(
+            state.schedule, (self.total_steps, self.warmup_steps), self.config.resume_schedule, step=state.step,
+            min_lr=self.config.min_lr)
+        if check.allowed or schedule:
+            say(self.dist, f"resuming from {path} with changed settings:"
+                + "".join(f"\n  {line}" for line in [*check.allowed, *([schedule] if schedule else [])]))
         load_adapter(self.model, path)
         self.resumed_from = self.last_checkpoint = path
         self.adapter_fingerprint = state_fingerprint(trainable_state_dict(self.model))
@@ -340,6 +383,7 @@ class Trainer:
             "lr": self.lr,
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
+            "schedule_steps": self.schedule_steps,
             "micro_batches_per_epoch": self.batches.per_epoch(),
             "model": self.adapter,
             "data": self.data_identity,

@@ -1,6 +1,7 @@
 """Tiny fixtures for the trainer tests: a synthetic token dataset and its collate function, a tiny model."""
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from tests.tiny_models import tiny_model
 
 SEQ_LEN = 12
 VOCAB = 96
+POISON = 2  # a token id TokenDataset's sequences never hold: items marked `poisoned` carry it
 N_V, D_V = 5, 8  # visual tokens per image and their width, as a tiny feature cache would hold them
 
 
@@ -23,10 +25,12 @@ class TokenDataset(torch.utils.data.Dataset):
 
     With `image_every=k` every k-th item has visual tokens (a fixed random N_V x D_V per item, as a feature cache
     would give) and the others are text-only; `image_every=0` makes every item text-only (a multimodal model's
-    batches then hold only blank rows)."""
+    batches then hold only blank rows). Items in `poisoned` carry the POISON token (see inf_loss_on_poison)."""
 
-    def __init__(self, n: int, offset: int = 0, variable_prompts: bool = False, image_every: int | None = None) -> None:
+    def __init__(self, n: int, offset: int = 0, variable_prompts: bool = False, image_every: int | None = None,
+                 poisoned: Collection[int] = ()) -> None:
         self.n, self.offset, self.variable_prompts, self.image_every = n, offset, variable_prompts, image_every
+        self.poisoned = set(poisoned)
 
     def __len__(self) -> int:
         return self.n
@@ -35,6 +39,8 @@ class TokenDataset(torch.utils.data.Dataset):
         i += self.offset
         start, stride = 3 + (i * 7) % 80, 1 + i % 3
         ids = torch.tensor([1] + [3 + (start + stride * t) % (VOCAB - 3) for t in range(SEQ_LEN - 1)])
+        if i in self.poisoned:
+            ids[5] = POISON
         prompt = 3 + (i * 5) % 7 if self.variable_prompts else 3
         item = {"input_ids": ids, "prompt_length": prompt, "meta": {"index": i}}
         if self.image_every is not None:
@@ -42,6 +48,17 @@ class TokenDataset(torch.utils.data.Dataset):
             if item["has_image"]:
                 item["visual_tokens"] = torch.randn(N_V, D_V, generator=torch.Generator().manual_seed(i))
         return item
+
+
+def inf_loss_on_poison(model: torch.nn.Module) -> torch.nn.Module:
+    """Make the loss inf (and so the gradients inf/nan) for a batch holding the POISON token, as an overflow would."""
+    def hook(_module, _args, kwargs, output):
+        if (kwargs["input_ids"] == POISON).any():
+            output.loss = output.loss * float("inf")
+        return output
+
+    model.register_forward_hook(hook, with_kwargs=True)
+    return model
 
 
 def collate(items: list[dict[str, Any]]) -> Batch:

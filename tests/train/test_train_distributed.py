@@ -14,8 +14,8 @@ import torch.distributed as dist
 from mm_excitor.train.distributed import default_find_unused
 from mm_excitor.train import Trainer
 from tests.train.helpers import (
-    TokenDataset, adapter_tensors, collate, make_config, make_method_model, make_model, make_multimodal_model,
-    make_sampler, read_metrics,
+    TokenDataset, adapter_tensors, collate, inf_loss_on_poison, make_config, make_method_model, make_model,
+    make_multimodal_model, make_sampler, read_metrics,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,13 +27,15 @@ EVAL = {"eval_every_steps": 3, "eval_batch_size": 2}
 DATA = {"variable_prompts": True}
 MULTIMODAL = {"variable_prompts": True, "image_every": 2}  # half the items text-only
 BASELINES = ("lora", "llama_adapter", "prefix")
+POISONED = 5  # an item whose loss is made inf: it lands on one rank only
 
 
 @pytest.fixture(scope="module")
 def torchrun(tmp_path_factory) -> tuple[Path, str]:
     """One 2-process launch: DDP; FSDP stopped by SIGTERM on rank 0 after step 3, then resumed; the same for the
     multimodal Excitor; DDP on the multimodal model with text-only batches only; FSDP for LoRA (the prefix code
-    path, and peft's modules as FSDP units); DDP with text-only batches for every baseline method."""
+    path, and peft's modules as FSDP units); DDP with text-only batches for every baseline method; DDP with an inf
+    loss on one rank; DDP with a checkpoint write that fails on rank 0 (the last phase: it ends with an error)."""
     if not dist.is_gloo_available():
         pytest.skip("gloo backend unavailable")
     root = tmp_path_factory.mktemp("torchrun")
@@ -53,6 +55,8 @@ def torchrun(tmp_path_factory) -> tuple[Path, str]:
         phase("lora-fsdp", MULTIMODAL, distributed="fsdp", method="lora", val_items=0),
         *(phase(f"{method}-text-only", {"image_every": 0}, max_steps=2, method=method, val_items=0)
           for method in BASELINES),
+        phase("ddp-inf", {**DATA, "poisoned": [POISONED]}, max_steps=4, val_items=0),
+        phase("ddp-full-disk", DATA, max_steps=4, val_items=0, enospc_in_checkpoint_write_at=4),
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     result = subprocess.run(
@@ -66,9 +70,11 @@ def torchrun(tmp_path_factory) -> tuple[Path, str]:
 
 
 def one_process_run(output_dir: Path, data: dict, method: str | None = None, validate: bool = True,
-                    **overrides) -> Path:
+                    model: torch.nn.Module | None = None, **overrides) -> Path:
     """The same global batch (4) in one process."""
-    model = make_method_model(method) if method else make_multimodal_model() if "image_every" in data else make_model()
+    if model is None:
+        model = (make_method_model(method) if method else make_multimodal_model() if "image_every" in data
+                 else make_model())
     config = make_config(output_dir, **{"batch_size": 4, "max_steps": STEPS, "save_every_steps": 2, **EVAL,
                                         **overrides})
     Trainer(model, TokenDataset(16, **data), collate, make_sampler(16), config,
@@ -131,7 +137,8 @@ def test_only_rank_0_writes_files(torchrun):
     root, _ = torchrun
     # rank 1 was given its own output_dir: anything it wrote would be there
     assert not any((root / f"{name}-rank1").exists() for name in ("ddp", "fsdp", "mm-fsdp", "mm-text-only",
-                                                                   "lora-fsdp", "prefix-text-only"))
+                                                                   "lora-fsdp", "prefix-text-only", "ddp-inf",
+                                                                   "ddp-full-disk"))
     assert sorted(p.name for p in (root / "ddp").iterdir()) == [
         "checkpoints", "metrics.jsonl", "summary.json", "train_config.json"
     ]
@@ -180,3 +187,24 @@ def test_every_baseline_trains_text_only_batches_under_ddp_without_an_unused_par
     root, _ = torchrun
     assert sorted(r["step"] for r in read_metrics(root / f"{method}-text-only")) == [1, 2]
     assert default_find_unused(make_method_model(method)) is False
+
+
+def test_a_non_finite_loss_on_one_rank_is_skipped_on_every_rank_as_in_one_process(torchrun, tmp_path):
+    root, _ = torchrun
+    reference = one_process_run(tmp_path, {**DATA, "poisoned": [POISONED]}, validate=False, max_steps=4,
+                                model=inf_loss_on_poison(make_model()))
+    skipped, = read_metrics(root / "ddp-inf", "skipped")
+    assert skipped == {**read_metrics(reference, "skipped")[0], "time": skipped["time"]}  # step, samples of both ranks
+    assert POISONED in skipped["samples"] and len(skipped["samples"]) == 4
+    assert json.loads((root / "ddp-inf/summary.json").read_text())["skipped_steps"] == [
+        {"step": skipped["step"], "samples": skipped["samples"]}]
+    assert_close_adapters(root / "ddp-inf/checkpoints/step-4", reference / "checkpoints/step-4", atol=1e-6)
+
+
+def test_a_failed_checkpoint_write_on_rank_0_ends_the_run_on_every_rank(torchrun):
+    root, output = torchrun
+    checkpoints = root / "ddp-full-disk/checkpoints"
+    for rank in (0, 1):
+        assert (f"WRITE FAILED rank {rank}: could not write checkpoint {checkpoints / 'step-4'} (No space left on "
+                f"device); the last complete checkpoint is {checkpoints / 'step-2'}") in output
+    assert (checkpoints / "latest").read_text().strip() == "step-2"

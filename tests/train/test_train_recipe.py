@@ -113,7 +113,8 @@ def test_every_shipped_recipe_loads_into_its_task_run_config():
 
     root = Path(__file__).resolve().parents[2] / "configs"
     kinds = {"demo": "caption", "coco_llama7b": "caption", "scienceqa_llama7b": "scienceqa",
-             "shapes_scienceqa": "scienceqa", "shapes_json": "shapes_json"}
+             "shapes_scienceqa": "scienceqa", "shapes_json": "shapes_json", "gpu_llama7b_shapes": "caption",
+             "instruct_alpaca": "instruct", "instruct_shapes_llava": "instruct"}
     assert {path.stem for path in root.glob("*.yaml")} == set(kinds), "a new recipe needs its task here"
     for name, task in kinds.items():
         config = load_config(get_task(task).config_class, root / f"{name}.yaml")

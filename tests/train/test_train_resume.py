@@ -1,13 +1,17 @@
 """Checkpoints that lose nothing: exact resume, refusal of a different run, crash safety, pruning, signals."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
@@ -94,8 +98,13 @@ def test_checkpoint_layout_latest_best_and_keep_last(reference):
     assert (checkpoints / "latest").read_text().strip() == "step-8"
     for directory in (checkpoints / "step-8", checkpoints / "best"):
         assert sorted(p.name for p in directory.iterdir()) == [
-            "adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"
+            "adapter_config.json", "adapter_model.safetensors", "checksums.json", "optimizer.safetensors",
+            "trainer_state.json",
         ]
+        listed = json.loads((directory / "checksums.json").read_text())["files"]
+        assert sorted(listed) == ["adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors",
+                                  "trainer_state.json"]
+        assert listed["optimizer.safetensors"]["bytes"] == (directory / "optimizer.safetensors").stat().st_size
     model = load_adapter(make_model(seed=7, base_seed=0), checkpoints / "step-8")  # other init, same base
     trained = adapter_tensors(checkpoints / "step-8")
     assert all(torch.equal(p, trained[n]) for n, p in model.named_parameters() if p.requires_grad)
@@ -163,9 +172,10 @@ def run_child(phases: list[dict], **popen) -> subprocess.Popen:
     )
 
 
-def plain_run(output_dir: Path, **overrides) -> Trainer:
+def plain_run(output_dir: Path, callbacks=(), **overrides) -> Trainer:
     """In-process twin of tiny_run's default phase."""
-    trainer = Trainer(make_model(), TokenDataset(16), collate, make_sampler(16), make_config(output_dir, **overrides))
+    trainer = Trainer(make_model(), TokenDataset(16), collate, make_sampler(16), make_config(output_dir, **overrides),
+                      callbacks=callbacks)
     trainer.fit()
     return trainer
 
@@ -234,3 +244,177 @@ def test_fp16_resume_restores_the_grad_scaler_and_a_bf16_base_keeps_fp32_trainab
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
     assert {t.dtype for t in adapter_tensors(tmp_path / "bf16/checkpoints/step-2").values()} == {torch.float32}
+
+
+def damage(path: Path, *, truncate: bool) -> None:
+    """Cut a file to half its size, or flip one byte in its middle (the file stays readable: only checksums tell)."""
+    data = bytearray(path.read_bytes())
+    if truncate:
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+def test_resume_latest_passes_over_a_damaged_checkpoint_to_the_newest_intact_one(plain_reference, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(plain_reference, run)
+    damage(run / "checkpoints/step-8/adapter_model.safetensors", truncate=True)
+    capsys.readouterr()
+    plain_run(run, save_every_steps=2, resume="latest")
+    out = capsys.readouterr().out
+    warning, = [line for line in out.splitlines() if "damaged" in line]  # one line naming the damaged checkpoint
+    assert "step-8" in warning and "adapter_model.safetensors" in warning and warning.endswith(
+        f"resuming from {run / 'checkpoints/step-6'}, the newest intact one")
+    assert f"resumed from {run / 'checkpoints/step-6'} at step 6" in out
+    assert losses(run) == losses(plain_reference)
+    assert_same_tensors(adapter_tensors(run / "checkpoints/step-8"), adapter_tensors(plain_reference / "checkpoints/step-8"))
+
+
+def test_a_damaged_checkpoint_named_by_hand_or_no_intact_one_is_a_clear_error(plain_reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(plain_reference, run)
+    damage(run / "checkpoints/step-6/optimizer.safetensors", truncate=False)
+    with pytest.raises(ValueError, match=r"cannot resume from .*step-6: .*optimizer.safetensors: sha256 differs"):
+        plain_run(run, save_every_steps=2, max_steps=10, resume="step-6")
+    damage(run / "checkpoints/step-8/trainer_state.json", truncate=True)
+    with pytest.raises(ValueError, match="no intact checkpoint") as error:
+        plain_run(run, save_every_steps=2, max_steps=10, resume="latest")
+    found = str(error.value).splitlines()
+    assert found[1].startswith("  step-8 (") and "trainer_state.json" in found[1]
+    assert found[2].startswith("  step-6 (") and "optimizer.safetensors" in found[2]
+    plain_run(run, save_every_steps=2, resume=str(plain_reference / "checkpoints/step-6"))  # another copy, by path
+    assert losses(run) == losses(plain_reference)
+
+
+def test_a_checkpoint_without_checksums_resumes_unverified(plain_reference, tmp_path, capsys):
+    """Checkpoints written before checksums existed still resume (and load), with a note that nothing was checked."""
+    run = tmp_path / "run"
+    shutil.copytree(plain_reference, run)
+    (run / "checkpoints/step-6/checksums.json").unlink()
+    plain_run(run, save_every_steps=2, resume="step-6")
+    assert f"{run / 'checkpoints/step-6'} has no checksums" in capsys.readouterr().out
+    assert losses(run) == losses(plain_reference)
+
+
+def test_a_failed_checkpoint_write_is_one_clear_error_and_a_rerun_resumes_from_the_last_complete_one(
+        plain_reference, tmp_path, monkeypatch):
+    import mm_excitor.train.state as state
+
+    write = state.atomic_write_bytes
+
+    def full_disk_at_step_6(path, data):
+        if ".step-6." in str(path):  # the optimizer state of step 6, in its scratch directory
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write(path, data)
+
+    monkeypatch.setattr(state, "atomic_write_bytes", full_disk_at_step_6)
+    checkpoints = tmp_path / "checkpoints"
+    with pytest.raises(OSError) as error:
+        plain_run(tmp_path, save_every_steps=2)
+    assert str(error.value) == (
+        f"could not write checkpoint {checkpoints / 'step-6'} (No space left on device); the last complete "
+        f"checkpoint is {checkpoints / 'step-4'} (`latest` names it): free space and rerun with train.resume=latest "
+        "to continue from it")
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-2", "step-4"]  # nothing half-written
+    assert (checkpoints / "latest").read_text().strip() == "step-4"
+    monkeypatch.undo()
+    plain_run(tmp_path, save_every_steps=2, resume="latest")
+    assert losses(tmp_path) == losses(plain_reference)
+    assert_same_tensors(adapter_tensors(checkpoints / "step-8"), adapter_tensors(plain_reference / "checkpoints/step-8"))
+
+
+def test_a_resumed_run_of_another_length_keeps_the_checkpoints_schedule_unless_told_to_replan(reference, tmp_path,
+                                                                                              capsys):
+    from mm_excitor.train import lr_at
+
+    def lrs(output_dir):
+        return {r["step"]: r["lr"] for r in read_metrics(output_dir)}
+
+    for name in ("keep", "replan"):
+        with pytest.raises(TrainingInterrupted):
+            train(tmp_path / name, stop_at=3)
+    capsys.readouterr()
+    train(tmp_path / "keep", resume="latest", max_steps=10)
+    line, = [line for line in capsys.readouterr().out.splitlines() if "learning-rate schedule" in line]
+    assert line.strip() == ("this run stops at step 10; the learning-rate schedule stays the checkpoint's: warm-up 2, "
+                            "cosine to min_lr=0 at step 8, then min_lr up to step 10 (train.resume_schedule=replan "
+                            "re-plans it)")
+    assert {s: v for s, v in losses(tmp_path / "keep").items() if s <= 8} == losses(reference)  # the same trajectory
+    assert {s: v for s, v in lrs(tmp_path / "keep").items() if s <= 8} == lrs(reference)
+    assert lrs(tmp_path / "keep")[9] == lrs(tmp_path / "keep")[10] == 0.0
+
+    train(tmp_path / "replan", resume="latest", max_steps=10, resume_schedule="replan")
+    line, = [line for line in capsys.readouterr().out.splitlines() if "learning-rate schedule" in line]
+    assert line.strip() == ("this run stops at step 10; the learning-rate schedule is re-planned from step 4: warm-up "
+                            "2, cosine to min_lr=0 at step 10 (was: warm-up 2, cosine to min_lr=0 at step 8)")
+    base_lr = lrs(reference)[2]  # the end of warm-up
+    assert lrs(tmp_path / "replan") == {**{s: lrs(reference)[s] for s in (1, 2, 3)},
+                                        **{s: lr_at(s - 1, base_lr=base_lr, min_lr=0.0, warmup_steps=2, total_steps=10)
+                                           for s in range(4, 11)}}
+    state = json.loads((tmp_path / "replan/checkpoints/step-10/trainer_state.json").read_text())
+    assert state["schedule"]["total_steps"] == 10
+
+
+def forked_run(output_dir: Path, **overrides) -> tuple[int, IO[str]]:
+    """plain_run in a forked child (in its own process group, output silenced) that writes `STEP k` to a pipe after
+    each step; forking skips the seconds a new interpreter spends importing torch."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        status = 1
+        try:
+            os.setsid()
+            signal.alarm(120)  # a child that hangs dies, and the test fails instead of waiting forever
+            torch.set_num_threads(1)  # as DataLoader workers do: no OpenMP pool inherited from the parent
+            os.close(read)
+            silent = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(silent, 1)
+            os.dup2(silent, 2)
+            steps = os.fdopen(write, "w", buffering=1)
+
+            def report(trainer, record):
+                steps.write(f"STEP {record['step']}\n")
+                time.sleep(0.02)
+
+            plain_run(output_dir, callbacks=[report], **overrides)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    return pid, os.fdopen(read)
+
+
+@pytest.mark.parametrize("seed", [24, *(pytest.param(seed, marks=pytest.mark.slow) for seed in range(8))])
+def test_sigkill_at_random_points_with_data_loader_workers_and_resuming_each_time_ends_bit_identical(
+        plain_reference, tmp_path, seed):
+    """As a cluster kills a job: SIGKILL to the whole process group (DataLoader workers included) at random points
+    of steps and checkpoint writes, then train.resume=latest, again and again; the end equals the uninterrupted run
+    in its adapter, optimizer state (with the RNG states) and logged losses."""
+    rng = random.Random(seed)
+    run = dict(save_every_steps=1, num_workers=2, resume="latest")
+    killed = []
+    for _ in range(4):
+        pid, steps = forked_run(tmp_path, **run)
+        wait_for = rng.randint(1, 3)  # steps of this process, then a random moment in the next one or its write
+        seen = []
+        for line in steps:
+            seen.append(int(line.split()[1]))
+            if len(seen) == wait_for:
+                time.sleep(rng.uniform(0.0, 0.04))
+                os.killpg(pid, signal.SIGKILL)
+                break
+        steps.close()
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            killed.append(seen[-1])
+        else:  # the run ended before the kill
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            break
+    assert len(killed) >= 2, killed
+    plain_run(tmp_path, **run)
+    checkpoints = tmp_path / "checkpoints"
+    assert losses(tmp_path) == losses(plain_reference)
+    assert_same_tensors(adapter_tensors(checkpoints / "step-8"), adapter_tensors(plain_reference / "checkpoints/step-8"))
+    assert_same_tensors(load_file(str(checkpoints / "step-8/optimizer.safetensors")),
+                        load_file(str(plain_reference / "checkpoints/step-8/optimizer.safetensors")))

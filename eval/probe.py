@@ -1,0 +1,243 @@
+"""What tuning kept: the capability probe's accuracy (data/probe.py) and the answer NLL of held-out human-written
+instructions (data/heldout.py), both text-only and through the model's own chat template.
+
+    python -m eval.probe --base .cache/smollm2-135m-instruct            # the frozen base LM
+    python -m eval.probe --task caption --run runs/compare/shapes-caption/excitor/lr0.02 --out R.json
+
+Every answer is scored as the assistant's reply to its question: the tokens of the tokenizer's own
+``apply_chat_template([user, assistant])`` after the generation prompt, up to and including the end-of-turn token
+(the template's ``<|im_end|>`` for SmolLM2), get the model's summed log-probability (``label_log_likelihoods``,
+whatever the method). A probe question's prediction is its best-scored option (ties: the first); ``accuracy`` ranks
+by the sum (lm-evaluation-harness's ``acc``, the project's ScienceQA likelihood protocol), ``accuracy_norm`` by the
+sum divided by the option's UTF-8 length (lm-evaluation-harness's ``acc_norm``), both reported; ``accuracy`` is the
+headline. The held-out NLL is the summed negative log-probability of the reference answers over their token count
+(answer tokens and the end-of-turn token).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data.errors import DataError
+from data.heldout import PROBE_FILE, heldout_instructions, read_jsonl
+from mm_excitor.cli import run_cli
+from mm_excitor.delia.chat import encode_chat_prompt, has_chat_template, stop_token_ids
+from mm_excitor.multimodal import IGNORE_INDEX, summed_label_log_probs
+
+Row = tuple[list[int], list[int]]
+
+
+class FrozenLanguageModel:
+    """A Hugging Face causal LM with the one scoring call every method has (`label_log_likelihoods`): the frozen
+    base, scored without building a vision encoder."""
+
+    def __init__(self, language_model: Any) -> None:
+        self.language_model = language_model
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.get_input_embeddings().weight.device
+
+    @torch.no_grad()
+    def label_log_likelihoods(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              labels: torch.Tensor) -> torch.Tensor:
+        logits = self.language_model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return summed_label_log_probs(logits, labels)
+
+
+def answer_row(tokenizer: Any, prompt: str, answer: str) -> Row:
+    """(input ids, labels) of `answer` as the assistant's reply to the user turn `prompt`: the tokenizer's own
+    rendering of [user, assistant] through the assistant's end-of-turn token, labels on the reply only."""
+    if not has_chat_template(tokenizer):
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no chat template: the probe and the held-out "
+                         "NLL score answers as chat replies")
+    if not answer.strip():
+        raise ValueError(f"empty answer to {prompt!r}")
+    user = [{"role": "user", "content": prompt}]
+    prompt_ids = encode_chat_prompt(tokenizer, user)
+    full = list(tokenizer.apply_chat_template([*user, {"role": "assistant", "content": answer}], tokenize=True,
+                                              return_dict=True)["input_ids"])
+    if full[:len(prompt_ids)] != prompt_ids:
+        raise ValueError(f"the chat template's rendering of {prompt!r} with its answer does not start with the "
+                         "rendering of the question alone: answers cannot be scored as replies")
+    reply = full[len(prompt_ids):]
+    stops = set(stop_token_ids(tokenizer))
+    end = next((n for n, token in enumerate(reply) if token in stops), None)
+    if end is None:
+        raise ValueError(f"the chat template ends the assistant turn of {prompt!r} with none of the end-of-turn ids "
+                         f"{sorted(stops)}")
+    reply = reply[:end + 1]
+    return prompt_ids + reply, [IGNORE_INDEX] * len(prompt_ids) + reply
+
+
+@torch.no_grad()
+def row_log_likelihoods(model: Any, rows: Sequence[Row], pad_id: int, batch_size: int) -> list[float]:
+    """Each row's summed label log-probability, in batches of similar lengths (right-padded; a row's score does
+    not depend on its batch)."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    scores = [0.0] * len(rows)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(rows[i][0]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            tokens, targets = rows[i]
+            ids[row, :len(tokens)] = torch.tensor(tokens)
+            labels[row, :len(targets)] = torch.tensor(targets)
+            mask[row, :len(tokens)] = 1
+        device = model.device
+        totals = model.label_log_likelihoods(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                             labels=labels.to(device))
+        for i, total in zip(chunk, totals.tolist()):
+            scores[i] = total
+    return scores
+
+
+def pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_token_ids(tokenizer)[0]
+
+
+def load_probe(path: str | Path = PROBE_FILE) -> list[dict[str, Any]]:
+    """The probe's questions, each checked: a question, two or more distinct options, an answer index."""
+    questions = read_jsonl(path)
+    for number, record in enumerate(questions, 1):
+        options = record.get("options")
+        problem = (
+            "no question" if not isinstance(record.get("question"), str) or not record["question"].strip()
+            else "no category" if not isinstance(record.get("category"), str)
+            else "options are not two or more distinct non-empty strings"
+            if not isinstance(options, list) or len(options) < 2 or len(set(options)) != len(options)
+            or not all(isinstance(o, str) and o.strip() for o in options)
+            else "answer is not an index into options"
+            if not isinstance(record.get("answer"), int) or not 0 <= record["answer"] < len(options) else None)
+        if problem:
+            raise DataError(path, f"record {number} ({record.get('id', '?')})", problem)
+    return questions
+
+
+def score_probe(model: Any, tokenizer: Any, questions: Sequence[dict[str, Any]],
+                batch_size: int = 32) -> dict[str, Any]:
+    """Accuracy (%) overall and per category, by summed and by length-normalised option log-likelihood, with the
+    chance level; `predictions` holds each question's chosen option."""
+    rows, owners = [], []
+    for n, question in enumerate(questions):
+        for option in question["options"]:
+            rows.append(answer_row(tokenizer, question["question"], option))
+            owners.append(n)
+    scores = row_log_likelihoods(model, rows, pad_id(tokenizer), batch_size)
+    per_question: list[list[float]] = [[] for _ in questions]
+    for n, score in zip(owners, scores):
+        per_question[n].append(score)
+    results: dict[str, Any] = {"predictions": []}
+    tallies: dict[str, list[tuple[bool, bool, float]]] = {}
+    for question, option_scores in zip(questions, per_question):
+        lengths = [len(option.encode("utf-8")) for option in question["options"]]
+        best = max(range(len(option_scores)), key=option_scores.__getitem__)
+        best_norm = max(range(len(option_scores)), key=lambda j: option_scores[j] / lengths[j])
+        results["predictions"].append({"id": question.get("id"), "choice": best, "choice_norm": best_norm,
+                                       "log_likelihoods": option_scores})
+        tallies.setdefault(question["category"], []).append(
+            (best == question["answer"], best_norm == question["answer"], 1 / len(question["options"])))
+    everything = [t for category in tallies.values() for t in category]
+    results.update(_accuracy(everything))
+    results["categories"] = {category: _accuracy(values) for category, values in tallies.items()}
+    return results
+
+
+def _accuracy(tallies: Sequence[tuple[bool, bool, float]]) -> dict[str, float]:
+    n = len(tallies)
+    return {"n": n, "accuracy": 100 * sum(t[0] for t in tallies) / n,
+            "accuracy_norm": 100 * sum(t[1] for t in tallies) / n, "chance": 100 * sum(t[2] for t in tallies) / n}
+
+
+def answer_nll(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 16) -> float:
+    """Mean negative log-likelihood per answer token of the (instruction, answer) pairs, answers as chat replies."""
+    rows = [answer_row(tokenizer, instruction, answer) for instruction, answer in pairs]
+    scores = row_log_likelihoods(model, rows, pad_id(tokenizer), batch_size)
+    tokens = sum(sum(label != IGNORE_INDEX for label in labels) for _, labels in rows)
+    return -sum(scores) / tokens
+
+
+def retention(model: Any, tokenizer: Any, questions: Sequence[dict[str, Any]] | None = None,
+              pairs: Sequence[tuple[str, str]] | None = None, batch_size: int = 32) -> dict[str, Any]:
+    """The probe's scores (without per-question predictions) and the held-out instructions' answer NLL; by default
+    the shipped probe and the held-out seed tasks."""
+    probe = score_probe(model, tokenizer, load_probe() if questions is None else questions, batch_size)
+    probe.pop("predictions")
+    nll = answer_nll(model, tokenizer, heldout_instructions() if pairs is None else pairs, batch_size)
+    return {"probe": probe, "heldout_nll": nll}
+
+
+def load_base(language_model: str | Path, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    """(FrozenLanguageModel, tokenizer) of a local Hugging Face directory."""
+    from mm_excitor.factory import load_language_model
+
+    model, tokenizer = load_language_model(language_model, dtype)
+    return FrozenLanguageModel(model.to(device)), tokenizer
+
+
+def load_text_run(task: str, run: str | Path, device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer) of a trained run's latest adapter, for text-only scoring: no dataset is read."""
+    from mm_excitor.checkpoint import load_adapter
+    from mm_excitor.pipeline import build_model
+    from tasks import get_task
+    from tasks.run import read_run_config, resolve_checkpoint
+
+    config = read_run_config(get_task(task), run)
+    model, _, _ = build_model(config.model, config.data.feature_cache, device=device)
+    load_adapter(model, resolve_checkpoint(run))
+    return model.eval(), model.tokenizer
+
+
+def format_scores(name: str, result: dict[str, Any]) -> str:
+    """A Markdown table: accuracy per category (and overall) with the chance level, then the held-out NLL."""
+    probe = result["probe"]
+    lines = [f"{name}: probe accuracy (%), summed / length-normalised option log-likelihood", "",
+             "| category | n | accuracy | accuracy_norm | chance |", "|---|---|---|---|---|"]
+    for category, scores in [*probe["categories"].items(), ("all", probe)]:
+        lines.append(f"| {category} | {scores['n']} | {scores['accuracy']:.1f} | {scores['accuracy_norm']:.1f} | "
+                     f"{scores['chance']:.1f} |")
+    lines += ["", f"held-out instruction answer NLL per token: {result['heldout_nll']:.4f}"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from tasks import TASKS
+
+    parser = argparse.ArgumentParser(prog="python -m eval.probe", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--base", type=Path, help="a frozen LM (local Hugging Face directory)")
+    source.add_argument("--run", type=Path, help="a trained run's output_dir or checkpoint (needs --task)")
+    parser.add_argument("--task", choices=sorted(TASKS), help="the task the run was trained by")
+    parser.add_argument("--probe", type=Path, default=PROBE_FILE)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=None, help="write the scores and every prediction as JSON")
+    args = parser.parse_args(argv)
+    if args.run is not None and args.task is None:
+        raise ValueError("--run needs --task (the task the run was trained by)")
+    model, tokenizer = (load_base(args.base, args.dtype, args.device) if args.base is not None
+                        else load_text_run(args.task, args.run, args.device))
+    questions = load_probe(args.probe)
+    probe = score_probe(model, tokenizer, questions, args.batch_size)
+    result = {"source": str(args.base or args.run), "probe_file": str(args.probe), "probe": probe,
+              "heldout_nll": answer_nll(model, tokenizer, heldout_instructions(), args.batch_size)}
+    print(format_scores(result["source"], result))
+    if args.out is not None:
+        from mm_excitor.io import atomic_write_json
+
+        atomic_write_json(args.out, result)
+        print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, sys.argv[1:]))
