@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .checkpoint import language_model_identity
+from .identity import language_model_identity
 from .generation import Decoding
 from .vision import VisionEncoder
 
