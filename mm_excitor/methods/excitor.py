@@ -10,7 +10,7 @@ projections and Excitor blocks train together, with no image-text alignment pre-
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,14 +22,12 @@ from ..vision import VisionEncoder
 from ..visual_prompts import VisualPrompts
 from .prompted import PromptedModel
 
-if TYPE_CHECKING:
-    from ..factory import ModelConfig
-
 
 class MultimodalExcitor(PromptedModel):
     """A frozen causal LM that sees images through Excitor prompts."""
 
     method = "excitor"
+    settings_sections = ("excitor",)
 
     def __init__(
         self, language_model: nn.Module, tokenizer: Any, excitor_config: ExcitorConfig,
@@ -43,11 +41,6 @@ class MultimodalExcitor(PromptedModel):
         self.projection = VisualProjection(self.vision_width, width).to(self.device)
         self.value_projection = (VisualProjection(self.vision_width, width).to(self.device)
                                  if excitor_config.visual_projection == "separate_kv" else None)
-
-    @classmethod
-    def build(cls, language_model: nn.Module, tokenizer: Any, config: ModelConfig, vision: VisionEncoder | None,
-              vision_identity: dict[str, Any] | None) -> MultimodalExcitor:
-        return cls(language_model, tokenizer, config.excitor, vision, vision_identity=vision_identity)
 
     @property
     def excitor_config(self) -> ExcitorConfig:

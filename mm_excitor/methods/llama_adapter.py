@@ -31,7 +31,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +47,6 @@ from ..vision import VisionEncoder
 from ..visual_prompts import KEYWORD, VisualPrompts, accept_in_generate
 from .prompted import PromptedModel
 
-if TYPE_CHECKING:
-    from ..factory import ModelConfig
 
 BASE_IMPLEMENTATIONS = ("eager", "sdpa")
 IMPLEMENTATION = "llama_adapter_{}"
@@ -189,6 +187,7 @@ class LlamaAdapterModel(PromptedModel):
     """A frozen causal LM with LLaMA-Adapter prompts; images add their projected CLS feature to the prompts."""
 
     method = "llama_adapter"
+    settings_sections = ("llama_adapter",)
 
     def __init__(
         self, language_model: nn.Module, tokenizer: Any, settings: LlamaAdapterSettings,
@@ -198,11 +197,6 @@ class LlamaAdapterModel(PromptedModel):
                          vision_identity=vision_identity)
         self.settings = settings
         self.projection = VisualProjection(self.vision_width, language_model.config.hidden_size).to(self.device)
-
-    @classmethod
-    def build(cls, language_model: nn.Module, tokenizer: Any, config: ModelConfig, vision: VisionEncoder | None,
-              vision_identity: dict[str, Any] | None) -> LlamaAdapterModel:
-        return cls(language_model, tokenizer, config.llama_adapter, vision, vision_identity=vision_identity)
 
     def adapter_config(self) -> dict[str, Any]:
         return self.settings.to_dict()
