@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .identity import language_model_identity
 from .generation import Decoding
+from .identity import language_model_identity
 from .vision import VisionEncoder
 
 
@@ -230,6 +230,16 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
     def text_logits(self, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The logits at the text's own positions (B x T x V); methods that insert positions override it."""
         return logits
+
+    def generate_new_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoding: Decoding,
+                            **model_kwargs: Any) -> torch.Tensor:
+        """The new token ids of the frozen LM's own `generate` after left-padded prompt ids, with the method's extra
+        forward arguments (`model_kwargs`)."""
+        output = self.language_model.generate(
+            input_ids=input_ids, attention_mask=attention_mask,
+            **decoding.generate_kwargs(self.pad_token_id(), self.tokenizer.eos_token_id), **model_kwargs,
+        )
+        return output[:, input_ids.shape[1]:]
 
     def pad_token_id(self) -> int:
         pad = self.tokenizer.pad_token_id

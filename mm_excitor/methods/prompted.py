@@ -41,9 +41,5 @@ class PromptedModel(VisionLanguageModel):
         has_image: torch.Tensor, decoding: Decoding,
     ) -> torch.Tensor:
         # generate() expands each row to its beams with repeat_interleave; the prompts are expanded alike.
-        output = self.language_model.generate(
-            input_ids=input_ids, attention_mask=attention_mask,
-            **decoding.generate_kwargs(self.pad_token_id(), self.tokenizer.eos_token_id),
-            **self._prompt_kwargs(tokens, has_image, decoding.num_beams),
-        )
-        return output[:, input_ids.shape[1]:]
+        return self.generate_new_tokens(input_ids, attention_mask, decoding,
+                                        **self._prompt_kwargs(tokens, has_image, decoding.num_beams))

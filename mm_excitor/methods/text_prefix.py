@@ -88,8 +88,4 @@ class TextPrefixModel(VisionLanguageModel):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: torch.Tensor | None,
         has_image: torch.Tensor, decoding: Decoding,
     ) -> torch.Tensor:
-        output = self.language_model.generate(
-            input_ids=input_ids, attention_mask=attention_mask,
-            **decoding.generate_kwargs(self.pad_token_id(), self.tokenizer.eos_token_id),
-        )
-        return output[:, input_ids.shape[1]:]
+        return self.generate_new_tokens(input_ids, attention_mask, decoding)
