@@ -163,7 +163,7 @@ def measure(frozen: Projections, models: dict[str, nn.Module], tokens: int, args
     # time, which the wall clock of a shared machine does not resolve.
     samples = cpu if cpu is not None else wall
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    association = models["excitor"].k_proj.training_association(x) if "excitor" in models else None
+    association = models["excitor"].k_proj.fast.training_association(x) if "excitor" in models else None
     return {
         "tokens": tokens,
         "frozen_s": medians["frozen"],

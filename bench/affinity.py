@@ -8,7 +8,7 @@
 A uniform affinity shifts every key of a sample by one vector, which the attention softmax ignores: only the
 token-to-token differences of the shift `g * W_k (a . P)` reach the attention weights (docs/design.md, "The affinity
 must not start uniform"). For the first `--examples` prompts of the run's eval split (with their images), forward
-hooks on every Excitor block read the affinity through `ExcitorKeyProjection.affinity` and report per layer:
+hooks on every Excitor block read the affinity through `mm_excitor.layer.affinity_view` and report per layer:
 
 - `logit_spread`: max minus min affinity logit over the prompts a token may weigh, mean over tokens;
 - `entropy_pct`: the affinity's entropy as % of the uniform one's (100: every prompt weighed alike);
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from bench.timing import write_results  # noqa: E402
 from mm_excitor.cli import run_cli  # noqa: E402
-from mm_excitor.layer import AffinityView, ExcitorKeyProjection  # noqa: E402
+from mm_excitor.layer import AffinityView, ExcitorKeyProjection, affinity_view  # noqa: E402
 from mm_excitor.train import init_distributed, seed_everything  # noqa: E402
 from tasks import TASKS, get_task  # noqa: E402
 from tasks.run import build, load_run, read_run_config  # noqa: E402
@@ -47,9 +47,9 @@ COLUMNS = ("logit_spread", "entropy_pct", "visual_pct", "mix_varying_pct", "shif
 
 
 def layer_statistics(block: ExcitorKeyProjection, hidden: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
-    """The module docstring's figures for one block's input `hidden` (B x M x C); `tokens` (B x M bool) marks
-    the real (non-padding) tokens."""
-    view: AffinityView = block.affinity(hidden)
+    """The module docstring's figures for one block's input `hidden` (B x M x C) and the visual prompts of its
+    call; `tokens` (B x M bool) marks the real (non-padding) tokens."""
+    view: AffinityView = affinity_view(block, hidden, block.call_prompts)
     with torch.no_grad():
         logits, valid = view.logits[tokens], view.logits[tokens].isfinite()
         spread = logits.masked_fill(~valid, -math.inf).amax(-1) - logits.masked_fill(~valid, math.inf).amin(-1)
@@ -58,7 +58,10 @@ def layer_statistics(block: ExcitorKeyProjection, hidden: torch.Tensor, tokens: 
         uniform = valid.sum(-1).clamp_min(2).float().log()
         weights = tokens[..., None].float()
         mean_mix = (view.mixes * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1)
-        varying = F.linear(view.mixes - mean_mix, block.base.weight.float())[tokens]
+        varying = view.mixes - mean_mix  # the extra keys' token-to-token part, in key space
+        if block.extra_key == "projected":
+            varying = F.linear(varying, block.base.weight.float())
+        varying = varying[tokens]
         gate = block.gate_values().float()
         gated = (varying.unflatten(-1, (gate.shape[0], -1)) * gate[:, None]).flatten(-2)
         key_rms = _rms(block.base(hidden.to(block.base.weight.dtype)).float()[tokens])

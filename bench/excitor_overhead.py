@@ -11,8 +11,9 @@ For every shape (random init, nothing is downloaded):
 - peak memory of one such training step (see `MEMORY_DEFINITION`), Excitor vs LoRA;
 - trainable parameters of Excitor, LoRA and (if peft's implementation runs on this transformers) AdaptionPrompt.
 
-`--associations auto,prompt,token` times one Excitor per association of W_k (see mm_excitor/layer.py) side by side;
-`auto` is what training uses. `--visual-tokens N` gives the Excitor N visual prompts per sample (LoRA has no way to
+`--associations auto,prompt,token` times one Excitor per association of W_k (mm_excitor/fast_path.py) side by side;
+`auto` is what training uses; `reference` is the block's reference forward, and `separate_kv`, `direct`,
+`separate_kv+direct` the faithful variants (mm_excitor/layer.py), which run the reference. `--visual-tokens N` gives the Excitor N visual prompts per sample (LoRA has no way to
 take images: see `LORA_IMAGES`).
 
 Timed runs are interleaved (A, B, A, B, ...) after warm-up and reported as medians, so that machine noise hits
@@ -24,7 +25,6 @@ utilisation of the frozen LM (`bench.timing.decoder_flops`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -41,7 +41,9 @@ from bench.timing import (  # noqa: E402
     autocast, decoder_flops, format_seconds, gpu_accounting, interleaved, model_flops_utilization, runtime_environment,
     setup_device, share_frozen_copy, summary, synchronize, write_results,
 )
-from mm_excitor import ExcitorConfig, apply_excitor, count_parameters, excitor_blocks, visual_prompts  # noqa: E402
+from mm_excitor import (  # noqa: E402
+    ExcitorConfig, VisualPrompts, apply_excitor, count_parameters, excitor_blocks,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "excitor_overhead.json"
 GATE_VALUE = 0.1
@@ -49,7 +51,13 @@ LORA = dict(r=16, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropo
 TARGETS = {"forward_overhead_max": 0.05, "step_time_ratio_max": 1.0, "peak_memory_ratio_max": 1.0}
 # With visual prompts the Excitor does work LoRA cannot do at all (it sees images); the step may cost 10% more.
 VISUAL_TARGETS = {"forward_overhead_max": 0.05, "step_time_ratio_max": 1.10, "peak_memory_ratio_max": 1.0}
-ASSOCIATIONS = ("auto", "prompt", "token")
+BLOCKS = {
+    "auto": {}, "prompt": {"key_association": "prompt"}, "token": {"key_association": "token"},
+    "reference": {"key_association": "reference"}, "separate_kv": {"visual_projection": "separate_kv"},
+    "direct": {"extra_key": "direct"}, "separate_kv+direct": {"visual_projection": "separate_kv", "extra_key": "direct"},
+}
+"""The Excitor blocks `--associations` can time: ExcitorConfig fields of each."""
+ASSOCIATIONS = tuple(BLOCKS)
 LORA_IMAGES = (
     "none: LoRA on q/v has no input for images, so it trains on the text alone. A multimodal LoRA baseline would "
     "have to prepend the visual tokens to every sequence (LLaVA-style), multiplying its tokens by (M + N_v) / M; "
@@ -272,7 +280,9 @@ def targets_met(forward_ratios: dict[str, float | None], step_ratios: dict[str, 
 
 
 def variant_name(association: str) -> str:
-    return "excitor" if association == "auto" else f"excitor_{association}_side"
+    if association == "auto":
+        return "excitor"
+    return f"excitor_{association}_side" if association in ("prompt", "token") else f"excitor_{association}"
 
 
 def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, device: torch.device, dtype) -> dict:
@@ -288,7 +298,7 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
 
     visual_mode = "concat" if args.visual_tokens else None
     excitor_configs = {
-        variant_name(a): ExcitorConfig(**spec["excitor"], visual_prompt_mode=visual_mode, key_association=a)
+        variant_name(a): ExcitorConfig(**spec["excitor"], visual_prompt_mode=visual_mode, **BLOCKS[a])
         for a in args.associations
     }
     excitors = {}
@@ -305,25 +315,35 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
     ids = torch.randint(0, model_config.vocab_size, (batch, seq), generator=generator).to(device)
     log(f"built in {time.perf_counter() - build_start:.1f}s; batch {batch} x {seq} tokens")
 
-    visual = None
+    visual: dict[str, list[torch.Tensor]] = {}
     if args.visual_tokens:
-        # Stand-ins for the projected CLIP tokens of each sample; they need a gradient, as the projection's
-        # output does, so the prompts' backward runs in full.
-        visual = torch.randn(batch, args.visual_tokens, model_config.hidden_size, generator=generator)
-        visual = visual.to(device).requires_grad_(True)
+        # Stand-ins for the projected CLIP tokens of each sample (two sets where keys and values are projected
+        # separately); they need a gradient, as the projections' outputs do, so the prompts' backward runs in full.
+        for variant, model in excitors.items():
+            block = excitor_blocks(model)[0]
+            shape = (batch, args.visual_tokens, block.prompt_width)
+            sets = 2 if excitor_configs[variant].visual_projection == "separate_kv" else 1
+            visual[variant] = [torch.randn(shape, generator=generator).to(device).requires_grad_(True)
+                               for _ in range(sets)]
         log(f"Excitor gets {args.visual_tokens} visual tokens per sample (concat): {spec['excitor']['num_prompts']} "
             f"+ {args.visual_tokens} prompts per layer; LoRA gets none")
-    def images_for(model, tokens):
-        """The Excitor's visual prompts for the calls inside (LoRA and the base get none)."""
-        return visual_prompts(model, tokens) if tokens is not None and model in excitors.values() else (
-            contextlib.nullcontext())
+
+    def images_for(variant: str, fresh: bool = False) -> dict[str, Any]:
+        """The Excitor's `visual_prompts` argument (LoRA and the base get none); `fresh`: new tensors, whose prompt
+        keys are not memoised."""
+        if variant not in visual:
+            return {}
+        tokens = [t.detach().clone() for t in visual[variant]] if fresh else visual[variant]
+        has_image = torch.ones(batch, dtype=torch.bool, device=device)
+        return {"visual_prompts": VisualPrompts(tokens[0], has_image, tokens[1] if len(tokens) > 1 else None)}
 
     # Which association each variant's training calls use (the same in every adapted layer: same shapes).
     probe = torch.empty(batch, seq, model_config.hidden_size, device=device)
     associations = {}
     for variant, model in excitors.items():
-        with images_for(model, visual):
-            associations[variant] = excitor_blocks(model)[0].training_association(probe)
+        fast = excitor_blocks(model)[0].fast
+        prompts = images_for(variant).get("visual_prompts")
+        associations[variant] = "reference" if fast is None else fast.training_association(probe, prompts)
     del probe
     log("training associations: " + ", ".join(f"{k} -> {v}" for k, v in associations.items()))
 
@@ -331,14 +351,13 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
     for model in (base, *excitors.values()):
         model.eval()
 
-    def forward(model):
+    def forward(model, variant=""):
         def run():
-            new_images = visual.detach().clone() if visual is not None else None  # their prompt keys not memoised
-            with images_for(model, new_images), torch.no_grad(), autocast(device, dtype):
-                model(input_ids=ids, use_cache=False)
+            with torch.no_grad(), autocast(device, dtype):
+                model(input_ids=ids, use_cache=False, **images_for(variant, fresh=True))
         return run
 
-    wall, cpu = interleaved({"base": forward(base), **{k: forward(m) for k, m in excitors.items()}},
+    wall, cpu = interleaved({"base": forward(base), **{k: forward(m, k) for k, m in excitors.items()}},
                             args.warmup, args.repeats, device)
     forward_stats = {key: summary(wall[key], cpu and cpu[key]) for key in wall}
     log("forward medians " + ", ".join(f"{k} {v['median_s']:.3f}s" for k, v in forward_stats.items()))
@@ -351,12 +370,12 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
         optimizer = torch.optim.AdamW(trainable(model), lr=1e-4)
         optimizers[key] = optimizer
 
-        def step(model=model, optimizer=optimizer):
+        def step(model=model, optimizer=optimizer, key=key):
             optimizer.zero_grad(set_to_none=True)
-            if visual is not None:
-                visual.grad = None
-            with images_for(model, visual), autocast(device, dtype):
-                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            for tokens in visual.get(key, ()):
+                tokens.grad = None
+            with autocast(device, dtype):
+                loss = model(input_ids=ids, labels=ids, use_cache=False, **images_for(key)).loss
             loss.backward()
             optimizer.step()
         steps[key] = step
@@ -370,7 +389,7 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
     if not args.no_memory:
         for key, model in (*excitors.items(), ("lora", lora)):
             memory[key] = measure_step_memory(model, steps[key], optimizers[key], device)
-    visual_grad_bytes = 0 if visual is None else visual.numel() * visual.element_size()
+    visual_grad_bytes = {key: sum(t.numel() * t.element_size() for t in tokens) for key, tokens in visual.items()}
 
     gpu = gpu_accounting(device, args.peak_tflops)
     flops = {"forward": decoder_flops(model_config, batch, seq, backward=False),
@@ -384,12 +403,14 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
                            for k, v in train_stats.items()},
         }
 
-    targets = VISUAL_TARGETS if visual is not None else TARGETS
+    targets = VISUAL_TARGETS if visual else TARGETS
     variants = {}
     for key in excitors:
         forward_ratios = {t: ratio(forward_stats[key], forward_stats["base"], t) for t in ("median_s", "cpu_median_s")}
         step_ratios = {t: ratio(train_stats[key], train_stats["lora"], t) for t in ("median_s", "cpu_median_s")}
         entry: dict[str, Any] = {
+            "block": {name: getattr(excitor_configs[key], name)
+                      for name in ("key_association", "visual_projection", "extra_key")},
             "key_association": excitor_configs[key].key_association,
             "training_association": associations[key],
             "forward_ratio_over_base": forward_ratios["median_s"],
@@ -404,7 +425,7 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
             entry.update(
                 memory_ratio_over_lora=memory_ratio,
                 increment_ratio_over_lora=memory[key]["peak_increment_bytes"] / memory["lora"]["peak_increment_bytes"],
-                memory_ratio_without_visual_grad=(excitor_peak - visual_grad_bytes) / lora_peak,
+                memory_ratio_without_visual_grad=(excitor_peak - visual_grad_bytes.get(key, 0)) / lora_peak,
             )
         entry["targets_met"] = targets_met(forward_ratios, step_ratios, memory_ratio, targets)
         variants[key] = entry
@@ -422,7 +443,7 @@ def bench_shape(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
         "excitor_configs": {k: c.to_dict() for k, c in excitor_configs.items()},
         "excitor_gate_value": GATE_VALUE,
         "lora_config": LORA,
-        "lora_images": LORA_IMAGES if visual is not None else None,
+        "lora_images": LORA_IMAGES if visual else None,
         "batch": batch,
         "seq_len": seq,
         "visual_tokens_per_sample": args.visual_tokens,
@@ -493,6 +514,9 @@ def format_table(results: dict[str, Any]) -> str:
         for key, v in r["variants"].items():
             label = f", {v['key_association']}" + (f" -> {v['training_association']} side" if v["key_association"]
                                                    == "auto" else " side")
+            if v["training_association"] == "reference":
+                block = v.get("block", {})
+                label = f", reference ({block.get('visual_projection')}, {block.get('extra_key')})"
             rows.append((shape, f"inference forward{label}", f"base {format_seconds(f['base'])}",
                          format_seconds(f[key]), rat(v["forward_ratio_over_base"], v["forward_cpu_time_ratio_over_base"])))
             rows.append((shape, f"train step{label}", f"LoRA {format_seconds(t['lora'])}", format_seconds(t[key]),
@@ -508,7 +532,7 @@ def format_table(results: dict[str, Any]) -> str:
                              f"{e['saved_activation_bytes'] / max(l['saved_activation_bytes'], 1):.3f}"))
                 if r["visual_token_grad_bytes"]:
                     rows.append((shape, "- peak without the visual tokens' gradient", f"LoRA {mib(l['peak_step_bytes'])}",
-                                 mib(e["peak_step_bytes"] - r["visual_token_grad_bytes"]),
+                                 mib(e["peak_step_bytes"] - r["visual_token_grad_bytes"][key]),
                                  f"{v['memory_ratio_without_visual_grad']:.3f}"))
             met = v["targets_met"]
 

@@ -24,7 +24,7 @@ _PUBLIC = {
     "count_parameters": "model",
     "excitor_blocks": "model",
     "gate_values": "model",
-    "visual_prompts": "model",
+    "VisualPrompts": "visual_prompts",
     "load_adapter": "checkpoint",
     "save_adapter": "checkpoint",
 }

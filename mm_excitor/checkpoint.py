@@ -19,51 +19,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import NON_ADAPTER_FIELDS, ExcitorConfig
-from .diff import Difference, describe_all, differences
+from .config import ADDED_FIELDS, NON_ADAPTER_FIELDS, ExcitorConfig
+from .diff import MISSING, Difference, describe_all, differences
+from .identity import identity_differences, language_model_identity
 from .integrity import verify_checksums, write_checksums
 from .io import atomic_directory, atomic_write_json, read_json
-from .model import apply_excitor, decoder_layers, excitor_blocks
+from .model import apply_excitor, excitor_blocks
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_FORMAT = "mm_excitor.adapter/v2"
-IDENTITY_FIELDS = (
-    "model_type",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "vocab_size",
-)
-
-
-def language_model_identity(model: nn.Module) -> dict[str, Any]:
-    """What an adapter must match: the architecture, plus a fingerprint of a few frozen weights.
-
-    The fingerprint hashes bf16-rounded samples of the input embedding and the first layer's key projection, so
-    the same checkpoint in fp32, bf16 or fp16 agrees while a different checkpoint of one architecture does not.
-    """
-    config = model.config
-    identity: dict[str, Any] = {field: getattr(config, field, None) for field in IDENTITY_FIELDS}
-    identity["name_or_path"] = getattr(config, "_name_or_path", "") or ""
-    identity["weights_fingerprint"] = _weights_fingerprint(model)
-    return identity
-
-
-def _weights_fingerprint(model: nn.Module) -> str | None:
-    k_proj = decoder_layers(model)[0].self_attn.k_proj
-    k_weight = getattr(k_proj, "base", k_proj).weight
-    samples = [model.get_input_embeddings().weight, k_weight]
-    if any(t.is_meta for t in samples):
-        return None
-    digest = hashlib.sha256()
-    for tensor in samples:
-        sample = tensor.detach().reshape(-1)[:4096].to("cpu", torch.bfloat16).view(torch.int16)
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def adapter_metadata(model: nn.Module) -> dict[str, Any]:
     """{"method", "config", "identity"}: what a checkpoint of `model`'s adapter records and must match."""
     if hasattr(model, "adapter_config"):
@@ -132,23 +97,14 @@ def read_adapter_config(directory: Path | str) -> dict[str, Any]:
     return metadata
 
 
-def identity_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
-                         strict_identity: bool = True) -> list[Difference]:
-    """Fields of two model identities that differ; the LM's path is informational (the same weights may live
-    elsewhere), and a missing weights fingerprint (a model on the meta device) or `strict_identity=False` skips
-    the weights check."""
+def adapter_config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[Difference]:
+    """The method hyper-parameters that differ, under `config.`; settings of how the arithmetic runs do not count,
+    and a field the saved config predates counts as the value it was trained with (`config.ADDED_FIELDS`)."""
     def ignore(d: Difference) -> bool:
         leaf = d.key.rsplit(".", 1)[-1]
-        return leaf == "name_or_path" or (leaf == "weights_fingerprint" and
-                                          (not strict_identity or d.old is None or d.new is None))
+        return leaf in NON_ADAPTER_FIELDS or (d.old == MISSING and ADDED_FIELDS.get(leaf, MISSING) == d.new)
 
-    return differences(saved, current, ignore=ignore)
-
-
-def adapter_config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[Difference]:
-    """The method hyper-parameters that differ, under `config.`; settings of how the arithmetic runs do not count."""
-    return differences({"config": saved}, {"config": current},
-                       ignore=lambda d: d.key.rsplit(".", 1)[-1] in NON_ADAPTER_FIELDS)
+    return differences({"config": saved}, {"config": current}, ignore=ignore)
 
 
 def check_adapter_fits(metadata: Mapping[str, Any], model: nn.Module, where: Path | str,

@@ -7,12 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 VISUAL_PROMPT_MODES = ("concat", "add")
-KEY_ASSOCIATIONS = ("auto", "prompt", "token")
+KEY_ASSOCIATIONS = ("auto", "prompt", "token", "reference")
+VISUAL_PROJECTIONS = ("shared", "separate_kv")
+EXTRA_KEYS = ("projected", "direct")
 
 
 NON_ADAPTER_FIELDS = ("key_association", "prompt_init_std", "affinity_init_gain")
 """Settings that are not part of a trained adapter: how the block's arithmetic is carried out, and how its tensors
 start. An adapter trained with one setting loads and resumes with another."""
+
+ADDED_FIELDS = {"visual_projection": "shared", "extra_key": "projected"}
+"""Adapter fields added after adapters were first saved, with the value that an adapter without them was trained
+with: such an adapter loads and resumes as that value."""
 
 
 @dataclass
@@ -41,10 +47,20 @@ class ExcitorConfig:
     visual_prompt_mode: str | None = None
     """None for language-only; 'concat' appends projected visual tokens to each layer's prompts (K' = K + N_v),
     'add' resamples them to K tokens and adds them to the learnable prompts."""
+    visual_projection: str = "shared"
+    """How visual tokens become prompts: 'shared', one trainable projection whose output serves as the Excitor's
+    keys and values; 'separate_kv', the authors' multi-modal diagram: a trainable Wk_Excitor makes the keys and a
+    separate Wv_Excitor the values (docs/design.md, "Faithful variants")."""
+    extra_key: str = "projected"
+    """How the extra attention key a . P enters the keys: 'projected', through the frozen W_k
+    (K' = W_k x + g * W_k (a . P)); 'direct', the authors' diagram: a . P is itself a key (K' = W_k x + g * a . P),
+    so the prompts, the Excitor query and the visual projection live in the key width C_kv."""
     key_association: str = "auto"
-    """Where the frozen W_k meets the prompts: 'prompt' (W_k P, K' rows per sample or once for a shared set),
-    'token' (W_k (a . P), M rows) or 'auto' (per call, whichever needs fewer multiply-adds). The values are the
-    same; only the cost differs. Overriding it is for tests and benchmarks."""
+    """The one switch between the block's reference forward and its fast paths (mm_excitor/fast_path.py):
+    'reference' (the equations, as autograd differentiates them), 'prompt' (W_k P, K' rows per sample or once for a
+    shared set), 'token' (W_k (a . P), M rows) or 'auto' (per call, whichever the cost model prices lower). The
+    values are the same; only the cost differs. The fast paths exist for the shared, projected block only; the other
+    variants always run the reference."""
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "num_prompts", "rank"):
@@ -60,6 +76,9 @@ class ExcitorConfig:
                 f"ExcitorConfig.visual_prompt_mode must be one of {VISUAL_PROMPT_MODES} or None, "
                 f"got {self.visual_prompt_mode!r}"
             )
+        for name, valid in (("visual_projection", VISUAL_PROJECTIONS), ("extra_key", EXTRA_KEYS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"ExcitorConfig.{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.key_association not in KEY_ASSOCIATIONS:
             raise ValueError(
                 f"ExcitorConfig.key_association must be one of {KEY_ASSOCIATIONS}, got {self.key_association!r}"
@@ -68,8 +87,16 @@ class ExcitorConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def uses_fast_path(self) -> bool:
+        """Whether the blocks run a fast path (the shared, projected variant unless 'reference' is asked for)."""
+        return (self.key_association != "reference" and self.visual_projection == "shared"
+                and self.extra_key == "projected")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ExcitorConfig":
+        """The config of `values`; a field they lack takes its default (adapters saved before `visual_projection`
+        and `extra_key` existed are the shared, projected block)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

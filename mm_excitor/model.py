@@ -1,8 +1,6 @@
 """Adding Excitor blocks to a Hugging Face LLaMA-family causal LM, and inspecting the result."""
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +8,7 @@ from torch import nn
 
 from .config import ExcitorConfig
 from .layer import ExcitorKeyProjection
+from .visual_prompts import accept_in_generate
 
 TESTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -41,7 +40,8 @@ def excitor_blocks(model: nn.Module) -> list[ExcitorKeyProjection]:
 def apply_excitor(model: nn.Module, config: ExcitorConfig) -> nn.Module:
     """Freeze every parameter of `model` and add Excitor blocks to its topmost `config.num_layers` layers, in place.
 
-    At init the gates are zero, so the model computes exactly what it computed before.
+    At init the gates are zero, so the model computes exactly what it computed before. Visual prompts reach the
+    blocks as the model's keyword argument `visual_prompts` (a `VisualPrompts`, see mm_excitor/visual_prompts.py).
     """
     if excitor_blocks(model):
         raise ValueError("this model already has Excitor blocks; apply_excitor must be called once per base model")
@@ -56,30 +56,10 @@ def apply_excitor(model: nn.Module, config: ExcitorConfig) -> nn.Module:
     for layer in layers[len(layers) - config.num_layers :]:
         attention = layer.self_attn
         attention.k_proj = ExcitorKeyProjection(attention.k_proj, num_kv_heads, config)
+        attention.k_proj.attach(attention)
+    accept_in_generate(model)
     model.excitor_config = config
     return model
-
-
-@contextlib.contextmanager
-def visual_prompts(
-    model: nn.Module, tokens: torch.Tensor | None, has_image: torch.Tensor | None = None
-) -> Iterator[None]:
-    """Give every module of `model` that takes per-sample visual prompts (Excitor blocks, LLaMA-Adapter prompts:
-    whatever has `set_visual_tokens`) these prompts for the forward calls inside the block; they are cleared on
-    exit, whatever happens, so a later call never reuses another batch's images.
-
-    `tokens` are the projected visual tokens (B x N_v x C); `has_image` (B, bool) masks out samples without an
-    image, which then see the learnable prompts alone. B must be the batch of every forward call inside: a caller
-    that expands its batch (beam search) expands the tokens the same way first.
-    """
-    takers = [module for module in model.modules() if hasattr(module, "set_visual_tokens")]
-    try:
-        for module in takers:
-            module.set_visual_tokens(tokens, has_image)
-        yield
-    finally:
-        for module in takers:
-            module.set_visual_tokens(None)
 
 
 def gate_values(model: nn.Module) -> list[torch.Tensor]:

@@ -6,7 +6,7 @@ Trainer, the Tasks and evaluation use whatever the method:
     model.generate(input_ids, attention_mask, images | visual_tokens, has_image, decoding) -> list[str]
     model.adapter_config(), model.adapter_identity()        (what an adapter checkpoint records and checks)
 
-A method subclasses `VisionLanguageModel`, implements `build` (from a ModelConfig), `forward_ids`, `generate_ids`
+A method subclasses `VisionLanguageModel`, names its `settings_sections` of a ModelConfig, implements `forward_ids`, `generate_ids`
 and `adapter_config` (`forward` and `generate` check the inputs and encode the images, once for every method),
 and is registered in `mm_excitor.methods.METHODS`; its trainable tensors are the parameters with requires_grad.
 """
@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .checkpoint import language_model_identity
 from .generation import Decoding
+from .identity import language_model_identity
 from .vision import VisionEncoder
 
 
@@ -52,6 +52,8 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
     """A frozen LM that a method teaches to see; give it an encoder (`vision`) or a cache's `vision_identity`."""
 
     method: ClassVar[str]
+    settings_sections: ClassVar[tuple[str, ...]]
+    """The ModelConfig sections the method is built from, passed to its constructor in this order."""
     ddp_find_unused_parameters: ClassVar[bool] = False
     """Whether some trainable tensor can get no gradient in a step (DDP must then search the graph every step)."""
     takes_images: ClassVar[bool] = True
@@ -83,10 +85,12 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
         return {"language_model": dict(self.language_identity), "vision": dict(self.vision_identity)}
 
     @classmethod
-    @abc.abstractmethod
     def build(cls, language_model: nn.Module, tokenizer: Any, config: Any, vision: VisionEncoder | None,
               vision_identity: dict[str, Any] | None) -> VisionLanguageModel:
-        """The method's model from `config` (a factory.ModelConfig; the method reads its own section)."""
+        """The method's model from its own sections of `config` (a factory.ModelConfig), in `settings_sections`
+        order after the language model and tokenizer: a method never reads another method's settings."""
+        settings = [getattr(config, section) for section in cls.settings_sections]
+        return cls(language_model, tokenizer, *settings, vision, vision_identity=vision_identity)
 
     @abc.abstractmethod
     def adapter_config(self) -> dict[str, Any]:
@@ -226,6 +230,16 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
     def text_logits(self, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The logits at the text's own positions (B x T x V); methods that insert positions override it."""
         return logits
+
+    def generate_new_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoding: Decoding,
+                            **model_kwargs: Any) -> torch.Tensor:
+        """The new token ids of the frozen LM's own `generate` after left-padded prompt ids, with the method's extra
+        forward arguments (`model_kwargs`)."""
+        output = self.language_model.generate(
+            input_ids=input_ids, attention_mask=attention_mask,
+            **decoding.generate_kwargs(self.pad_token_id(), self.tokenizer.eos_token_id), **model_kwargs,
+        )
+        return output[:, input_ids.shape[1]:]
 
     def pad_token_id(self) -> int:
         pad = self.tokenizer.pad_token_id

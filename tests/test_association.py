@@ -1,7 +1,9 @@
-"""The two associations of W_k (a . P): prompt side W_k P and token side W_k (a . P) give the same keys.
+"""The fast paths (mm_excitor/fast_path.py): prompt side W_k P and token side W_k (a . P) give the keys of the
+block's reference forward.
 
 Checked against the unmodified Hugging Face model (exact at init), against autograd's own composition of the
-token side (gradcheck in float64 and op by op), and against each other after training (gates open)."""
+token side (gradcheck in float64 and op by op), and against the reference after training (gates open), in values
+and gradients."""
 from __future__ import annotations
 
 import copy
@@ -9,29 +11,23 @@ import copy
 import pytest
 import torch
 
-from mm_excitor import ExcitorConfig, apply_excitor, excitor_blocks
-from mm_excitor import layer
+from mm_excitor import ExcitorConfig, VisualPrompts, apply_excitor, excitor_blocks, fast_path
 from mm_excitor.bypass import TokenSide, gated_token_bypass
-from mm_excitor.layer import association_costs
+from mm_excitor.fast_path import association_costs
 from tests.tiny_models import tiny_model
 
 ORDERS = ("prompt", "token", "token-head-loop")
-
-
-def set_visual_tokens(model, tokens, has_image=None) -> None:
-    """Visual prompts held by the blocks until changed (the models' calls scope them with visual_prompts; these
-    tests drive the blocks and Hugging Face generate directly)."""
-    for block in excitor_blocks(model):
-        block.set_visual_tokens(tokens, has_image)
 
 
 def key_association(order: str, monkeypatch) -> str:
     """'token-head-loop' is the token side through W_k head by head, as on a CPU with enough token rows (the tiny
     test batches have fewer, and would use plain products)."""
     if order == "token-head-loop":
-        monkeypatch.setattr(layer, "HEAD_LOOP_MIN_ROWS", 1)
+        monkeypatch.setattr(fast_path, "HEAD_LOOP_MIN_ROWS", 1)
         return "token"
     return order
+
+
 PIECES = {
     "shared": dict(shared=True, per_sample=False, offset=False, masked=False),
     "concat": dict(shared=True, per_sample=True, offset=True, masked=True),
@@ -157,8 +153,11 @@ def test_token_side_saves_only_its_arguments(pieces):
 # ------------------------------------------------------------------------------------------ the block
 
 
-def model_with(order: str, family: str = "llama-gqa", visual: str | None = None, dtype=torch.float32, **config):
-    values = dict(num_layers=3, num_prompts=5, rank=4, visual_prompt_mode=visual, key_association=order)
+def model_with(order: str | None, family: str = "llama-gqa", visual: str | None = None, dtype=torch.float32,
+               **config):
+    values = dict(num_layers=3, num_prompts=5, rank=4, visual_prompt_mode=visual)
+    if order is not None:
+        values["key_association"] = order
     excitor = ExcitorConfig(**{**values, **config})
     return apply_excitor(tiny_model(family).to(dtype), excitor)
 
@@ -181,9 +180,10 @@ def batch(vocab: int = 96):
     return ids.masked_fill(mask == 0, 0), mask
 
 
-def visual_tokens(samples: int = 3, count: int = 11, width: int = 64):
+def visual_prompts(samples: int = 3, count: int = 11, width: int = 64, **kwargs) -> VisualPrompts:
+    """The `visual_prompts` argument of the language model: one row without an image."""
     torch.manual_seed(2)
-    return torch.randn(samples, count, width) * 3, torch.tensor([True, False, True])[:samples]
+    return VisualPrompts(torch.randn(samples, count, width, **kwargs) * 3, torch.tensor([True, False, True])[:samples])
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -193,13 +193,13 @@ def test_visual_prompts_are_exact_at_init_in_both_orders(order, attn, monkeypatc
     config = ExcitorConfig(num_layers=3, num_prompts=5, rank=4, visual_prompt_mode="concat",
                            key_association=key_association(order, monkeypatch))
     adapted = apply_excitor(copy.deepcopy(base), config)
-    set_visual_tokens(adapted, *visual_tokens())
     ids, mask = batch()
+    inputs = dict(input_ids=ids, attention_mask=mask, visual_prompts=visual_prompts())
     with torch.no_grad():
         expected = base(input_ids=ids, attention_mask=mask).logits
-        assert torch.equal(adapted(input_ids=ids, attention_mask=mask).logits, expected)
+        assert torch.equal(adapted(**inputs).logits, expected)
     # With gradients, through the autograd functions, too.
-    assert torch.equal(adapted(input_ids=ids, attention_mask=mask).logits.detach(), expected)
+    assert torch.equal(adapted(**inputs).logits.detach(), expected)
 
 
 def outputs_and_grads(order: str, family: str, visual: str | None, monkeypatch):
@@ -207,20 +207,20 @@ def outputs_and_grads(order: str, family: str, visual: str | None, monkeypatch):
     open_gates(model)
     ids, mask = batch()
     inputs = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    kwargs = {}
     if visual:
-        tokens, has_image = visual_tokens()
-        inputs["visual tokens"] = tokens.requires_grad_(True)
-        set_visual_tokens(model, tokens, has_image)
-    logits = model(input_ids=ids, attention_mask=mask).logits
+        kwargs["visual_prompts"] = visual_prompts(requires_grad=True)
+        inputs["visual tokens"] = kwargs["visual_prompts"].tokens
+    logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits
     loss = logits.log_softmax(-1)[..., 5].mean()
     return logits.detach(), dict(zip(inputs, torch.autograd.grad(loss, list(inputs.values()))))
 
 
-@pytest.mark.parametrize("token_order", ORDERS[1:])
+@pytest.mark.parametrize("fast", ("auto", *ORDERS))
 @pytest.mark.parametrize("family,visual", [("llama-mha", None), ("qwen2", "concat"), ("mistral", "add")])
-def test_both_orders_give_the_same_outputs_and_gradients_after_training(family, visual, token_order, monkeypatch):
-    logits_p, grads_p = outputs_and_grads("prompt", family, visual, monkeypatch)
-    logits_t, grads_t = outputs_and_grads(token_order, family, visual, monkeypatch)
+def test_every_fast_path_gives_the_reference_outputs_and_gradients_after_training(family, visual, fast, monkeypatch):
+    logits_p, grads_p = outputs_and_grads("reference", family, visual, monkeypatch)
+    logits_t, grads_t = outputs_and_grads(fast, family, visual, monkeypatch)
     ids, mask = batch()
     with torch.no_grad():
         assert not torch.allclose(logits_p, tiny_model(family)(input_ids=ids, attention_mask=mask).logits)
@@ -232,40 +232,58 @@ def test_both_orders_give_the_same_outputs_and_gradients_after_training(family, 
                                    msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("order", ORDERS)
+BLOCKS = (*ORDERS, "reference", "separate_kv", "direct", "separate_kv+direct")
+"""Every fast path of the shared, projected block, its reference, and the faithful variants (reference only)."""
+
+
+def block_settings(name: str, monkeypatch) -> dict:
+    """ExcitorConfig fields of a BLOCKS entry."""
+    if name in ("reference", *ORDERS):
+        return dict(key_association=key_association(name, monkeypatch))
+    return dict(visual_projection="separate_kv" if "separate_kv" in name else "shared",
+                extra_key="direct" if "direct" in name else "projected")
+
+
+def model_prompts(model, samples: int = 3) -> VisualPrompts:
+    """Visual prompts of the model's prompt width, with separate value tokens where the blocks take them."""
+    block = excitor_blocks(model)[0]
+    prompts = visual_prompts(samples, width=block.prompt_width)
+    if block.separate_kv:
+        prompts = VisualPrompts(prompts.tokens, prompts.has_image, -prompts.tokens.flip(1))
+    return prompts
+
+
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("visual", [False, True], ids=["language-only", "visual"])
-def test_cached_generation_equals_uncached_in_both_orders(order, visual, monkeypatch):
-    model = model_with(key_association(order, monkeypatch), "llama-gqa", "concat" if visual else None)
+def test_cached_generation_equals_uncached(block, visual, monkeypatch):
+    model = model_with(None, "llama-gqa", "concat" if visual else None, **block_settings(block, monkeypatch))
     open_gates(model)
-    if visual:
-        set_visual_tokens(model, *visual_tokens())
     ids, mask = batch()
     kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    prompts = model_prompts(model) if visual else None
     with torch.no_grad():
-        cached = model.generate(**kwargs, use_cache=True)
-        uncached = model.generate(**kwargs, use_cache=False)
-        if visual:  # each row's prompts for each of its beams, as generate expands the rows
-            tokens, has_image = visual_tokens()
-            set_visual_tokens(model, tokens.repeat_interleave(3, 0), has_image.repeat_interleave(3, 0))
-        beams_cached = model.generate(**kwargs, num_beams=3, use_cache=True)
-        beams_uncached = model.generate(**kwargs, num_beams=3, use_cache=False)
+        cached = model.generate(**kwargs, use_cache=True, visual_prompts=prompts)
+        uncached = model.generate(**kwargs, use_cache=False, visual_prompts=prompts)
+        # each row's prompts for each of its beams, as generate expands the rows
+        beams = None if prompts is None else prompts.repeat_interleave(3)
+        beams_cached = model.generate(**kwargs, num_beams=3, use_cache=True, visual_prompts=beams)
+        beams_uncached = model.generate(**kwargs, num_beams=3, use_cache=False, visual_prompts=beams)
     assert torch.equal(cached, uncached)
     assert torch.equal(beams_cached, beams_uncached)
 
 
-@pytest.mark.parametrize("order", ORDERS)
-def test_bf16_base_with_autocast_matches_fp32_in_both_orders(order, monkeypatch):
+@pytest.mark.parametrize("order", (*ORDERS, "reference"))
+def test_bf16_base_with_autocast_matches_fp32_in_every_path(order, monkeypatch):
     """fp32 adapters on a bf16 base under autocast: the same block as in fp32, to bf16 precision, with fp32
     gradients for every trainable tensor."""
     results = {}
     for dtype in (torch.float32, torch.bfloat16):
         model = model_with(key_association(order, monkeypatch), "qwen2", "concat", dtype=dtype)
         open_gates(model)
-        tokens, has_image = visual_tokens()
-        set_visual_tokens(model, tokens, has_image)
         ids, mask = batch()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100),
+                         visual_prompts=visual_prompts()).loss
         loss.backward()
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in trainable.values())
@@ -316,13 +334,13 @@ def spy_on_orders(monkeypatch) -> list[str]:
     calls: list[str] = []
     for name, order in (("gated_prompt_bypass", "prompt"), ("prompt_side_output", "prompt"),
                         ("gated_token_bypass", "token"), ("token_side_output", "token")):
-        original = getattr(layer, name)
+        original = getattr(fast_path, name)
 
         def spy(*args, original=original, order=order, **kwargs):
             calls.append(order)
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(layer, name, spy)
+        monkeypatch.setattr(fast_path, name, spy)
     return calls
 
 
@@ -333,17 +351,17 @@ def test_auto_picks_the_cheaper_order_per_call(monkeypatch):
     ids, mask = batch()  # 3 x 7 tokens; tiny model: C = 64, C_kv = 32, 2 KV heads; 5 learnable prompts
     for visual_count in (None, 40):
         if visual_count is None:
-            set_visual_tokens(model, None)
+            kwargs = {}
             prompts, rows = 5, 5
         else:
-            set_visual_tokens(model, torch.randn(3, visual_count, 64), torch.ones(3, dtype=torch.bool))
+            kwargs = dict(visual_prompts=VisualPrompts(torch.randn(3, visual_count, 64), torch.ones(3, dtype=torch.bool)))
             prompts, rows = 5 + visual_count, 5 + 3 * visual_count
         costs = association_costs(tokens=3 * 7, prompts=prompts, prompt_rows=rows, hidden=64, key_width=32, heads=2,
                                   training=True, shared_prompts=visual_count is None, head_loop=True)
         expected = "prompt" if costs.prompt_side <= costs.token_side else "token"
         assert expected == ("prompt" if visual_count is None else "token")  # both orders are exercised
         calls.clear()
-        model(input_ids=ids, attention_mask=mask).logits.sum().backward()
+        model(input_ids=ids, attention_mask=mask, **kwargs).logits.sum().backward()
         assert calls == [expected] * 3
 
 
@@ -352,38 +370,36 @@ def test_decoding_builds_the_prompt_keys_once_token_side_work_would_exceed_them(
     model = model_with("auto", visual="concat", num_layers=1)
     open_gates(model)
     block = excitor_blocks(model)[0]
-    visual = torch.randn(1, 40, 64), torch.ones(1, dtype=torch.bool)
-    set_visual_tokens(model, *visual)
+    visual = VisualPrompts(torch.randn(1, 40, 64), torch.ones(1, dtype=torch.bool))
     hidden = torch.randn(1, 3, 64)
     # Counting multiply-adds only: building the keys of one sample's 45 prompts costs 45 rows through W_k, a
     # decoding step one row (and its mix), so the first steps stay token-side.
-    monkeypatch.setattr(layer, "OPERATOR_COST", {"cpu": 0})
+    monkeypatch.setattr(fast_path, "OPERATOR_COST", {"cpu": 0})
     costs = association_costs(tokens=1, prompts=45, prompt_rows=5 + 40, hidden=64, key_width=32, heads=2,
                               training=False, shared_prompts=False, head_loop=False)
     steps_before_keys = -(-(costs.prompt_side - costs.token_side) // costs.token_side)
     assert 5 < steps_before_keys < 40
     with torch.no_grad():
         for _ in range(40):
-            block(hidden[:, :1])
+            block(hidden[:, :1], visual)
     assert calls == ["token"] * steps_before_keys + ["prompt"] * (40 - steps_before_keys)
     # New prompts start over; the token side gives the same keys as the prompt side.
-    set_visual_tokens(model, visual[0].clone(), visual[1])
+    visual = VisualPrompts(visual.tokens.clone(), visual.has_image)
     calls.clear()
     with torch.no_grad():
-        out = block(hidden)
+        out = block(hidden, visual)
     assert calls == ["token"]
     forced = model_with("prompt", visual="concat", num_layers=1)
     forced.load_state_dict(model.state_dict())
-    set_visual_tokens(forced, *visual)
     with torch.no_grad():
-        torch.testing.assert_close(excitor_blocks(forced)[0](hidden), out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(excitor_blocks(forced)[0](hidden, visual), out, rtol=1e-5, atol=1e-5)
     # With the cost of launching operators, a block this small builds the keys at once: decoding uses the memo.
     monkeypatch.undo()
     calls = spy_on_orders(monkeypatch)
-    set_visual_tokens(model, visual[0].clone(), visual[1])
+    visual = VisualPrompts(visual.tokens.clone(), visual.has_image)
     with torch.no_grad():
         for _ in range(3):
-            block(hidden[:, :1])
+            block(hidden[:, :1], visual)
     assert calls == ["prompt"] * 3
 
 
@@ -391,3 +407,6 @@ def test_key_association_is_validated():
     with pytest.raises(ValueError, match="key_association must be one of"):
         ExcitorConfig(key_association="keys")
     assert ExcitorConfig().key_association == "auto"
+    for name in ("visual_projection", "extra_key"):
+        with pytest.raises(ValueError, match=f"ExcitorConfig.{name} must be one of"):
+            ExcitorConfig(**{name: "both"})

@@ -85,7 +85,7 @@ def test_benchmark_with_visual_prompts_times_both_associations(tmp_path):
     results = json.loads(out.read_text())
     tiny = results["shapes"]["tiny"]
     assert tiny["visual_tokens_per_sample"] == 7 and "LLaVA-style" in tiny["lora_images"]
-    assert tiny["visual_token_grad_bytes"] == 2 * 7 * 64 * 4
+    assert set(tiny["visual_token_grad_bytes"].values()) == {2 * 7 * 64 * 4}  # per variant: B x N x C fp32
     assert tiny["targets"]["step_time_ratio_max"] == 1.10
     variants = tiny["variants"]
     assert set(variants) == {"excitor", "excitor_prompt_side", "excitor_token_side"}

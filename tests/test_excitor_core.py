@@ -8,18 +8,23 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from mm_excitor import ExcitorConfig, apply_excitor, count_parameters, excitor_blocks, layer
+from mm_excitor import ExcitorConfig, VisualPrompts, apply_excitor, count_parameters, excitor_blocks, fast_path
+from mm_excitor.layer import affinity_view
 from tests.tiny_models import FAMILIES, tiny_model
 
 CONFIG = ExcitorConfig(num_layers=3, num_prompts=5, rank=4)
-ORDERS = ("auto", "prompt", "token", "token-head-loop")
+ORDERS = ("auto", "prompt", "token", "token-head-loop", "reference", "direct")
+"""The language-only blocks: every fast path, the reference forward, and the extra key without W_k."""
 
 
 def with_order(order: str, monkeypatch) -> ExcitorConfig:
-    """CONFIG with this association of W_k; 'token-head-loop' is the token side through W_k head by head, as on a
-    CPU with enough token rows (the tiny test batches have fewer, and would use plain products)."""
+    """CONFIG with this path; 'token-head-loop' is the token side through W_k head by head, as on a CPU with enough
+    token rows (the tiny test batches have fewer, and would use plain products); 'direct' is extra_key=direct (it
+    runs the reference)."""
+    if order == "direct":
+        return replace(CONFIG, extra_key="direct")
     if order == "token-head-loop":
-        monkeypatch.setattr(layer, "HEAD_LOOP_MIN_ROWS", 1)
+        monkeypatch.setattr(fast_path, "HEAD_LOOP_MIN_ROWS", 1)
         order = "token"
     return replace(CONFIG, key_association=order)
 
@@ -79,9 +84,10 @@ def train_steps(model, steps: int = 3, lr: float = 1e-2):
     return model
 
 
-def test_training_moves_every_trainable_tensor_and_no_base_parameter():
+@pytest.mark.parametrize("order", ["auto", "direct"])
+def test_training_moves_every_trainable_tensor_and_no_base_parameter(order, monkeypatch):
     base = tiny_model()
-    adapted = apply_excitor(copy.deepcopy(base), CONFIG)
+    adapted = apply_excitor(copy.deepcopy(base), with_order(order, monkeypatch))
     before = {name: p.detach().clone() for name, p in adapted.named_parameters()}
     train_steps(adapted)
     trainable = {name for name, p in adapted.named_parameters() if p.requires_grad}
@@ -121,19 +127,20 @@ def test_affinity_starts_at_the_configured_gain(gain):
 
 @pytest.mark.parametrize("mode", [None, "concat", "add"])
 def test_affinity_view_is_what_the_block_adds_to_the_keys(mode):
-    """`block.affinity` (what bench/affinity.py reports) must be the block's own arithmetic: its mixes give the
+    """`affinity_view` (what bench/affinity.py reports) must be the block's own arithmetic: its mixes give the
     keys the block returns, with learnable prompts only and with visual prompts (one sample without an image)."""
     torch.manual_seed(0)
     block = excitor_blocks(apply_excitor(tiny_model(), replace(CONFIG, visual_prompt_mode=mode)))[0]
     width = block.base.in_features
     with torch.no_grad():
         block.gate.copy_(torch.linspace(0.3, 0.9, block.num_kv_heads))
+        visual = None
         if block.visual_offset is not None:
             block.visual_offset.normal_()
-            block.set_visual_tokens(torch.randn(2, 6, width), torch.tensor([True, False]))
+            visual = VisualPrompts(torch.randn(2, 6, width), torch.tensor([True, False]))
         x = torch.randn(2, 7, width)
-        view = block.affinity(x)
-        keys = block(x)
+        view = affinity_view(block, x, visual)
+        keys = block(x, visual)
     shift = (block.base(view.mixes) - block.base(torch.zeros(width))).unflatten(-1, (block.num_kv_heads, -1))
     expected = block.base(x) + (shift * block.gate[:, None]).flatten(-2)
     assert torch.allclose(keys, expected, atol=1e-5)
@@ -144,8 +151,9 @@ def test_affinity_view_is_what_the_block_adds_to_the_keys(mode):
 
 
 @pytest.mark.parametrize("family", ["llama-gqa", "qwen2"])
-def test_greedy_generation_with_cache_equals_without_after_training(family):
-    adapted = apply_excitor(tiny_model(family), CONFIG)
+@pytest.mark.parametrize("order", ["auto", "direct"])
+def test_greedy_generation_with_cache_equals_without_after_training(family, order, monkeypatch):
+    adapted = apply_excitor(tiny_model(family), with_order(order, monkeypatch))
     with torch.no_grad():
         for block in excitor_blocks(adapted):
             block.gate.normal_(std=1.0)
@@ -159,9 +167,10 @@ def test_greedy_generation_with_cache_equals_without_after_training(family):
     assert beams.shape[0] == ids.shape[0]
 
 
-def test_kv_cache_keeps_the_grouped_query_shape():
+@pytest.mark.parametrize("order", ["auto", "direct"])
+def test_kv_cache_keeps_the_grouped_query_shape(order, monkeypatch):
     base = tiny_model("llama-gqa")
-    adapted = apply_excitor(copy.deepcopy(base), CONFIG)
+    adapted = apply_excitor(copy.deepcopy(base), with_order(order, monkeypatch))
     ids, mask = padded_batch("left")
     with torch.no_grad():
         base_cache = base(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
@@ -235,6 +244,14 @@ def test_bad_use_gives_clear_errors():
         ExcitorConfig(visual_prompt_mode="prefix")
     with pytest.raises(ValueError, match="affinity_init_gain must be > 0"):
         ExcitorConfig(affinity_init_gain=0.0)
+    x, tokens, has_image = torch.randn(2, 3, 64), torch.randn(2, 4, 64), torch.ones(2, dtype=torch.bool)
+    for projection, values in (("separate_kv", None), ("shared", tokens)):
+        block = excitor_blocks(apply_excitor(tiny_model(), replace(CONFIG, visual_prompt_mode="concat",
+                                                                   visual_projection=projection)))[0]
+        with pytest.raises(ValueError, match="separate value tokens are for visual_projection='separate_kv'"):
+            block(x, VisualPrompts(tokens, has_image, values))
+    with pytest.raises(ValueError, match="built language-only"):
+        excitor_blocks(model)[0](x, VisualPrompts(tokens, has_image))
 
 
 def test_config_json_round_trip_and_unknown_keys():
@@ -242,3 +259,36 @@ def test_config_json_round_trip_and_unknown_keys():
     assert ExcitorConfig.from_json(config.to_json()) == config
     with pytest.raises(ValueError, match="unknown ExcitorConfig keys \\['rnak'\\]"):
         ExcitorConfig.from_dict({"rnak": 3})
+    # A config saved before the faithful variants existed is the shared, projected block.
+    old = {k: v for k, v in config.to_dict().items() if k not in ("visual_projection", "extra_key")}
+    assert ExcitorConfig.from_dict(old) == replace(config, visual_projection="shared", extra_key="projected")
+
+
+@pytest.mark.parametrize("order", ["auto", "reference", "direct"])
+def test_the_extra_key_is_rotated_with_its_token_and_cached(order, monkeypatch):
+    """K' = W_k x + g * e (direct) or W_k x + g * W_k e (projected), e = softmax(W_up W_down x . P^T / sqrt(d)) . P,
+    written out here, is what the KV cache holds after RoPE: the extra key is part of the key, rotated with its
+    token's position, so the scores Q . K'^T see it at the same relative rotation as the frozen key."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    model = apply_excitor(tiny_model("llama-gqa"), with_order(order, monkeypatch))
+    with torch.no_grad():
+        for block in excitor_blocks(model):
+            block.gate.copy_(torch.linspace(0.5, 1.5, block.num_kv_heads))
+    attention = model.model.layers[-1].self_attn
+    seen = {}
+    attention.register_forward_pre_hook(lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    ids, mask = padded_batch("left")
+    with torch.no_grad():
+        cache = model(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+        block, x = attention.k_proj, seen["hidden_states"]
+        a = ((x @ block.down.weight.t() @ block.up.weight.t()) @ block.prompts.t() / block.prompts.shape[1] ** 0.5)
+        extra = a.softmax(-1) @ block.prompts
+        if order != "direct":
+            extra = extra @ block.base.weight.t()
+        keys = x @ block.base.weight.t() + block.gate.repeat_interleave(block.head_dim) * extra
+        keys = keys.view(*x.shape[:2], block.num_kv_heads, block.head_dim).transpose(1, 2)
+        cos, sin = seen["position_embeddings"]
+        _, expected = apply_rotary_pos_emb(keys, keys, cos, sin)
+    torch.testing.assert_close(cache.layers[-1].keys, expected, rtol=1e-5, atol=1e-5)
+    assert block.prompts.shape[1] == (block.base.out_features if order == "direct" else block.base.in_features)

@@ -31,6 +31,13 @@ MULTIMODAL = [method for method in ALL if METHODS[method].takes_images]
 EXACT_AT_INIT = [method for method in ALL if method != "text_prefix"]
 """Methods that are the base model at init (zero gates, zero LoRA B, a prefix only on rows with an image).
 Prefix-tuning is not: its random keys and values are attended from the first call (see its reference test)."""
+EXCITOR_VARIANTS = {
+    "excitor:separate_kv": dict(visual_projection="separate_kv"),
+    "excitor:direct": dict(extra_key="direct"),
+    "excitor:separate_kv+direct": dict(visual_projection="separate_kv", extra_key="direct"),
+}
+"""The Excitor's faithful variants (docs/design.md), tested as methods of their own next to the default."""
+ALL_AND_VARIANTS = [*ALL, *EXCITOR_VARIANTS]
 TRAINABLE = {
     "excitor": (".k_proj.", "projection."),
     "lora": (".lora_A.", ".lora_B.", "projector."),
@@ -41,12 +48,15 @@ TRAINABLE = {
 
 
 def build(method, base=None, vision=None, seed=1, config=CONFIG):
-    return tiny_method_model(method, base, vision, seed, config)
+    """`method`'s tiny model; an EXCITOR_VARIANTS name builds the Excitor with that variant's settings."""
+    if method in EXCITOR_VARIANTS:
+        config = dataclasses.replace(config, excitor=dataclasses.replace(config.excitor, **EXCITOR_VARIANTS[method]))
+    return tiny_method_model(method.split(":")[0], base, vision, seed, config)
 
 
 def image_rows(method):
     """Which rows of `items()` carry an image for `method`: none for a language-only method."""
-    return (True, False, True, True) if METHODS[method].takes_images else (False,) * 4
+    return (True, False, True, True) if METHODS[method.split(":")[0]].takes_images else (False,) * 4
 
 
 def text_logits(logits, mask):
@@ -70,7 +80,7 @@ def encoder(tmp_path_factory):
 
 @pytest.mark.parametrize("family", ["llama-gqa", "llama-mha", "mistral", "qwen2"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("method", EXACT_AT_INIT)
+@pytest.mark.parametrize("method", [*EXACT_AT_INIT, *EXCITOR_VARIANTS])
 def test_at_init_text_is_the_unmodified_model_bit_for_bit(method, attn, family):
     """Zero gates (Excitor, LLaMA-Adapter) and zero LoRA B: logits equal the Hugging Face model's, for text-only
     calls on right- and left-padded batches, and, for the prompt methods, for rows with an image too."""
@@ -80,12 +90,12 @@ def test_at_init_text_is_the_unmodified_model_bit_for_bit(method, attn, family):
         with torch.no_grad():
             expected = base(**text_only(batch.inputs)).logits
             assert torch.equal(model(**text_only(batch.inputs)).logits, expected)
-            if method in EXACT_WITH_IMAGES:
+            if model.method in EXACT_WITH_IMAGES:
                 assert torch.equal(model(**batch.inputs).logits, expected)
 
 
 @pytest.mark.parametrize("trained", [False, True])
-@pytest.mark.parametrize("method", MULTIMODAL)
+@pytest.mark.parametrize("method", [*MULTIMODAL, *EXCITOR_VARIANTS])
 def test_rows_without_an_image_are_the_text_only_model(method, trained):
     """In a batch with images, a row with has_image=False computes what a call without images computes (at init:
     the unmodified LM; trained: the image-blind control), while the images change the other rows."""
@@ -100,7 +110,7 @@ def test_rows_without_an_image_are_the_text_only_model(method, trained):
             alone = text_logits(model(**text_only(batch.inputs)).logits, mask)
             other_images = text_logits(model(**swapped).logits, mask)
         torch.testing.assert_close(mixed[1], alone[1], rtol=1e-5, atol=1e-5)
-        if trained or method not in EXACT_WITH_IMAGES:
+        if trained or model.method not in EXACT_WITH_IMAGES:
             assert not torch.allclose(mixed[0], other_images[0]), "the image does not reach the text"
 
 
@@ -310,11 +320,11 @@ def test_a_language_only_method_refuses_rows_with_an_image_in_one_line():
 
 # --- what trains -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("method", ALL_AND_VARIANTS)
 def test_only_the_adapter_trains_and_each_of_its_tensors_gets_a_gradient(method, encoder):
     model = build(method, vision=encoder)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(any(part in n for part in TRAINABLE[method]) for n in trainable), sorted(trainable)
+    assert trainable and all(any(part in n for part in TRAINABLE[model.method]) for n in trainable), sorted(trainable)
     assert not any(p.requires_grad for p in model.vision.parameters())
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     batch = collator("image", (3, 32, 32))(items(image_rows(method), key="image", shape=(3, 32, 32)))
@@ -443,7 +453,7 @@ def test_the_trainer_stops_and_resumes_exactly(method, tmp_path):
 
 # --- generation --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", MULTIMODAL)
+@pytest.mark.parametrize("method", [*MULTIMODAL, *EXCITOR_VARIANTS])
 def test_generation_with_images_does_not_depend_on_the_batch(method, encoder):
     model = perturb(build(method, vision=encoder), std=0.1)
     collate = collator("image", (3, 32, 32))
@@ -474,8 +484,8 @@ def test_llama_adapter_projects_its_prompts_once_per_generate_call_and_never_reu
 
     calls = []
     original = AdaptionPrompts._keys_values
-    monkeypatch.setattr(AdaptionPrompts, "_keys_values", lambda self, attention: calls.append(1) or original(
-        self, attention))
+    monkeypatch.setattr(AdaptionPrompts, "_keys_values", lambda self, attention, visual: calls.append(1) or original(
+        self, attention, visual))
     model = perturb(build("llama_adapter"), std=0.1)
     batch = collator().prompts(items(targets=False))
     model.generate(**batch.inputs, decoding=Decoding(max_new_tokens=6, min_new_tokens=6))
@@ -538,3 +548,74 @@ def test_greedy_output_ignores_the_model_generation_config_and_sets_no_sampling_
     assert model.generate(**prompts.inputs, decoding=greedy) == plain
     kwargs = greedy.generate_kwargs(pad_token_id=0, eos_token_id=1)
     assert all(kwargs[name] is None for name in ("temperature", "top_p", "top_k", "min_p", "typical_p"))
+
+
+# --- activation checkpointing ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", [*MULTIMODAL, *EXCITOR_VARIANTS])
+def test_activation_checkpointing_with_images_gives_the_same_step(method):
+    """The visual prompts are an argument of the call (mm_excitor/visual_prompts.py), so the layers that activation
+    checkpointing replays in backward see them again: the same loss and gradients as without checkpointing, for
+    every method that takes images. (text_prefix hands its prefix to the LM as the KV cache, which transformers'
+    checkpointed layers drop: peft's prefix tuning does not train under activation checkpointing.)"""
+    batch = collator()(items())
+
+    def step(checkpointing: bool):
+        model = perturb(build(method))
+        if checkpointing:
+            model.language_model.activation_checkpointing_enable()  # gradient_checkpointing_enable, renamed
+            assert model.language_model.is_activation_checkpointing
+        model.train()
+        loss = model(**batch.inputs).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    (loss, grads), (checkpointed_loss, checkpointed_grads) = step(False), step(True)
+    assert torch.equal(checkpointed_loss, loss)
+    assert grads.keys() == checkpointed_grads.keys()
+    for name, grad in grads.items():
+        assert grad is not None and grad.abs().sum() > 0, name
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_an_excitor_adapter_saved_before_the_variants_existed_loads_as_the_shared_projected_block(tmp_path):
+    import json
+
+    from mm_excitor.checkpoint import ADAPTER_CONFIG_NAME
+    from mm_excitor.integrity import CHECKSUMS_NAME
+
+    model = perturb(build("excitor"))
+    save_adapter(model, tmp_path / "adapter")
+    path = tmp_path / "adapter" / ADAPTER_CONFIG_NAME
+    metadata = json.loads(path.read_text())
+    for name in ("visual_projection", "extra_key"):
+        del metadata["config"][name]
+    path.write_text(json.dumps(metadata))
+    (tmp_path / "adapter" / CHECKSUMS_NAME).unlink()  # adapters of that time had no checksum list either
+    fresh = build("excitor", seed=2)
+    load_adapter(fresh, tmp_path / "adapter")
+    batch = collator()(items())
+    with torch.no_grad():
+        assert torch.equal(fresh(**batch.inputs).logits, model(**batch.inputs).logits)
+    with pytest.raises(ValueError, match=r"config.visual_projection: adapter '<absent>', model 'separate_kv'"):
+        load_adapter(build("excitor:separate_kv"), tmp_path / "adapter")
+
+
+# --- distributed -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ALL_AND_VARIANTS)
+def test_fsdp_units_hold_every_trainable_tensor_with_what_it_reads(method):
+    """FSDP's units come from one rule for every method (train.distributed.adapter_units): they cover every trainable
+    tensor exactly once, never a decoder layer, and the Excitor's key projection is one unit with the frozen k_proj
+    it reads."""
+    from mm_excitor.layer import ExcitorKeyProjection
+    from mm_excitor.train.distributed import adapter_units
+
+    model = build(method)
+    units = adapter_units(model)
+    covered = [id(p) for unit in units for p in unit.parameters() if p.requires_grad]
+    assert sorted(covered) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    assert not any(hasattr(unit, "self_attn") for unit in units)
+    blocks = [m for m in model.modules() if isinstance(m, ExcitorKeyProjection)]
+    if model.method == "excitor":
+        assert blocks and all(block in units for block in blocks)

@@ -174,7 +174,7 @@ def test_visual_prompts_never_outlive_their_call_and_never_broadcast(trained):
         text_only = model.language_model(input_ids=ids, attention_mask=mask).logits
         model(ids, mask, labels, images=images)
         generate(model, [PROMPT, PROMPT], images)
-        assert all(block._visual is None for block in excitor_blocks(model.language_model))
+        assert all(block.call_prompts is None for block in excitor_blocks(model.language_model))
         torch.testing.assert_close(model.language_model(input_ids=ids, attention_mask=mask).logits, text_only,
                                    rtol=0, atol=0)
         with pytest.raises(ValueError, match="1 images .* for a batch of 2 texts"):
@@ -184,7 +184,7 @@ def test_visual_prompts_never_outlive_their_call_and_never_broadcast(trained):
         batch = Collator(model.tokenizer, 64).prompts([{"prompt": PROMPT, "has_image": False}] * 2)
         with pytest.raises(ValueError, match="1 images .* for a batch of 2 texts"):
             model.generate(**batch.inputs, images=images[:1])
-    assert all(block._visual is None for block in excitor_blocks(model.language_model))  # cleared after errors too
+    assert all(block.call_prompts is None for block in excitor_blocks(model.language_model))  # cleared after errors too
 
 
 def test_wrong_inputs_give_clear_errors(tmp_path):

@@ -1,32 +1,33 @@
 """The Excitor's visual instruction tuning: frozen CLIP tokens enter only as per-sample prompts of the Excitor
 blocks.
 
-One trainable projection (Linear then LayerNorm, shared by all layers) maps the encoder's tokens to the LM width;
-each adapted layer adds its own offset and uses them next to its learnable prompts. Nothing is prepended to the
-text, so sequences keep their length and the KV cache its size. One training stage: projection and Excitor
-blocks train together, with no image-text alignment pre-training.
+A trainable projection (Linear then LayerNorm, shared by all layers) maps the encoder's tokens to the prompts' width
+(the LM width; the key width with `extra_key: direct`); each adapted layer adds its own offset and uses them next to
+its learnable prompts. With `visual_projection: shared` one projection gives the Excitor's keys and values; with
+`separate_kv` (the authors' multi-modal diagram) `projection` is Wk_Excitor and `value_projection` Wv_Excitor.
+Nothing is prepended to the text, so sequences keep their length and the KV cache its size. One training stage:
+projections and Excitor blocks train together, with no image-text alignment pre-training.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import ExcitorConfig
-from ..model import apply_excitor
+from ..model import apply_excitor, excitor_blocks
 from ..multimodal import VisualProjection
 from ..vision import VisionEncoder
+from ..visual_prompts import VisualPrompts
 from .prompted import PromptedModel
-
-if TYPE_CHECKING:
-    from ..factory import ModelConfig
 
 
 class MultimodalExcitor(PromptedModel):
     """A frozen causal LM that sees images through Excitor prompts."""
 
     method = "excitor"
+    settings_sections = ("excitor",)
 
     def __init__(
         self, language_model: nn.Module, tokenizer: Any, excitor_config: ExcitorConfig,
@@ -36,12 +37,10 @@ class MultimodalExcitor(PromptedModel):
             raise ValueError("a multimodal Excitor needs ExcitorConfig.visual_prompt_mode = 'concat' or 'add'")
         super().__init__(apply_excitor(language_model, excitor_config), tokenizer, vision,
                          vision_identity=vision_identity)
-        self.projection = VisualProjection(self.vision_width, language_model.config.hidden_size).to(self.device)
-
-    @classmethod
-    def build(cls, language_model: nn.Module, tokenizer: Any, config: ModelConfig, vision: VisionEncoder | None,
-              vision_identity: dict[str, Any] | None) -> MultimodalExcitor:
-        return cls(language_model, tokenizer, config.excitor, vision, vision_identity=vision_identity)
+        width = excitor_blocks(self.language_model)[0].prompt_width
+        self.projection = VisualProjection(self.vision_width, width).to(self.device)
+        self.value_projection = (VisualProjection(self.vision_width, width).to(self.device)
+                                 if excitor_config.visual_projection == "separate_kv" else None)
 
     @property
     def excitor_config(self) -> ExcitorConfig:
@@ -50,6 +49,7 @@ class MultimodalExcitor(PromptedModel):
     def adapter_config(self) -> dict[str, Any]:
         return self.excitor_config.to_dict()
 
-    def prompt_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+    def visual_prompts(self, tokens: torch.Tensor, has_image: torch.Tensor) -> VisualPrompts:
         """Every visual token, projected: each adapted layer adds its offset and joins them to its prompts."""
-        return self.projection(tokens)
+        values = None if self.value_projection is None else self.value_projection(tokens)
+        return VisualPrompts(self.projection(tokens), has_image, values)

@@ -31,7 +31,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +44,9 @@ from ..memo import InferenceMemo
 from ..model import decoder_layers
 from ..multimodal import VisualProjection
 from ..vision import VisionEncoder
+from ..visual_prompts import KEYWORD, VisualPrompts, accept_in_generate
 from .prompted import PromptedModel
 
-if TYPE_CHECKING:
-    from ..factory import ModelConfig
 
 BASE_IMPLEMENTATIONS = ("eager", "sdpa")
 IMPLEMENTATION = "llama_adapter_{}"
@@ -76,59 +75,46 @@ class LlamaAdapterSettings:
 class AdaptionPrompts(nn.Module):
     """One layer's adaption prompts (K x C, N(0, 1) as the official nn.Embedding init) and per-head gate (zero).
 
-    It lives on the attention module as `adaption_prompts`; `adapted_attention` calls it with that module and the
-    RoPE'd queries. Per-sample visual features come through `set_visual_tokens` (see model.visual_prompts)."""
+    It lives on the attention module as `adaption_prompts`; `adapted_attention` calls it with that module, the
+    RoPE'd queries and the call's visual prompts (the language model's `visual_prompts` argument)."""
 
     def __init__(self, length: int, hidden_size: int, num_heads: int, device: torch.device) -> None:
         super().__init__()
         # Trainable tensors live in fp32 whatever the frozen model's dtype.
         self.prompts = nn.Parameter(torch.randn(length, hidden_size, device=device))
         self.gate = nn.Parameter(torch.zeros(num_heads, device=device))
-        self._visual: tuple[torch.Tensor, torch.Tensor] | None = None
         self._memo: InferenceMemo[tuple[torch.Tensor, torch.Tensor]] = InferenceMemo()
 
     def extra_repr(self) -> str:
         return f"prompts={tuple(self.prompts.shape)}, heads={self.gate.shape[0]}"
 
-    def set_visual_tokens(self, tokens: torch.Tensor | None, has_image: torch.Tensor | None = None) -> None:
-        """The projected global visual feature of each row (B x 1 x C), added to every prompt of rows with an
-        image; None: the learnable prompts alone."""
-        if tokens is None:
-            self._visual = None
-            return
-        if tokens.dim() != 3 or tokens.shape[1] != 1 or tokens.shape[2] != self.prompts.shape[1]:
-            raise ValueError(f"LLaMA-Adapter takes one visual feature per row, B x 1 x {self.prompts.shape[1]}; "
-                             f"got {tuple(tokens.shape)}")
-        if has_image is None:
-            has_image = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-        if tuple(has_image.shape) != (tokens.shape[0],):
-            raise ValueError(f"has_image has shape {tuple(has_image.shape)}, expected ({tokens.shape[0]},)")
-        self._visual = (tokens, has_image.to(device=tokens.device, dtype=torch.bool))
-
-    def forward(self, attention: nn.Module, query: torch.Tensor) -> torch.Tensor:
+    def forward(self, attention: nn.Module, query: torch.Tensor, visual: VisualPrompts | None) -> torch.Tensor:
         """The gated prompt term (B x T x H x d, the layout of an attention function's output) for the queries
-        (B x H x T x d) of `attention`."""
-        keys, values = self._memo.get((*(self._visual or (None, None)), self.prompts),
-                                      lambda: self._keys_values(attention))
-        if keys.shape[0] not in (1, query.shape[0]):
-            raise ValueError(f"a batch of {query.shape[0]} rows was given {keys.shape[0]} visual prompt sets: pass "
-                             "one image (or visual tokens) per row")
+        (B x H x T x d) of `attention`, with the projected global visual feature of each row (B x 1 x C) added to
+        every prompt of rows with an image (None: the learnable prompts alone)."""
+        if visual is not None:
+            if visual.tokens.shape[1:] != (1, self.prompts.shape[1]):
+                raise ValueError(f"LLaMA-Adapter takes one visual feature per row, B x 1 x {self.prompts.shape[1]}; "
+                                 f"got {tuple(visual.tokens.shape)}")
+            visual.check_rows(query.shape[0])
+        tensors = (None, None) if visual is None else (visual.tokens, visual.has_image)
+        keys, values = self._memo.get((*tensors, self.prompts), lambda: self._keys_values(attention, visual))
         scores = torch.matmul(query, keys.to(query.dtype).transpose(2, 3)) * attention.scaling
         gate = self.gate.tanh().to(query.dtype).view(1, -1, 1, 1)
         weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype) * gate
         return torch.matmul(weights, values.to(query.dtype)).transpose(1, 2)
 
-    def _prompt_set(self) -> torch.Tensor:
+    def _prompt_set(self, visual: VisualPrompts | None) -> torch.Tensor:
         """P_l (1 x K x C), or P_l + I_p(b) for each row (B x K x C); a row without an image adds exact zeros."""
-        if self._visual is None:
+        if visual is None:
             return self.prompts[None]
-        tokens, has_image = self._visual
+        tokens, has_image = visual.tokens, visual.has_image
         # a multiplication, not a selection: the projection stays in the graph of an all text-only batch
         return self.prompts + tokens.to(self.prompts.dtype) * has_image[:, None, None].to(self.prompts.dtype)
 
-    def _keys_values(self, attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    def _keys_values(self, attention: nn.Module, visual: VisualPrompts | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The prompts through the layer's frozen k_proj and v_proj (no RoPE), as B x H x K x d."""
-        prompts = self._prompt_set()
+        prompts = self._prompt_set(visual)
         batch, length, _ = prompts.shape
         heads = self.gate.shape[0]
 
@@ -148,7 +134,7 @@ def adapted_attention(base: str) -> Callable:
         output, weights = _base_attention(module, base)(module, query, key, value, attention_mask, **kwargs)
         prompts = getattr(module, "adaption_prompts", None)
         if prompts is not None:
-            output = output + prompts(module, query).to(output.dtype)
+            output = output + prompts(module, query, kwargs.get(KEYWORD)).to(output.dtype)
         return output, weights
 
     return attention
@@ -193,6 +179,7 @@ def apply_adaption_prompts(model: nn.Module, settings: LlamaAdapterSettings) -> 
             settings.adapter_len, config.hidden_size, config.num_attention_heads, layer.self_attn.q_proj.weight.device
         )
     model.set_attn_implementation(IMPLEMENTATION.format(base))
+    accept_in_generate(model)
     return model
 
 
@@ -200,6 +187,7 @@ class LlamaAdapterModel(PromptedModel):
     """A frozen causal LM with LLaMA-Adapter prompts; images add their projected CLS feature to the prompts."""
 
     method = "llama_adapter"
+    settings_sections = ("llama_adapter",)
 
     def __init__(
         self, language_model: nn.Module, tokenizer: Any, settings: LlamaAdapterSettings,
@@ -210,14 +198,9 @@ class LlamaAdapterModel(PromptedModel):
         self.settings = settings
         self.projection = VisualProjection(self.vision_width, language_model.config.hidden_size).to(self.device)
 
-    @classmethod
-    def build(cls, language_model: nn.Module, tokenizer: Any, config: ModelConfig, vision: VisionEncoder | None,
-              vision_identity: dict[str, Any] | None) -> LlamaAdapterModel:
-        return cls(language_model, tokenizer, config.llama_adapter, vision, vision_identity=vision_identity)
-
     def adapter_config(self) -> dict[str, Any]:
         return self.settings.to_dict()
 
-    def prompt_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+    def visual_prompts(self, tokens: torch.Tensor, has_image: torch.Tensor) -> VisualPrompts:
         """The global feature only: the CLS token (the encoder's first), projected."""
-        return self.projection(tokens[:, :1])
+        return VisualPrompts(self.projection(tokens[:, :1]), has_image)

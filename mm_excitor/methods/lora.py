@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -20,9 +20,6 @@ from torch import nn
 from ..checkpoint import keep_trainable_in_fp32
 from ..vision import VisionEncoder
 from .prefix import PrefixSettings, VisualPrefixModel
-
-if TYPE_CHECKING:
-    from ..factory import ModelConfig
 
 
 ALL_LINEAR = "all-linear"
@@ -66,6 +63,7 @@ class LoraPrefixModel(VisualPrefixModel):
     """A frozen causal LM with peft LoRA, reading projected visual tokens as a prefix."""
 
     method = "lora"
+    settings_sections = ("lora", "prefix")
 
     def __init__(
         self, language_model: nn.Module, tokenizer: Any, lora: LoraSettings, prefix: PrefixSettings,
@@ -80,11 +78,6 @@ class LoraPrefixModel(VisualPrefixModel):
         except ValueError as error:  # peft names the targets it did not find
             raise ValueError(f"model.lora.target_modules {lora.target_modules}: {error}") from None
         keep_trainable_in_fp32(self.language_model)
-
-    @classmethod
-    def build(cls, language_model: nn.Module, tokenizer: Any, config: ModelConfig, vision: VisionEncoder | None,
-              vision_identity: dict[str, Any] | None) -> LoraPrefixModel:
-        return cls(language_model, tokenizer, config.lora, config.prefix, vision, vision_identity=vision_identity)
 
     def adapter_config(self) -> dict[str, Any]:
         return {"lora": self.lora_settings.to_dict(), "prefix": self.prefix_settings.to_dict()}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,8 +26,6 @@ from ..generation import Decoding
 from ..multimodal import IGNORE_INDEX, VisionLanguageModel
 from ..vision import VisionEncoder
 
-if TYPE_CHECKING:
-    from ..factory import ModelConfig
 
 PROJECTORS = ("mlp2x_gelu", "linear")
 
@@ -98,6 +96,7 @@ class VisualPrefixModel(VisionLanguageModel):
     """A frozen causal LM reading projected visual tokens as a prefix of its input embeddings."""
 
     method = "prefix"
+    settings_sections = ("prefix",)
     # The prefix is built for every row that passes visual tokens (masked for rows without an image), so the
     # projector gets a gradient in every step.
     ddp_find_unused_parameters = False
@@ -111,11 +110,6 @@ class VisualPrefixModel(VisionLanguageModel):
         self.prefix_settings = prefix
         self.projector = PrefixProjector(prefix.projector, self.vision_width,
                                          language_model.config.hidden_size).to(self.device)
-
-    @classmethod
-    def build(cls, language_model: nn.Module, tokenizer: Any, config: ModelConfig, vision: VisionEncoder | None,
-              vision_identity: dict[str, Any] | None) -> VisualPrefixModel:
-        return cls(language_model, tokenizer, config.prefix, vision, vision_identity=vision_identity)
 
     def adapter_config(self) -> dict[str, Any]:
         return self.prefix_settings.to_dict()

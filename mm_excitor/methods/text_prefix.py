@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from peft import PrefixTuningConfig, get_peft_model
@@ -26,9 +26,6 @@ from ..generation import Decoding
 from ..checkpoint import keep_trainable_in_fp32
 from ..multimodal import VisionLanguageModel
 from ..vision import VisionEncoder
-
-if TYPE_CHECKING:
-    from ..factory import ModelConfig
 
 
 @dataclass
@@ -51,6 +48,7 @@ class TextPrefixModel(VisionLanguageModel):
     """A frozen causal LM with peft prefix-tuning; language-only (a row with an image is an error)."""
 
     method = "text_prefix"
+    settings_sections = ("text_prefix",)
     takes_images = False
     # The prefix enters every layer of every call.
     ddp_find_unused_parameters = False
@@ -67,11 +65,6 @@ class TextPrefixModel(VisionLanguageModel):
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             self.language_model = get_peft_model(language_model, config)
         keep_trainable_in_fp32(self.language_model)
-
-    @classmethod
-    def build(cls, language_model: nn.Module, tokenizer: Any, config: ModelConfig, vision: VisionEncoder | None,
-              vision_identity: dict[str, Any] | None) -> TextPrefixModel:
-        return cls(language_model, tokenizer, config.text_prefix, vision, vision_identity=vision_identity)
 
     def adapter_config(self) -> dict[str, Any]:
         return self.settings.to_dict()
@@ -95,8 +88,4 @@ class TextPrefixModel(VisionLanguageModel):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: torch.Tensor | None,
         has_image: torch.Tensor, decoding: Decoding,
     ) -> torch.Tensor:
-        output = self.language_model.generate(
-            input_ids=input_ids, attention_mask=attention_mask,
-            **decoding.generate_kwargs(self.pad_token_id(), self.tokenizer.eos_token_id),
-        )
-        return output[:, input_ids.shape[1]:]
+        return self.generate_new_tokens(input_ids, attention_mask, decoding)

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..model import excitor_blocks
 
 
 @dataclass(frozen=True)
@@ -152,9 +151,7 @@ def _wrap_ddp(model: nn.Module, info: DistInfo, find_unused: bool | None) -> nn.
 def _wrap_fsdp(model: nn.Module, info: DistInfo) -> nn.Module:
     """Shard the model with FSDP2 so that the frozen base is split over the ranks instead of replicated.
 
-    Units, innermost first: each Excitor block (its trainable prompts, projections and gate, plus the frozen k_proj
-    it wraps, because the block reads k_proj's weight outside k_proj's own forward to project the prompts); every
-    other maximal all-trainable module (e.g. a visual projection); each decoder layer (frozen); the root (frozen
+    Units, innermost first: the adapter's own units (`adapter_units`); each decoder layer (frozen); the root (frozen
     embeddings, final norm, head). FSDP2 keeps per-parameter DTensors, so frozen and trainable tensors never share
     a flat buffer and frozen ones get no gradient memory.
     """
@@ -165,11 +162,7 @@ def _wrap_fsdp(model: nn.Module, info: DistInfo) -> nn.Module:
             if parameter.requires_grad:
                 parameter.data = parameter.data.to(info.device)
                 dist.broadcast(parameter.data, src=0)
-    blocks = excitor_blocks(model)
-    for block in blocks:
-        fully_shard(block)
-    block_ids = {id(m) for b in blocks for m in b.modules()}
-    for module in _trainable_subtrees(model, block_ids):
+    for module in adapter_units(model):
         fully_shard(module)
     for layer in _decoder_layers(model):
         fully_shard(layer)
@@ -188,17 +181,20 @@ def _decoder_layers(model: nn.Module) -> list[nn.Module]:
     ]
 
 
-def _trainable_subtrees(model: nn.Module, skip: set[int]) -> list[nn.Module]:
-    """Maximal submodules outside `skip` whose parameters all train (and have any). A container without a forward
-    (peft keeps LoRA's A and B in ModuleDicts) is not a unit: FSDP hooks a module's forward, so its children are."""
+def adapter_units(model: nn.Module) -> list[nn.Module]:
+    """The FSDP units of any method's adapter, whatever the method: every maximal submodule whose parameters all
+    train (a visual projection, LoRA's A and B linears, LLaMA-Adapter's prompts), and every submodule that holds
+    trainable parameters of its own next to frozen children, together with them (the Excitor's key projection reads
+    the frozen k_proj it wraps outside that k_proj's forward: FSDP gathers a unit's parameters around the unit's own
+    forward, so the unit must hold what it reads). A container without a forward (peft keeps LoRA's A and B in
+    ModuleDicts) is not a unit: FSDP hooks a module's forward, so its children are."""
     found = []
 
     def visit(module: nn.Module) -> None:
-        if id(module) in skip:
-            return
         params = list(module.parameters())
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
         container = isinstance(module, (nn.ModuleDict, nn.ModuleList))
-        if module is not model and params and all(p.requires_grad for p in params) and not container:
+        if module is not model and not container and params and (own or all(p.requires_grad for p in params)):
             found.append(module)
             return
         for child in module.children():

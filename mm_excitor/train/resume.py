@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import adapter_config_differences, identity_differences
+from ..checkpoint import adapter_config_differences
+from ..identity import identity_differences
 from ..diff import Difference, differences
 from ..integrity import DamagedCheckpointError
 from . import checkpoints as ckpt
