@@ -13,7 +13,6 @@ A measure of what the base model could already do (a capability probe) joins the
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import string
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 from eval.cli import add_generate_parser, generate
 from mm_excitor.cli import run_cli
-from mm_excitor.io import atomic_write_json, atomic_write_jsonl
+from mm_excitor.io import atomic_write_json, atomic_write_jsonl, read_answer_texts
 
 ARTICLES = {"a", "an", "the"}
 
@@ -60,15 +59,7 @@ def write_answers(records: list[dict], path: Path) -> None:
 
 def read_answers(path: Path) -> dict[str, str]:
     """id -> text of an answer file written by write_answers."""
-    answers = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-                answers[str(row["id"])] = str(row["text"])
-            except (ValueError, KeyError, TypeError):
-                raise ValueError(f"{path}: line {number}: expected {{\"id\", \"prompt\", \"text\"}}") from None
-    return answers
+    return read_answer_texts(path, "id", str)
 
 
 def score_answers_file(outputs: Path, references: Mapping[str, str], out_dir: Path,

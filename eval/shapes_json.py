@@ -19,7 +19,7 @@ from pathlib import Path
 
 from eval.cli import add_generate_parser, generate
 from mm_excitor.cli import run_cli
-from mm_excitor.io import atomic_write_json, atomic_write_jsonl
+from mm_excitor.io import atomic_write_json, atomic_write_jsonl, read_answer_texts
 
 KEYS = ("colour", "shape")
 
@@ -81,15 +81,7 @@ def score_answers(texts: Mapping[int, str], truth: Mapping[int, tuple[str, str]]
 
 def read_answers(path: Path) -> dict[int, str]:
     """image id -> text of an answer file written by write_answers."""
-    answers = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-                answers[int(row["image_id"])] = str(row["text"])
-            except (ValueError, KeyError, TypeError):
-                raise ValueError(f"{path}: line {number}: expected {{\"image_id\", \"prompt\", \"text\"}}") from None
-    return answers
+    return read_answer_texts(path, "image_id", int)
 
 
 def score_answers_file(predictions: Path, truth: Mapping[int, tuple[str, str]], out_dir: Path,

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,20 @@ def atomic_write_jsonl(path: Path | str, rows: Iterable[Any]) -> None:
 
 class JSONFileError(ValueError):
     """A JSON file that is missing, not UTF-8 or not valid JSON; the message names the file and the place."""
+
+
+def read_answer_texts(path: Path | str, key: str, key_type: Callable[[Any], Any]) -> dict[Any, str]:
+    """key -> text of a JSON-lines answer file (``{key, ..., "text"}`` per line, as the eval commands write it);
+    a bad line is an error naming the file and line."""
+    answers = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+                answers[key_type(row[key])] = str(row["text"])
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{path}: line {number}: expected {{\"{key}\", \"prompt\", \"text\"}}") from None
+    return answers
 
 
 def read_json(path: Path | str) -> Any:
