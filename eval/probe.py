@@ -101,6 +101,118 @@ def row_log_likelihoods(model: Any, rows: Sequence[Row], pad_id: int, batch_size
     return scores
 
 
+def prompt_sharing(model: Any) -> tuple[Any, int] | None:
+    """(the causal LM that `model` scores text with, the virtual tokens it keeps before the text) when a question's
+    prompt can be run once and its options scored against the prompt's KV cache with the same result as scoring
+    every option's full row: the frozen LM, and the methods that adapt it in place (the Excitor, LoRA, LLaMA-Adapter,
+    the visual prefix; text-only they run `language_model(input_ids, attention_mask)`). peft's prefix-tuning
+    (`text_prefix`) prepends its own key/value cache: its base model is run after `get_prompt`'s cache, at the
+    positions peft gives the text. None (every option's full row is scored) for any other peft wrapper."""
+    from peft import PeftModel, PeftType
+
+    language_model = getattr(model, "language_model", None)
+    if language_model is None:
+        return None
+    if not isinstance(language_model, PeftModel):
+        return language_model, 0
+    config = language_model.active_peft_config
+    if config.peft_type != PeftType.PREFIX_TUNING:
+        return None
+    return language_model, config.num_virtual_tokens
+
+
+def _right_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), B x max length, each row right-padded."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for n, row in enumerate(rows):
+        ids[n, :len(row)] = torch.tensor(row)
+        mask[n, :len(row)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def shared_prompt_log_likelihoods(language_model: Any, virtual_tokens: int, prompts: Sequence[list[int]],
+                                  replies: Sequence[Sequence[list[int]]], pad_id: int) -> list[list[float]]:
+    """Each reply's summed log-probability after its prompt, every prompt run once: the prompts' KV cache is
+    repeated to their replies, which are scored in one batch at the positions that follow their prompt (prompts
+    and replies right-padded, the padding masked out, so a row's score does not depend on its batch). With
+    `virtual_tokens` (peft prefix-tuning, `prompt_sharing`) the base model runs after peft's own prefix cache."""
+    from transformers import DynamicCache
+
+    model = language_model
+    device = language_model.get_input_embeddings().weight.device
+    cache = DynamicCache()
+    if virtual_tokens:
+        width = max(len(p) for p in prompts) + max(len(r) for options in replies for r in options)
+        cache = language_model.get_prompt(len(prompts), max_cache_len=virtual_tokens + width)
+        model = language_model.get_base_model()
+    prompt_ids, prompt_mask = (t.to(device) for t in _right_padded(prompts, pad_id))
+    lengths = prompt_mask.sum(1)
+    prefix = torch.ones((len(prompts), virtual_tokens), dtype=torch.long, device=device)
+    positions = virtual_tokens + torch.arange(prompt_ids.shape[1], device=device)[None].expand(len(prompts), -1)
+    out = model(input_ids=prompt_ids, attention_mask=torch.cat([prefix, prompt_mask], 1), position_ids=positions,
+                past_key_values=cache, use_cache=True)
+    first = out.logits[torch.arange(len(prompts), device=device), lengths - 1].float().log_softmax(-1)
+    owners = torch.tensor([n for n, options in enumerate(replies) for _ in options], device=device)
+    cache = out.past_key_values
+    cache.reorder_cache(owners)
+    reply_ids, reply_mask = (t.to(device) for t in _right_padded([r for options in replies for r in options], pad_id))
+    positions = (virtual_tokens + lengths[owners, None]
+                 + torch.arange(reply_ids.shape[1], device=device)[None])
+    mask = torch.cat([prefix[owners], prompt_mask[owners], reply_mask], 1)
+    logits = model(input_ids=reply_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True).logits
+    # reply token 0 follows the prompt's last token; token t > 0 follows reply token t - 1
+    logp = torch.cat([first[owners, None], logits[:, :-1].float().log_softmax(-1)], 1)
+    token = logp.gather(-1, reply_ids[..., None])[..., 0]
+    totals = (token * reply_mask).sum(1).tolist()
+    scores, start = [], 0
+    for options in replies:
+        scores.append(totals[start:start + len(options)])
+        start += len(options)
+    return scores
+
+
+def option_log_likelihoods(model: Any, tokenizer: Any, questions: Sequence[dict[str, Any]], batch_size: int,
+                           share_prompt: bool = True) -> list[list[float]]:
+    """Each question's options' summed log-likelihoods as replies to the question (`answer_row`). With
+    `share_prompt`, where `prompt_sharing` allows it, the question's prompt runs once for all its options and
+    questions are batched by about `batch_size` options; else (and for other models) every option's full row is
+    scored (`row_log_likelihoods`). Both give the same scores up to float rounding."""
+    rows = [[answer_row(tokenizer, question["question"], option) for option in question["options"]]
+            for question in questions]
+    sharing = prompt_sharing(model) if share_prompt else None
+    if sharing is None:
+        flat = row_log_likelihoods(model, [row for options in rows for row in options], pad_id(tokenizer), batch_size)
+        scores, start = [], 0
+        for options in rows:
+            scores.append(flat[start:start + len(options)])
+            start += len(options)
+        return scores
+    language_model, virtual_tokens = sharing
+    split = [[next(n for n, label in enumerate(labels) if label != IGNORE_INDEX) for _, labels in options]
+             for options in rows]
+    prompts = [options[0][0][:cut[0]] for options, cut in zip(rows, split)]
+    replies = [[ids[n:] for (ids, _), n in zip(options, cut)] for options, cut in zip(rows, split)]
+    order = sorted(range(len(questions)), key=lambda n: len(prompts[n]))
+    per_batch = max(1, batch_size // max(len(options) for options in rows))
+    scores: list[list[float]] = [[] for _ in questions]
+    was_training = language_model.training
+    language_model.eval()
+    try:
+        for start in range(0, len(order), per_batch):
+            chunk = order[start:start + per_batch]
+            found = shared_prompt_log_likelihoods(language_model, virtual_tokens, [prompts[n] for n in chunk],
+                                                  [replies[n] for n in chunk], pad_id(tokenizer))
+            for n, values in zip(chunk, found):
+                scores[n] = values
+    finally:
+        language_model.train(was_training)
+    return scores
+
+
 def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_token_ids(tokenizer)[0]
 
@@ -124,18 +236,10 @@ def load_probe(path: str | Path = PROBE_FILE) -> list[dict[str, Any]]:
 
 
 def score_probe(model: Any, tokenizer: Any, questions: Sequence[dict[str, Any]],
-                batch_size: int = 32) -> dict[str, Any]:
+                batch_size: int = 32, share_prompt: bool = True) -> dict[str, Any]:
     """Accuracy (%) overall and per category, by summed and by length-normalised option log-likelihood, with the
-    chance level; `predictions` holds each question's chosen option."""
-    rows, owners = [], []
-    for n, question in enumerate(questions):
-        for option in question["options"]:
-            rows.append(answer_row(tokenizer, question["question"], option))
-            owners.append(n)
-    scores = row_log_likelihoods(model, rows, pad_id(tokenizer), batch_size)
-    per_question: list[list[float]] = [[] for _ in questions]
-    for n, score in zip(owners, scores):
-        per_question[n].append(score)
+    chance level; `predictions` holds each question's chosen option. `share_prompt`: see `option_log_likelihoods`."""
+    per_question = option_log_likelihoods(model, tokenizer, questions, batch_size, share_prompt)
     results: dict[str, Any] = {"predictions": []}
     tallies: dict[str, list[tuple[bool, bool, float]]] = {}
     for question, option_scores in zip(questions, per_question):
