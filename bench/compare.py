@@ -4,13 +4,16 @@ the same data, prompts, budget and scorer, each next to its image-blind control.
     python -m bench.compare --task shapes-caption --methods excitor,lora,llama_adapter,prefix
     python -m bench.compare --task shapes-sqa --steps 600
     python -m bench.compare --task shapes-caption --sweep 2e-3,5e-3,1e-2    # each method's learning rate, swept
+    python -m bench.compare --task shapes-caption --seeds 0,1,2             # every row a mean over three seeds
 
 Every method trains with the same recipe (configs/demo.yaml or configs/shapes_scienceqa.yaml): the same steps,
 batch, data order and seed, and its own learning rate (LEARNING_RATES, or with `--sweep` the grid's rate with the
 lowest validation loss after the last step; the held-out score never chooses). Each run is `train_<task>.py` in
-its own process (its peak memory is its own) with `train.resume=latest` in `<out>/<method>/lr<lr>`, so an
+its own process (its peak memory is its own) with `train.resume=latest` in `<out>/<method>/lr<lr>` (with `--seeds`:
+`<out>/<method>/lr<lr>/seed<seed>`, the sweep at the first seed, then every seed at the rate it chose), so an
 interrupted comparison continues where it stopped, a finished run is not trained again, and a sweep's runs are the
-comparison's runs. After training, the run's own evaluation scores the held-out test split with the images and
+comparison's runs. With several seeds a row's numbers are their mean, with the sample standard deviation (`spread`)
+and each seed's values (`per_seed`) in compare.json, mean ± spread in compare.md, and the means in compare.png. After training, the run's own evaluation scores the held-out test split with the images and
 without them. Then generation speed is measured on the same prompts for every method, and every method's training
 step is timed again on one fixed batch, all methods interleaved in one process: the runs' own step times depend on
 what else the machine did while each ran, the side-by-side ratios do not. Writes `<out>/compare.json`,
@@ -163,11 +166,6 @@ def trainable_parameters(output_dir: Path, steps: int) -> int:
     return int(read_json(output_dir / "checkpoints" / f"step-{steps}" / "adapter_config.json")["num_parameters"])
 
 
-def run_directory(out: Path, method: str, lr: float) -> Path:
-    """One run per method and learning rate: a sweep's runs are the comparison's runs."""
-    return out / method / f"lr{lr:g}"
-
-
 def final_validation_loss(output_dir: Path, steps: int) -> float:
     """The validation loss after the last step (every comparison run validates exactly then)."""
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -221,40 +219,112 @@ def swept_rates(grid: list[float], extend: int, loss: Callable[[float], float]) 
         tried = sorted([*tried, beyond])
 
 
+@dataclass(frozen=True)
+class SeededRuns:
+    """A method's (or row's) runs: the sweep at the first seed, then every seed at the rate it chose."""
+
+    lr: float
+    """The swept rate with the lowest final validation loss at the first seed."""
+    sweep: dict[float, tuple[Path, dict[str, Any], float]]
+    """Every rate tried at the first seed: its run directory, summary.json and final validation loss."""
+    runs: dict[int | None, tuple[Path, dict[str, Any]]]
+    """Every seed's run at `lr` (its directory and summary.json); the key None: the recipe's own seed."""
+
+
+def seed_run_directory(out: Path, lr: float, seed: int | None) -> Path:
+    """`<out>/lr<lr>/seed<seed>`, or `<out>/lr<lr>` for one run at the recipe's seed: one run per learning rate and
+    seed, so a sweep's runs are the comparison's runs."""
+    run_dir = out / f"lr{lr:g}"
+    return run_dir if seed is None else run_dir / f"seed{seed}"
+
+
+def train_seeds(preset: TaskPreset, method: str, name: str, grid: list[float], extend: int,
+                seeds: list[int] | None, steps: int, out: Path, overrides: list[str],
+                evaluate: bool = True) -> SeededRuns:
+    """Sweep `grid` (extended past a winning edge, `swept_rates`) at the first of `seeds`, then train every seed at
+    the rate with the lowest final validation loss (never the held-out score). Each run is `run_method`'s resumable
+    run in `seed_run_directory(out, lr, seed)` with `train.seed=<seed>` (`seeds` None: one seed, the recipe's);
+    `name` labels the progress lines."""
+    seeds = [None] if seeds is None else seeds
+
+    def run(lr: float, seed: int | None) -> tuple[Path, dict[str, Any]]:
+        run_dir = seed_run_directory(out, lr, seed)
+        seeded = overrides if seed is None else [*overrides, f"train.seed={seed}"]
+        label = f"{name} (lr {lr:g})" if seed is None else f"{name} (lr {lr:g}, seed {seed})"
+        return run_dir, run_method(preset, method, lr, steps, run_dir, seeded, label=label, evaluate=evaluate)
+
+    sweep: dict[float, tuple[Path, dict[str, Any], float]] = {}
+    for lr in swept_rates(grid, extend, lambda rate: sweep[rate][2]):
+        run_dir, summary = run(lr, seeds[0])
+        sweep[lr] = (run_dir, summary, final_validation_loss(run_dir, steps))
+    lr = min(sweep, key=lambda rate: sweep[rate][2])
+    runs = {seeds[0]: sweep[lr][:2], **{seed: run(lr, seed) for seed in seeds[1:]}}
+    return SeededRuns(lr, sweep, runs)
+
+
+def mean_and_spread(values: list[float]) -> tuple[float, float]:
+    """The mean over seeds and the sample standard deviation (0 for one seed)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def over_seeds(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(means, spreads) of the seeds' records, key by key and into nested dicts: the mean and sample standard
+    deviation of every number; any other value is the first seed's (and has no spread)."""
+    means: dict[str, Any] = {}
+    spreads: dict[str, Any] = {}
+    for key, first in records[0].items():
+        values = [record[key] for record in records]
+        if isinstance(first, dict):
+            means[key], spreads[key] = over_seeds(values)
+        elif isinstance(first, (int, float)) and not isinstance(first, bool) and None not in values:
+            means[key], spreads[key] = mean_and_spread(values)
+        else:
+            means[key] = first
+    return means, spreads
+
+
+def seed_scores(preset: TaskPreset, run_dir: Path, summary: dict[str, Any], steps: int, probe: Path,
+                probe_per_category: int | None) -> dict[str, Any]:
+    """One seed's run as a row reports it: its training, its held-out scores and its retention."""
+    return {
+        "val_loss": final_validation_loss(run_dir, steps), "step_s": step_time(run_dir),
+        "train_time_s": summary["train_time_s_total"], "peak_memory_bytes": summary["peak_memory_bytes"],
+        "tokens_per_s": summary["tokens_per_s"],
+        "image": summary["eval"]["image"], "blind": summary["eval"]["blind"],
+        **retention.run_scores(preset.task, run_dir, probe, probe_per_category),
+    }
+
+
 def compare(args: argparse.Namespace) -> dict[str, Any]:
-    """Train every method at each candidate learning rate (resumable runs, each scored on the held-out split with
-    and without images); a method's row is its run with the lowest final validation loss, never chosen by the
-    held-out score."""
+    """Train every method at each candidate learning rate at the first seed, then every seed at the rate with the
+    lowest final validation loss (resumable runs, each scored on the held-out split with and without images; the
+    held-out score never chooses). A method's row holds the mean over seeds of every number, its sample standard
+    deviation (`spread`) and each seed's own values (`per_seed`)."""
     preset = PRESETS[args.task]
     steps = args.steps or preset.steps
     out = args.out or REPO / "runs" / "compare" / args.task
     overrides = [*args.override, f"train.eval_every_steps={steps}"]
     rows, sweep = [], {}
     for method in args.methods:
-        runs = {}
-        for lr in swept_rates(candidate_rates(args, method), args.sweep_extend,
-                              lambda rate: runs[rate][2]):
-            run_dir = run_directory(out, method, lr)
-            summary = run_method(preset, method, lr, steps, run_dir, overrides, label=f"{method} (lr {lr:g})")
-            runs[lr] = (run_dir, summary, final_validation_loss(run_dir, steps))
+        trained = train_seeds(preset, method, method, candidate_rates(args, method), args.sweep_extend, args.seeds,
+                              steps, out / method, overrides)
         sweep[method] = {f"{lr:g}": {"val_loss": loss, "image": summary["eval"]["image"][preset.metric],
                                      "blind": summary["eval"]["blind"][preset.metric]}
-                         for lr, (_, summary, loss) in runs.items()}
-        lr = min(runs, key=lambda rate: runs[rate][2])
-        run_dir, summary, loss = runs[lr]
+                         for lr, (_, summary, loss) in trained.sweep.items()}
+        per_seed = [{"seed": seed, "run": str(run_dir),
+                     **seed_scores(preset, run_dir, summary, steps, args.probe, args.probe_per_category)}
+                    for seed, (run_dir, summary) in trained.runs.items()]
+        means, spreads = over_seeds([{k: v for k, v in record.items() if k not in ("seed", "run")}
+                                     for record in per_seed])
+        run_dir, summary = next(iter(trained.runs.values()))
         rows.append({
-            "method": method, "lr": lr, "steps": steps, "val_loss": loss,
+            "method": method, "lr": trained.lr, "steps": steps, "seeds": [record["seed"] for record in per_seed],
             "trainable_parameters": trainable_parameters(run_dir, steps),
-            "step_s": step_time(run_dir),
-            "train_time_s": summary["train_time_s_total"],
-            "peak_memory_bytes": summary["peak_memory_bytes"], "peak_memory_kind": summary["peak_memory_kind"],
-            "tokens_per_s": summary["tokens_per_s"],
-            "protocol": summary.get("eval_protocol"),
-            "image": summary["eval"]["image"], "blind": summary["eval"]["blind"],
+            **means, "peak_memory_kind": summary["peak_memory_kind"], "protocol": summary.get("eval_protocol"),
             "generation_tokens_per_s": generation_speed(preset, run_dir, args.gen_prompts, args.gen_tokens),
-            **retention.run_scores(preset.task, run_dir, args.probe),
+            "spread": spreads, "per_seed": per_seed,
         })
-    base = retention.base_scores(preset.task, run_dir, out, args.probe)
+    base = retention.base_scores(preset.task, run_dir, out, args.probe, args.probe_per_category)
     retention.add_changes(rows, base)
     if args.side_by_side_repeats:
         side_by_side = side_by_side_step_times(
@@ -262,9 +332,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             args.side_by_side_repeats)
         for row in rows:
             row["step_s_side_by_side"] = side_by_side[row["method"]]
-    results = {"task": args.task, "recipe": preset.recipe, "steps": steps, "metric": preset.metric,
-               "columns": list(preset.columns), "overrides": [*preset.overrides, *args.override], "rows": rows,
-               "learning_rates": sweep, "retention_base": base}
+    results = {"task": args.task, "recipe": preset.recipe, "steps": steps, "seeds": args.seeds,
+               "metric": preset.metric, "columns": list(preset.columns),
+               "overrides": [*preset.overrides, *args.override], "probe_per_category": args.probe_per_category,
+               "rows": rows, "learning_rates": sweep, "retention_base": base}
     write_report(out / "compare", results, markdown, plot)
     return results
 
@@ -289,13 +360,18 @@ def markdown(results: dict[str, Any]) -> str:
               *([f"step / {reference['method']}'s, side by side"] if side_by_side else []), "peak memory", "tokens/s",
               *[f"{c} image" for c in columns], f"{results['metric']} blind", "gen tokens/s", *retention.header()]
     protocols = sorted({str(row.get("protocol")) for row in results["rows"]})
-    lines = [f"{results['task']}, {results['steps']} steps per method; scored by: {'; '.join(protocols)}", "",
+    seeds = results.get("seeds")
+    over = (f"; mean ± sample standard deviation over seeds {', '.join(map(str, seeds))}" if seeds and len(seeds) > 1
+            else "")
+    lines = [f"{results['task']}, {results['steps']} steps per method; scored by: {'; '.join(protocols)}{over}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results["rows"]:
+        spread = row.get("spread", {})
         cells = [row["method"], f"{row['lr']:g}", f"{row['trainable_parameters']:,}", f"{row['step_s']:.2f}",
                  *([f"{row['step_s_side_by_side'] / reference['step_s_side_by_side']:.2f}"] if side_by_side else []),
                  f"{row['peak_memory_bytes'] / 2**30:.2f} GiB", f"{row['tokens_per_s']:.0f}",
-                 *[_number(row["image"].get(c)) for c in columns], _number(row["blind"].get(results["metric"])),
+                 *[_number(row["image"].get(c), spread.get("image", {}).get(c)) for c in columns],
+                 _number(row["blind"].get(results["metric"]), spread.get("blind", {}).get(results["metric"])),
                  f"{row['generation_tokens_per_s']:.1f}", *retention.cells(row)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += retention.markdown_lines(results)
@@ -313,8 +389,9 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _number(value: float | None, spread: float | None = None) -> str:
+    """`value`, with ` ± spread` when seeds differ."""
+    return "-" if value is None else f"{value:.1f}" + (f" ± {spread:.1f}" if spread else "")
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -361,6 +438,18 @@ def sweep_grids(pairs: list[tuple[str, list[float]]], known: list[str]) -> dict[
     return grids
 
 
+def check_seeds(seeds: list[int] | None) -> None:
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise SystemExit(f"error: --seeds needs distinct seeds, got {seeds}")
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(seed) for seed in text.split(",") if seed]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SEED,SEED,...") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(PRESETS), required=True)
@@ -378,12 +467,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep-extend", type=int, default=2,
                         help="with --sweep: at most this many rates tried beyond the grid's edge while a method's "
                              "best rate is the largest or smallest tried")
+    parser.add_argument("--seeds", default=None, type=parse_seeds, metavar="SEED,SEED,...",
+                        help="training seeds of every method (runs <out>/<method>/lr<lr>/seed<seed>): the sweep runs "
+                             "at the first, then every seed at the rate it chose; a row is the mean and sample "
+                             "standard deviation over seeds. Default: one run at the recipe's seed "
+                             "(<out>/<method>/lr<lr>); for --task instruct 0,1,2")
     parser.add_argument("--gen-prompts", type=int, default=16, help="prompts in the generation-speed batch")
     parser.add_argument("--gen-tokens", type=int, default=8, help="new tokens per prompt when timing generation")
     parser.add_argument("--side-by-side-repeats", type=int, default=3,
                         help="timed rounds of the interleaved one-batch step timing of every method (0: skip it)")
     parser.add_argument("--probe", type=Path, default=PROBE_FILE,
                         help="capability probe of the retention columns (text-only, every run and the frozen base)")
+    parser.add_argument("--probe-per-category", type=int, default=None, metavar="N",
+                        help="score the first N probe questions of each category (default: every question)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a run-config override applied to every method (repeatable)")
     from bench.instruct_compare import add_instruct_arguments  # it builds on this module
@@ -398,9 +494,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from bench.instruct_compare import compare_instruct
 
         return compare_instruct(args)
-    if args.seeds is not None:
-        raise SystemExit("error: --seeds is the instruct preset's; for another preset run one comparison per seed "
-                         "(--override train.seed=S --out DIR, as `make compare` does)")
+    check_seeds(args.seeds)
     from mm_excitor.methods import METHODS
 
     args.methods = args.methods or ["excitor", "lora", "llama_adapter", "prefix"]

@@ -61,8 +61,6 @@ REFERENCE = "lora"
 
 
 def add_instruct_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--seeds", default=None, type=lambda text: [int(s) for s in text.split(",") if s],
-                       help="training seeds of every row (default 0,1,2); the sweep runs at the first")
     group.add_argument("--model", type=Path, default=Path(".cache/smollm2-135m-instruct"),
                        help="the LM to tune, to grow the pool with and to self-sample DELIA's answers")
     group.add_argument("--pool", type=Path, default=None,
@@ -73,7 +71,6 @@ def add_instruct_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--delia-ratio", type=float, default=1.0,
                        help="R of the DELIA rows; the training split leaves R x |train| pool queries to sample")
     group.add_argument("--answer-tokens", type=int, default=128, help="max new tokens of each held-out answer")
-    group.add_argument("--probe-limit", type=int, default=None, help="questions per category (default: all)")
     group.add_argument("--cache", type=Path, default=Path(".cache/delia"), help="grown pool and DELIA samples")
     group.add_argument("--max-new-tokens", type=int, default=96, help="of each DELIA self-sampled answer")
     group.add_argument("--sample-batch-size", type=int, default=8)
@@ -162,28 +159,13 @@ def answer_stats(new_tokens: Any, eos_token_id: int, max_new_tokens: int) -> lis
     return stats
 
 
-def probe_questions(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The probe's questions, the first `--probe-limit` of each category when given."""
-    from eval.probe import load_probe
-
-    questions = load_probe(args.probe)
-    if args.probe_limit is None:
-        return questions
-    taken: dict[str, int] = {}
-    kept = []
-    for question in questions:
-        taken[question["category"]] = taken.get(question["category"], 0) + 1
-        if taken[question["category"]] <= args.probe_limit:
-            kept.append(question)
-    return kept
-
-
 def score_model(model: Any, collator: Any, dataset: Any, args: argparse.Namespace) -> dict[str, Any]:
     """What `model` kept and learnt: the capability probe per category and the held-out human-written
     instructions' answer NLL (eval.probe), the tuning pool's held-out answers' NLL (eval.instruct), and the greedy
     answers to those held-out prompts: their length in tokens and the share that stop (EOS) in time."""
     from data.heldout import heldout_instructions
     from eval.instruct import answer_nll as pool_answer_nll
+    from bench.retention import probe_questions
     from eval.probe import answer_nll, score_probe
     from mm_excitor.generation import Decoding
 
@@ -199,7 +181,7 @@ def score_model(model: Any, collator: Any, dataset: Any, args: argparse.Namespac
         for item, text, stats in zip(chunk, texts, answer_stats(new, model.tokenizer.eos_token_id,
                                                                  args.answer_tokens)):
             answers.append({"id": item["meta"]["id"], "text": text, **stats})
-    probe = score_probe(model, model.tokenizer, probe_questions(args))
+    probe = score_probe(model, model.tokenizer, probe_questions(args.probe, args.probe_per_category))
     return {
         "heldout_nll": answer_nll(model, model.tokenizer, heldout_instructions()),
         "pool_nll": pool_answer_nll(model, dataset, collator, 8)["answer_nll"],
@@ -247,25 +229,15 @@ def score_base(preset: Any, overrides: list[str], args: argparse.Namespace, sett
 # --- runs ----------------------------------------------------------------------------------------------------------
 
 def train_row(name: str, args: argparse.Namespace, preset: Any, steps: int, overrides: list[str]) -> dict[str, Any]:
-    """The row's sweep at the first seed (the lowest final validation loss picks the rate), then its other seeds
-    at that rate; each run's directory `<out>/<row>/lr<lr>/seed<seed>`."""
-    from bench.compare import candidate_rates, final_validation_loss, run_method, swept_rates
+    """The row's sweep at the first seed (the lowest final validation loss picks the rate), then its other seeds at
+    that rate (bench.compare.train_seeds); each run's directory `<out>/<row>/lr<lr>/seed<seed>`."""
+    from bench.compare import candidate_rates, train_seeds
 
     row = ROWS[name]
-    row_overrides = [*overrides, *row.overrides]
-
-    def run(lr: float, seed: int) -> Path:
-        run_dir = args.out / name / f"lr{lr:g}" / f"seed{seed}"
-        run_method(preset, row.method, lr, steps, run_dir, [*row_overrides, f"train.seed={seed}"],
-                   label=f"{name} (lr {lr:g}, seed {seed})", evaluate=False)
-        return run_dir
-
-    losses: dict[float, float] = {}
-    for lr in swept_rates(candidate_rates(args, name, DEFAULT_GRID), args.sweep_extend, losses.__getitem__):
-        losses[lr] = final_validation_loss(run(lr, args.seeds[0]), steps)
-    lr = min(losses, key=losses.__getitem__)
-    return {"lr": lr, "val_loss": {f"{rate:g}": loss for rate, loss in losses.items()},
-            "runs": {seed: run(lr, seed) for seed in args.seeds}}
+    trained = train_seeds(preset, row.method, name, candidate_rates(args, name, DEFAULT_GRID), args.sweep_extend,
+                          args.seeds, steps, args.out / name, [*overrides, *row.overrides], evaluate=False)
+    return {"lr": trained.lr, "val_loss": {f"{rate:g}": loss for rate, (_, _, loss) in trained.sweep.items()},
+            "runs": {seed: run_dir for seed, (run_dir, _) in trained.runs.items()}}
 
 
 def without_answers(scores: dict[str, Any]) -> dict[str, Any]:
@@ -274,7 +246,10 @@ def without_answers(scores: dict[str, Any]) -> dict[str, Any]:
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    from bench.compare import mean_and_spread
+
+    mean, std = mean_and_spread(values)
+    return {"mean": mean, "std": std}
 
 
 def summarise(scores: list[dict[str, Any]], base: dict[str, Any] | None) -> dict[str, Any]:
@@ -299,7 +274,7 @@ def summarise(scores: list[dict[str, Any]], base: dict[str, Any] | None) -> dict
 
 def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
     from bench.compare import (
-        PRESETS, REPO, side_by_side_step_times, sweep_grids, trainable_parameters, write_report,
+        PRESETS, REPO, check_seeds, side_by_side_step_times, sweep_grids, trainable_parameters, write_report,
     )
     from bench.delia import shown
 
@@ -310,8 +285,7 @@ def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"error: unknown row(s) {', '.join(unknown)}; one of {', '.join([BASE, *ROWS])}")
     args.sweep = sweep_grids(args.sweep, list(ROWS))
     args.seeds = args.seeds if args.seeds is not None else [0, 1, 2]
-    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
-        raise SystemExit(f"error: --seeds needs distinct seeds, got {args.seeds}")
+    check_seeds(args.seeds)
     for name in ("model", "pool", "cache", "probe"):  # the runs' processes start in the repository root
         value = getattr(args, name)
         if value is not None and not value.is_absolute():
@@ -323,7 +297,7 @@ def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
     overrides = [*data["overrides"], f"train.eval_every_steps={steps}", f"train.device={args.device}",
                  *args.override]
     settings = {"answer_tokens": args.answer_tokens, "probe_sha256": file_sha256(args.probe),
-                "probe_limit": args.probe_limit}
+                "probe_limit": args.probe_per_category}
     base = score_base(preset, overrides, args, settings) if BASE in args.methods else None
     rows, learning_rates = [], {}
     if base is not None:
@@ -380,8 +354,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"instruct: {results['steps']} steps per run, seeds {', '.join(map(str, results['seeds']))}; pool "
              f"{results['pool']} ({split['train']} train, {split['val']} val, {split['eval']} held out; "
              f"{len(results['left_out'])} left out as repeating held-out text); DELIA rows "
-             f"R = {results['delia_ratio']:g}. Mean ± spread over seeds (change against the frozen base). Held-out "
-             "NLL: human-written held-out instructions (data.heldout); pool NLL: the pool's held-out records; "
+             f"R = {results['delia_ratio']:g}. Mean ± sample standard deviation over seeds (change against the "
+             "frozen base). Held-out NLL: human-written held-out instructions (data.heldout); pool NLL: the pool's "
+             "held-out records; "
              f"answers: greedy, at most {results['answer_tokens']} new tokens.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:

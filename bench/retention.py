@@ -38,27 +38,53 @@ def cached(path: Path, key: dict[str, Any], score: Callable[[], dict[str, Any]])
     return scores
 
 
-def _scores(model: Any, tokenizer: Any, probe_file: Path) -> dict[str, Any]:
-    from eval.probe import load_probe, retention
+def probe_questions(probe_file: Path, per_category: int | None = None) -> list[dict[str, Any]]:
+    """The probe's questions, only the first `per_category` of each category when given (a documented subset)."""
+    from eval.probe import load_probe
 
-    result = retention(model, tokenizer, load_probe(probe_file))
+    questions = load_probe(probe_file)
+    if per_category is None:
+        return questions
+    taken: dict[str, int] = {}
+    kept = []
+    for question in questions:
+        taken[question["category"]] = taken.get(question["category"], 0) + 1
+        if taken[question["category"]] <= per_category:
+            kept.append(question)
+    return kept
+
+
+def probe_key(probe_file: Path, per_category: int | None) -> dict[str, Any]:
+    """What the probe scores depend on: the probe file, and the subset when only one is scored."""
+    key: dict[str, Any] = {"probe_sha256": file_sha256(probe_file)}
+    if per_category is not None:
+        key["probe_per_category"] = per_category
+    return key
+
+
+def _scores(model: Any, tokenizer: Any, questions: list[dict[str, Any]]) -> dict[str, Any]:
+    from eval.probe import retention
+
+    result = retention(model, tokenizer, questions)
     return {"probe_accuracy": result["probe"]["accuracy"], "probe_chance": result["probe"]["chance"],
             "probe_categories": {c: s["accuracy"] for c, s in result["probe"]["categories"].items()},
             "heldout_nll": result["heldout_nll"]}
 
 
-def run_scores(task: str, run_dir: Path, probe_file: Path) -> dict[str, Any]:
-    """The text-only scores of a run's latest adapter."""
+def run_scores(task: str, run_dir: Path, probe_file: Path, per_category: int | None = None) -> dict[str, Any]:
+    """The text-only scores of a run's latest adapter (the probe's first `per_category` questions of each category
+    when given)."""
     from eval.probe import load_text_run
     from tasks.run import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(run_dir)
-    key = {"checkpoint": checkpoint.name, "probe_sha256": file_sha256(probe_file)}
-    return cached(Path(run_dir) / RUN_FILE, key,
-                   lambda: _scores(*load_text_run(task, run_dir, _device()), probe_file))
+    key = {"checkpoint": checkpoint.name, **probe_key(probe_file, per_category)}
+    return cached(Path(run_dir) / RUN_FILE, key, lambda: _scores(
+        *load_text_run(task, run_dir, _device()), probe_questions(probe_file, per_category)))
 
 
-def base_scores(task: str, run_dir: Path, out: Path, probe_file: Path) -> dict[str, Any]:
+def base_scores(task: str, run_dir: Path, out: Path, probe_file: Path,
+                per_category: int | None = None) -> dict[str, Any]:
     """The text-only scores of the frozen LM that the run at `run_dir` tuned."""
     from eval.probe import load_base
     from tasks import get_task
@@ -66,9 +92,10 @@ def base_scores(task: str, run_dir: Path, out: Path, probe_file: Path) -> dict[s
 
     model_config = read_run_config(get_task(task), run_dir).model
     key = {"language_model": str(model_config.language_model), "dtype": model_config.dtype,
-           "probe_sha256": file_sha256(probe_file)}
-    return cached(Path(out) / BASE_FILE, key,
-                   lambda: _scores(*load_base(model_config.language_model, model_config.dtype, _device()), probe_file))
+           **probe_key(probe_file, per_category)}
+    return cached(Path(out) / BASE_FILE, key, lambda: _scores(
+        *load_base(model_config.language_model, model_config.dtype, _device()),
+        probe_questions(probe_file, per_category)))
 
 
 def add_changes(rows: list[dict[str, Any]], base: dict[str, Any]) -> None:
@@ -83,8 +110,14 @@ def header() -> list[str]:
 
 
 def cells(row: dict[str, Any]) -> list[str]:
-    return [f"{row['probe_accuracy']:.1f} ({row['probe_change']:+.1f})",
-            f"{row['heldout_nll']:.3f} ({row['heldout_nll_change_pct']:+.1f}%)"]
+    """The row's probe accuracy and held-out NLL (± their spread over seeds) and their changes against the base."""
+    spread = row.get("spread", {})
+
+    def value(key: str, digits: int) -> str:
+        return f"{row[key]:.{digits}f}" + (f" ± {spread[key]:.{digits}f}" if spread.get(key) else "")
+
+    return [f"{value('probe_accuracy', 1)} ({row['probe_change']:+.1f})",
+            f"{value('heldout_nll', 3)} ({row['heldout_nll_change_pct']:+.1f}%)"]
 
 
 def markdown_lines(results: dict[str, Any]) -> list[str]:

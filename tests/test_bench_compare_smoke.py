@@ -3,6 +3,7 @@ columns score every run and the frozen base text-only, and the comparison is wri
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -83,6 +84,54 @@ def test_a_sweep_picks_the_lowest_validation_loss_and_its_runs_are_reused(assets
     capsys.readouterr()
     compare.main([*argv[:argv.index("--sweep")], "--lr", f"excitor={row['lr']:g}", *argv[argv.index("--sweep") + 4:]])
     assert f"excitor (lr {row['lr']:g}): done before" in capsys.readouterr().out  # the chosen run is the comparison's
+
+
+def test_seeds_sweep_at_the_first_and_a_row_is_their_mean_and_spread(assets, tmp_path, capsys):
+    argv = ["--task", "shapes-caption", "--methods", "excitor", "--steps", "2", "--out", str(tmp_path),
+            "--sweep", "1e-3,3e-2", "--sweep-extend", "0", "--seeds", "0,1", "--probe-per-category", "1",
+            "--gen-prompts", "2", "--gen-tokens", "2", "--side-by-side-repeats", "0", *tiny_overrides(assets)]
+    results = compare.main(argv)
+    (row,) = results["rows"]
+    chosen = f"lr{row['lr']:g}"
+    runs = {path.relative_to(tmp_path).as_posix() for path in tmp_path.glob("excitor/lr*/seed*")}
+    assert runs == {"excitor/lr0.001/seed0", "excitor/lr0.03/seed0", f"excitor/{chosen}/seed1"}
+    assert row["seeds"] == [0, 1] and [r["seed"] for r in row["per_seed"]] == [0, 1]
+    assert [r["run"] for r in row["per_seed"]] == [str(tmp_path / "excitor" / chosen / f"seed{s}") for s in (0, 1)]
+    for seed in (0, 1):
+        config = json.loads((tmp_path / "excitor" / chosen / f"seed{seed}" / "train_config.json").read_text())
+        assert config["run_config"]["train"]["seed"] == seed
+    cider = [r["image"]["CIDEr"] for r in row["per_seed"]]
+    assert row["image"]["CIDEr"] == pytest.approx(statistics.fmean(cider))
+    assert row["spread"]["image"]["CIDEr"] == pytest.approx(statistics.stdev(cider))
+    nll = [r["heldout_nll"] for r in row["per_seed"]]
+    assert nll[0] != nll[1] and row["heldout_nll"] == pytest.approx(statistics.fmean(nll))
+    assert row["spread"]["heldout_nll"] == pytest.approx(statistics.stdev(nll))
+    assert row["val_loss"] == pytest.approx(statistics.fmean(r["val_loss"] for r in row["per_seed"]))
+    assert results["learning_rates"]["excitor"][f"{row['lr']:g}"]["val_loss"] == row["per_seed"][0]["val_loss"]
+    stored = json.loads((tmp_path / "excitor" / chosen / "seed1" / retention.RUN_FILE).read_text())
+    assert stored["key"]["probe_per_category"] == 1 and len(row["probe_categories"]) == 2
+    table = (tmp_path / "compare.md").read_text()
+    assert "mean ± sample standard deviation over seeds 0, 1" in table.splitlines()[0]
+    assert f"{row['heldout_nll']:.3f} ± {row['spread']['heldout_nll']:.3f}" in table
+    capsys.readouterr()
+    again = compare.main(argv)  # every seed's run is found where it was trained
+    printed = capsys.readouterr().out
+    assert all(f"excitor (lr {lr}, seed 0): done before" in printed for lr in ("0.001", "0.03"))
+    assert f"excitor (lr {row['lr']:g}, seed 1): done before" in printed
+    assert again["rows"][0]["per_seed"] == row["per_seed"]
+
+
+def test_probe_per_category_keeps_the_first_questions_of_each_category(assets):
+    questions = retention.probe_questions(assets / "probe.jsonl", 1)
+    categories = [q["category"] for q in QUESTIONS]
+    assert questions == [q for n, q in enumerate(QUESTIONS) if q["category"] not in categories[:n]]
+    assert retention.probe_questions(assets / "probe.jsonl") == QUESTIONS
+
+
+@pytest.mark.parametrize("seeds", ["0,0", ","])
+def test_repeated_or_no_seeds_are_a_one_line_error(seeds):
+    with pytest.raises(SystemExit, match="distinct seeds"):
+        compare.main(["--task", "shapes-caption", "--seeds", seeds])
 
 
 @pytest.mark.parametrize(("losses", "extend", "tried"), [

@@ -59,11 +59,6 @@ def test_bad_instruct_arguments_are_one_line_errors(argv, message, tmp_path):
         compare.main(["--task", "instruct", "--out", str(tmp_path), *argv])
 
 
-def test_seeds_belong_to_the_instruct_preset():
-    with pytest.raises(SystemExit, match="--seeds is the instruct preset's"):
-        compare.main(["--task", "shapes-caption", "--seeds", "0,1"])
-
-
 @pytest.fixture(scope="module")
 def tiny_comparison(tmp_path_factory):
     """The comparison on tiny assets: a random-init LM whose tokenizer has a chat template, a 24-record pool in its
@@ -90,7 +85,7 @@ def tiny_comparison(tmp_path_factory):
     ]
     argv = ["--task", "instruct", "--methods", "base,excitor,lora", "--seeds", "0,1", "--steps", "2",
             "--model", str(root / "lm"), "--pool", str(root / "pool.jsonl"), "--val-items", "2", "--eval-items",
-            "4", "--delia-ratio", "1", "--answer-tokens", "3", "--probe-limit", "2", "--lr", "excitor=1e-2,lora=1e-2",
+            "4", "--delia-ratio", "1", "--answer-tokens", "3", "--probe-per-category", "2", "--lr", "excitor=1e-2,lora=1e-2",
             "--side-by-side-repeats", "1", "--out", str(root / "out"), "--cache", str(root / "cache"),
             *[arg for value in overrides for arg in ("--override", value)]]
     return compare.main(argv), root / "out", argv
