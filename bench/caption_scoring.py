@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
 from eval.caption_metrics import METRICS, score_captions  # noqa: E402
-from mm_excitor.io import atomic_write_json  # noqa: E402
+from bench.timing import add_output_arguments, argument_parser, command_line, report  # noqa: E402
 from eval.java import require_java  # noqa: E402
 from eval.ptb_tokenizer import CORENLP_JAR  # noqa: E402
 
@@ -217,9 +217,9 @@ def run_cli(gt: Path, results: Path, workdir: Path) -> Scores:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"python -m eval.caption score failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    report = json.loads((out / "caption_scores.json").read_text())
+    written = json.loads((out / "caption_scores.json").read_text())
     per_image = json.loads((out / "caption_per_image.json").read_text())["images"]
-    return report["metrics"], {row["image_id"]: {name: row[name] for name in METRICS} for row in per_image}
+    return written["metrics"], {row["image_id"]: {name: row[name] for name in METRICS} for row in per_image}
 
 
 RUNNERS: dict[str, Callable[[Path, Path, Path], Scores]] = {
@@ -368,8 +368,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--refs", type=int, default=5, help="reference captions per image")
     parser.add_argument("--seed", type=int, default=0)
@@ -377,9 +376,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ", ".join(SIDES))
     parser.add_argument("--tolerance", type=float, default=1e-6, help="largest score difference accepted")
     parser.add_argument("--workdir", type=Path, default=None, help="where the files go (default: a temp dir)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--command", default=None, help=argparse.SUPPRESS)
+    add_output_arguments(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
     args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     unknown = sorted(set(args.sides) - set(SIDES))
@@ -393,7 +390,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.command is None:
-        args.command = " ".join(["python", "bench/caption_scoring.py", *(sys.argv[1:] if argv is None else argv)])
+        args.command = command_line("bench/caption_scoring.py", argv)
     start = time.perf_counter()
     results: dict[str, Any] = {"environment": environment(args)}
     if args.workdir is not None:
@@ -401,13 +398,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="caption-bench-", dir=args.workdir) as tmp:
         results.update(run(args, Path(tmp)))
     results["environment"]["load_average_at_end"] = os.getloadavg()
-    results["environment"]["wall_s"] = time.perf_counter() - start
-    results["table"] = format_table(results)
-    atomic_write_json(args.out, results)
-    if not args.quiet:
-        print(results["table"])
-        print(f"wrote {args.out} ({results['environment']['wall_s']:.0f}s)")
-    return results
+    return report(results, format_table, args.out, args.quiet, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

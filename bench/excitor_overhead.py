@@ -38,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from bench.timing import (  # noqa: E402
-    autocast, decoder_flops, format_seconds, gpu_accounting, interleaved, model_flops_utilization, runtime_environment,
-    setup_device, share_frozen_copy, summary, synchronize, write_results,
+    add_output_arguments, argument_parser, autocast, command_line, decoder_flops, format_seconds, gpu_accounting,
+    interleaved, model_flops_utilization, report, runtime_environment, setup_device, share_frozen_copy, summary,
+    synchronize,
 )
 from mm_excitor import (  # noqa: E402
     ExcitorConfig, VisualPrompts, apply_excitor, count_parameters, excitor_blocks,
@@ -590,8 +591,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--shapes", default="smollm2-135m,llama7b-layers",
                         help="comma-separated: smollm2-135m, llama7b-layers, tiny")
     parser.add_argument("--smollm2-batch", type=int, default=2)
@@ -620,9 +620,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the GPU's dense bf16 peak for the MFU (default: from bench.timing.PEAK_BF16_TFLOPS)")
     parser.add_argument("--no-full-count", action="store_true",
                         help="skip the trainable-parameter count at full LLaMA-7B size (meta device)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--command", default=None, help=argparse.SUPPRESS)
+    add_output_arguments(parser, DEFAULT_OUT)
     return parser.parse_args(argv)
 
 
@@ -644,7 +642,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"unknown shapes {unknown}; choose from {sorted(all_shapes)}")
     if args.command is None:
-        args.command = " ".join(["python", "bench/excitor_overhead.py", *(sys.argv[1:] if argv is None else argv)])
+        args.command = command_line("bench/excitor_overhead.py", argv)
 
     start = time.perf_counter()
     results: dict[str, Any] = {"environment": environment(args, device, dtype), "shapes": {}}
@@ -652,11 +650,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["shapes"][name] = bench_shape(name, all_shapes[name], args, device, dtype)
     if not args.no_full_count:
         results["trainable_params_full_llama7b"] = full_llama7b_params()
-    results["environment"]["wall_s"] = time.perf_counter() - start
-
-    results["table"] = format_table(results)
-    write_results(results, args.out, args.quiet)
-    return results
+    return report(results, format_table, args.out, args.quiet, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

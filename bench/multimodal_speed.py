@@ -49,8 +49,9 @@ sys.path.insert(0, str(REPO))  # run from anywhere without installing
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from bench.timing import (  # noqa: E402
-    autocast, decoder_flops, format_seconds, gpu_accounting, interleaved, model_flops_utilization, runtime_environment,
-    setup_device, share_frozen_copy, summary, synchronize, write_results,
+    add_output_arguments, argument_parser, autocast, command_line, decoder_flops, format_seconds, gpu_accounting,
+    interleaved, model_flops_utilization, report, runtime_environment, setup_device, share_frozen_copy, summary,
+    synchronize,
 )
 from mm_excitor import ExcitorConfig, count_parameters, excitor_blocks  # noqa: E402
 from mm_excitor.feature_cache import build_feature_cache  # noqa: E402
@@ -436,8 +437,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--language-model", default="auto",
                         help="auto (.cache/smollm2-135m-instruct if present, else random init) | random | a local "
                              "Hugging Face directory")
@@ -461,9 +461,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the GPU's dense bf16 peak for the MFU (default: from bench.timing.PEAK_BF16_TFLOPS)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--command", default=None, help=argparse.SUPPRESS)
+    add_output_arguments(parser, DEFAULT_OUT)
     return parser.parse_args(argv)
 
 
@@ -472,7 +470,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = setup_device(args.threads, args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if args.command is None:
-        args.command = " ".join(["python", "bench/multimodal_speed.py", *(sys.argv[1:] if argv is None else argv)])
+        args.command = command_line("bench/multimodal_speed.py", argv)
     if args.num_images < args.batch or args.num_images < 1:
         raise SystemExit("--num-images must be at least --batch")
     args.vision = [v.strip() for v in args.vision.split(",") if v.strip()]
@@ -481,10 +479,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--vision: unknown encoders {unknown}; choose from {sorted(VISION)}")
     results: dict[str, Any] = {"environment": environment(args, device, dtype)}
     results.update(run(args, device, dtype))
-    results["environment"]["wall_s"] = results.pop("wall_s")
-    results["table"] = format_table(results)
-    write_results(results, args.out, args.quiet)
-    return results
+    return report(results, format_table, args.out, args.quiet, results.pop("wall_s"))
 
 
 if __name__ == "__main__":

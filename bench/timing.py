@@ -4,17 +4,21 @@ Imported as `bench.timing`: the scripts put the repository root on sys.path (pyt
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import transformers
+
+from mm_excitor.io import atomic_write_text
 
 
 def synchronize(device: torch.device) -> None:
@@ -104,12 +108,40 @@ def runtime_environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring's first paragraph as the description, defaults shown in --help."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, default_out: Path) -> None:
+    """`--out` (the JSON), `--quiet`, and the hidden `--command` (the command line the JSON records; default: this
+    process's, `command_line`)."""
+    parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--command", default=None, help=argparse.SUPPRESS)
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How `script` was run (`argv`, else this process's arguments), as the results record it."""
+    return " ".join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def report(results: dict[str, Any], format_table: Callable[[dict[str, Any]], str], out: Path, quiet: bool,
+           wall_s: float) -> dict[str, Any]:
+    """Record the run's wall time, add its table and write it all (`write_results`); the results."""
+    results["environment"]["wall_s"] = wall_s
+    results["table"] = format_table(results)
+    write_results(results, out, quiet)
+    return results
+
+
 def write_results(results: dict[str, Any], out: Path, quiet: bool) -> None:
     """Print the results' table, write the JSON to `out` and say where, so both scripts' outputs look alike."""
     if not quiet:
         print(results["table"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(out, json.dumps(results, indent=2, default=str) + "\n")
     if not quiet:
         print(f"wrote {out} ({results['environment']['wall_s']:.0f}s)")
 

@@ -127,7 +127,7 @@ def test_affinity_starts_at_the_configured_gain(gain):
 
 @pytest.mark.parametrize("mode", [None, "concat", "add"])
 def test_affinity_view_is_what_the_block_adds_to_the_keys(mode):
-    """`affinity_view` (what bench/affinity.py reports) must be the block's own arithmetic: its mixes give the
+    """`affinity_view` (what experiments/affinity.py reports) must be the block's own arithmetic: its mixes give the
     keys the block returns, with learnable prompts only and with visual prompts (one sample without an image)."""
     torch.manual_seed(0)
     block = excitor_blocks(apply_excitor(tiny_model(), replace(CONFIG, visual_prompt_mode=mode)))[0]

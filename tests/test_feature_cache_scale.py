@@ -1,5 +1,5 @@
 """The feature cache at 20,000 images: bounded memory, exact resume after SIGKILL, DataLoader reads at in-memory
-speed (bench/feature_cache_scale.py, about 4 minutes on 2 shared cores)."""
+speed (experiments/feature_cache_scale.py, about 4 minutes on 2 shared cores)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 
 @pytest.mark.slow
 def test_twenty_thousand_images_in_bounded_memory_resumable_and_read_at_memory_speed(tmp_path):
-    from bench import feature_cache_scale as bench
+    from experiments import feature_cache_scale as bench
 
     out = tmp_path / "scale.json"
     results = bench.main(["--scratch", str(tmp_path / "scratch"), "--out", str(out), "--quiet"])

@@ -1,12 +1,12 @@
 """Trainable parameters of every method (`model.method`) with its default settings, on the real shapes.
 
-    .venv/bin/python bench/method_params.py            # table + bench/results/method_params.json
+    .venv/bin/python experiments/method_params.py            # table + experiments/results/method_params.json
 
 Each model is built through the methods' own `build` on the meta device (nothing is allocated or downloaded):
 SmolLM2-135M (30 layers, 576 wide, GQA 9/3 heads) and LLaMA-7B (32 layers, 4096 wide, 32 heads), both fed ViT-L/14
 tokens (257 x 1024, the paper's encoder). Counts are split into what sits in the LM (Excitor blocks, LoRA
 matrices, adaption prompts, the language-only text_prefix's keys and values) and the visual projection, and are checked against closed-form counts in
-tests/test_bench_method_params.py.
+tests/test_experiments_method_params.py.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     settings = {name: to_dict(getattr(config, name)) for name in ("excitor", "lora", "llama_adapter", "prefix", "text_prefix")}
     results = {"counts": counts, "vision": VIT_L_14, "settings": settings, "table": "\n".join(lines),
-               "command": "python bench/method_params.py " + " ".join(argv or [])}
+               "command": "python experiments/method_params.py " + " ".join(argv or [])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     if not args.quiet:

@@ -1,6 +1,6 @@
 """What checking a feature cache against a config costs: hash the checkpoint file vs build the encoder.
 
-    .venv/bin/python bench/vision_identity_cost.py          # JSON to bench/results/vision_identity_cost.json
+    .venv/bin/python experiments/vision_identity_cost.py          # JSON to experiments/results/vision_identity_cost.json
 
 A random-init open_clip model (default ViT-L-14-quickgelu, nothing is downloaded) is saved as an open_clip
 safetensors checkpoint in a temporary directory (by a subprocess, so that this process's peak RSS is its own
@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
-from bench.timing import runtime_environment, write_results  # noqa: E402
+from bench.timing import command_line, runtime_environment, write_results  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "vision_identity_cost.json"
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     start = time.perf_counter()
     steps = run(args)
-    command = " ".join(["python", "bench/vision_identity_cost.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("experiments/vision_identity_cost.py", argv)
     results = {"environment": {**runtime_environment(torch.device("cpu")), "command": command,
                                "model_name": args.model_name, "wall_s": time.perf_counter() - start},
                **steps}

@@ -1,4 +1,4 @@
-"""bench/affinity.py on a tiny trained caption run: the figures of docs/design.md's "The affinity must not start
+"""experiments/affinity.py on a tiny trained caption run: the figures of docs/design.md's "The affinity must not start
 uniform", read at init and after training."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 import train_caption
-from bench import affinity
+from experiments import affinity
 from tests.test_entry_points import caption_args
 from tests.tiny_models import tiny_method_model, write_tiny_assets
 
@@ -54,7 +54,7 @@ def test_a_missing_run_is_one_error_line(tmp_path):
 
     from tests.test_entry_points import REPO
 
-    result = subprocess.run([sys.executable, "-m", "bench.affinity", "--task", "caption", "--run",
+    result = subprocess.run([sys.executable, "-m", "experiments.affinity", "--task", "caption", "--run",
                              str(tmp_path / "absent")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "absent" in result.stderr

@@ -1,7 +1,7 @@
 """What each adapter adds to one attention block's projections, over a sweep of tokens per micro-batch.
 
-    .venv/bin/python bench/adapter_cost.py                         # LLaMA-7B projections, JSON to bench/results/
-    .venv/bin/python bench/adapter_cost.py --shape smollm2-135m --tokens 128,1024
+    .venv/bin/python experiments/adapter_cost.py                         # LLaMA-7B projections, JSON to experiments/results/
+    .venv/bin/python experiments/adapter_cost.py --shape smollm2-135m --tokens 128,1024
 
 A whole training step (bench/excitor_overhead.py) is dominated by the frozen model, whose noise hides a few
 milliseconds of adapter work. Here only the adapters' own work is timed, side by side: the Excitor on k_proj (one
@@ -35,7 +35,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from bench.timing import (  # noqa: E402
-    gpu_accounting, interleaved, runtime_environment, setup_device, share_frozen_copy, write_results,
+    argument_parser, gpu_accounting, interleaved, report, runtime_environment, setup_device, share_frozen_copy,
 )
 from mm_excitor import ExcitorConfig  # noqa: E402
 from mm_excitor.layer import ExcitorKeyProjection  # noqa: E402
@@ -229,8 +229,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama7b")
     parser.add_argument("--tokens", default="128,256,512,1024,2048,4096",
                         help="comma-separated tokens per micro-batch (batch x sequence)")
@@ -289,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "environment": {
             **runtime_environment(device), "dtype": str(dtype).replace("torch.", ""), "warmup": args.warmup,
             "time_basis": "process CPU time" if device.type == "cpu" else "wall-clock time (synchronised)",
-            "repeats": args.repeats, "command": " ".join(["python", "bench/adapter_cost.py", *command_args]),
+            "repeats": args.repeats, "command": " ".join(["python", "experiments/adapter_cost.py", *command_args]),
         },
         "shape": args.shape,
         "shape_config": SHAPES[args.shape],
@@ -301,10 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sweep": sweep,
         "fits": fits,
     }
-    results["environment"]["wall_s"] = time.perf_counter() - start
-    results["table"] = format_table(results)
-    write_results(results, args.out, args.quiet)
-    return results
+    return report(results, format_table, args.out, args.quiet, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The feature cache at scale: bounded memory, exact resume after a kill, DataLoader reads at in-memory speed.
 
-    .venv/bin/python bench/feature_cache_scale.py          # 20,000 images; JSON to bench/results/feature_cache_scale.json
+    .venv/bin/python experiments/feature_cache_scale.py          # 20,000 images; JSON to experiments/results/feature_cache_scale.json
 
 Synthetic PNG images (32 px, random pixels) are cached with a tiny random-init open_clip ViT (32 px, 4 px patches,
 one layer of width 64: 65 tokens x 64, float16, 8,320 bytes per image), so that the run measures the cache and
@@ -43,7 +43,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
-from bench.timing import runtime_environment, write_results  # noqa: E402
+from bench.timing import argument_parser, command_line, report, runtime_environment  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "feature_cache_scale.json"
 ENCODER_NAME = "ScaleBenchViT"
@@ -376,8 +376,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argument_parser(__doc__)
     parser.add_argument("--images", type=int, default=20000, help="images of the large run")
     parser.add_argument("--small-images", type=int, default=2000, help="images of the small run (memory growth)")
     parser.add_argument("--image-size", type=int, default=32)
@@ -409,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps((child_build if args.child == "build" else child_read)(args)))
         return {}
     log = (lambda *a: print("[feature_cache_scale]", *a, flush=True)) if not args.quiet else (lambda *a: None)
-    command = " ".join(["python", "bench/feature_cache_scale.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("experiments/feature_cache_scale.py", argv)
     with tempfile.TemporaryDirectory(prefix="fc_scale_") as default_scratch:
         args.scratch = args.scratch or Path(default_scratch)
         args.scratch.mkdir(parents=True, exist_ok=True)
@@ -422,10 +421,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "VmHWM among its DataLoader workers (/proc, sampled while they live)",
         }}
         results.update(run(args, log))
-    results["environment"]["wall_s"] = results.pop("wall_s")
-    results["table"] = format_table(results)
-    write_results(results, args.out, args.quiet)
-    return results
+    return report(results, format_table, args.out, args.quiet, results.pop("wall_s"))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 (`OMP_WAIT_POLICY=ACTIVE`) or sleep (`PASSIVE`, what mm_excitor sets), on 1 and on all cores, alone and next to
 another busy process.
 
-    .venv/bin/python bench/threads.py                 # JSON to bench/results/threads.json
+    .venv/bin/python experiments/threads.py                 # JSON to experiments/results/threads.json
 
 Each setting runs in a fresh process (the wait policy is read when torch's OpenMP runtime starts): the multimodal
 Excitor of configs/demo.yaml on the converted SmolLM2-135M-Instruct (`make demo` converts it), a batch of 16
@@ -15,7 +15,6 @@ import argparse
 import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time

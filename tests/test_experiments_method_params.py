@@ -1,11 +1,11 @@
-"""bench/method_params.py counts what the closed-form formulas give (defaults: Excitor K=30 r=16 on 30 layers,
+"""experiments/method_params.py counts what the closed-form formulas give (defaults: Excitor K=30 r=16 on 30 layers,
 LoRA r=16 on q and v, LLaMA-Adapter 10 prompts on 30 layers, LLaVA-1.5's 2-layer MLP, prefix-tuning's 10
 virtual tokens; ViT-L/14 width 1024)."""
 from __future__ import annotations
 
 
 def test_trainable_parameter_counts_match_the_formulas(tmp_path):
-    from bench import method_params
+    from experiments import method_params
 
     counts = method_params.main(["--out", str(tmp_path / "params.json"), "--quiet"])["counts"]
     for shape, (width, layers, heads, kv_heads) in {"smollm2-135m": (576, 30, 9, 3),

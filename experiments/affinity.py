@@ -1,8 +1,8 @@
 """Where an Excitor's token-to-prompt affinity stands, layer by layer, for a run at init or after training.
 
-    .venv/bin/python -m bench.affinity --task caption --run runs/demo                   # its latest checkpoint
-    .venv/bin/python -m bench.affinity --task caption --run runs/demo --init            # as training started
-    .venv/bin/python -m bench.affinity --task caption --run runs/demo --init \\
+    .venv/bin/python -m experiments.affinity --task caption --run runs/demo                   # its latest checkpoint
+    .venv/bin/python -m experiments.affinity --task caption --run runs/demo --init            # as training started
+    .venv/bin/python -m experiments.affinity --task caption --run runs/demo --init \\
         --override model.excitor.affinity_init_gain=0.3333                               # nn.Linear's default init
 
 A uniform affinity shifts every key of a sample by one vector, which the attention softmax ignores: only the
