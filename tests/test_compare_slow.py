@@ -6,9 +6,6 @@ from __future__ import annotations
 import pytest
 
 from bench import compare
-from data.heldout import PROBE_FILE
-from data.instruct import read_records
-from mm_excitor.io import atomic_write_jsonl
 
 MIN_CIDER = {"excitor": 100.0, "prefix": 100.0, "lora": 100.0, "llama_adapter": 20.0}
 """Held-out CIDEr with images after 100 steps at each method's swept rate (LEARNING_RATES), several times below
@@ -21,12 +18,9 @@ on the image (four distinct captions), so it is held to learning the format only
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(MIN_CIDER))
 def test_each_method_learns_the_shapes_captions(method, tmp_path):
-    probe = tmp_path / "probe.jsonl"  # the retention columns on 10 questions per category: this test is about captions
-    questions = read_records(PROBE_FILE)
-    atomic_write_jsonl(probe, [q for c in sorted({q["category"] for q in questions})
-                               for q in [q for q in questions if q["category"] == c][:10]])
+    # the retention columns on 10 questions per category: this test is about captions
     results = compare.main(["--task", "shapes-caption", "--methods", method, "--out", str(tmp_path),
-                            "--side-by-side-repeats", "0", "--probe", str(probe)])
+                            "--side-by-side-repeats", "0", "--probe-per-category", "10"])
     (row,) = results["rows"]
     image, blind = row["image"]["CIDEr"], row["blind"]["CIDEr"]
     assert image > MIN_CIDER[method]
