@@ -3,13 +3,15 @@ the options) give the scores of every option's full row: for the frozen LM and f
 non-zero (trained-like) weights, peft prefix-tuning included."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from eval import probe
 from tests.delia.helpers import chat_tokenizer
 from tests.eval.test_eval_probe import QUESTIONS
-from tests.tiny_models import tiny_method_model, tiny_model
+from tests.tiny_models import tiny_method_config, tiny_method_model, tiny_model
 
 MORE = [
     {"id": "q4", "category": "shape", "question": "how many triangles are left of the big green square in the image ?",
@@ -18,10 +20,10 @@ MORE = [
 ]
 
 
-def trained(method: str):
+def trained(method: str, config=None):
     """`method`'s tiny model with every trainable tensor moved off its initialisation (gates open, LoRA's B
     non-zero), so the adapter changes what the base computes."""
-    model = tiny_method_model(method, base=tiny_model(seed=6))
+    model = tiny_method_model(method, base=tiny_model(seed=6), config=config)
     torch.manual_seed(7)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -31,10 +33,17 @@ def trained(method: str):
     return model
 
 
-ADAPTED_TEXT = ("excitor", "lora", "llama_adapter", "text_prefix")
+ADAPTED_TEXT = ("excitor", "excitor_reference", "lora", "llama_adapter", "text_prefix")
 """The methods that change text-only scores (the visual prefix only adds image tokens)."""
 MODELS = {"frozen": lambda: probe.FrozenLanguageModel(tiny_model(seed=6).eval()),
-          **{m: (lambda m=m: trained(m)) for m in ("excitor", "lora", "llama_adapter", "prefix", "text_prefix")}}
+          **{m: (lambda m=m: trained(m)) for m in ("excitor", "lora", "llama_adapter", "prefix", "text_prefix")},
+          "excitor_reference": lambda: trained("excitor", reference_excitor())}
+
+
+def reference_excitor():
+    """The tiny config with the Excitor's reference forward (no fast path)."""
+    config = tiny_method_config()
+    return dataclasses.replace(config, excitor=dataclasses.replace(config.excitor, key_association="reference"))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
