@@ -296,6 +296,7 @@ def compare_instruct(args: argparse.Namespace) -> dict[str, Any]:
     data = prepare_data(args, with_delia=any(ROWS[n].delia for n in args.methods if n != BASE))
     overrides = [*data["overrides"], f"train.eval_every_steps={steps}", f"train.device={args.device}",
                  *args.override]
+    # "probe_limit" is the cached scores' key from before --probe-per-category: scores cached under it stay valid
     settings = {"answer_tokens": args.answer_tokens, "probe_sha256": file_sha256(args.probe),
                 "probe_limit": args.probe_per_category}
     base = score_base(preset, overrides, args, settings) if BASE in args.methods else None
