@@ -47,7 +47,7 @@ instruct-shapes: $(SMOLLM2)/config.json $(CONVERSATIONS)/manifest.json
 demo: $(SMOLLM2)/config.json $(SHAPES)/manifest.json
 	$(PY) train_caption.py --config configs/demo.yaml
 
-# The method comparison tables of the README (each method, learning rate and seed trains in its own resumable run
+# The method comparison tables of docs/results.md (each method, learning rate and seed trains in its own resumable run
 # under runs/compare/; the caption table sweeps every method's rate at seed 0, then trains seeds 1 and 2 at the chosen
 # rate (mean ± spread over the three); the likelihood table two rates per method, then the Excitor's other seeds; the
 # letter table uses LEARNING_RATES).

@@ -5,7 +5,7 @@ Each option is scored as the answer to the question: its text in the ``QCM-optio
 the first). This is the standard protocol for multiple-choice benchmarks with small LMs (lm-evaluation-harness's
 `multiple_choice` tasks score options the same way): no text is generated and no letter is read, so it measures
 whether the model knows the answer, not whether it can name the option's letter — which a 135M LM trained for
-minutes does not learn (README, "ScienceQA on the shapes set"). The breakdown is the official one
+minutes does not learn (docs/results.md, "ScienceQA on the shapes set"). The breakdown is the official one
 (eval.scienceqa_metrics); every report says which protocol made it, and its numbers are never to be put next to
 letter-protocol numbers as if they were one.
 """

@@ -1,4 +1,4 @@
-"""The README's caption comparison, one slow run per method (`make test-slow`; 5-40 min each on 2 cores): every
+"""The caption comparison of docs/results.md, one slow run per method (`make test-slow`; 5-40 min each on 2 cores): every
 method learns captions from the images within the comparison's budget, and the Excitor's step costs at most half
 the prefix baseline's, timed side by side. Needs `make demo`'s assets (`make test-slow` builds them)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from bench import compare
 
 MIN_CIDER = {"excitor": 100.0, "prefix": 100.0, "lora": 100.0, "llama_adapter": 20.0}
 """Held-out CIDEr with images after 100 steps at each method's swept rate (LEARNING_RATES), several times below
-what the README's table measured (573.1, 520.3, 588.7, 115.7)."""
+what the one-seed table of docs/results.md measured (573.1, 520.3, 588.7, 115.7)."""
 MIN_OVER_BLIND = {"excitor": 10.0, "prefix": 10.0, "lora": 2.0}
 """CIDEr with images over CIDEr without (measured 2900x, 2600x, 8x). LLaMA-Adapter's captions barely depend
 on the image (four distinct captions), so it is held to learning the format only."""
@@ -32,4 +32,4 @@ def test_each_method_learns_the_shapes_captions(method, tmp_path):
 def test_the_excitor_step_costs_at_most_half_the_prefix_step():
     runs = {method: [f"model.method={method}"] for method in ("excitor", "prefix")}
     steps = compare.side_by_side_step_times(compare.PRESETS["shapes-caption"], runs, repeats=3)
-    assert steps["excitor"] <= 0.5 * steps["prefix"]  # measured 0.20 (README)
+    assert steps["excitor"] <= 0.5 * steps["prefix"]  # measured 0.20 (docs/results.md)

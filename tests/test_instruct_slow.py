@@ -1,6 +1,6 @@
 """The visual-conversation run: the Excitor trained through the instruct task on the shapes conversations in LLaVA's
 format (real SmolLM2-135M, random-init tiny CLIP), scored on held-out conversations with and without the image
-(about 40 min on 2 shared cores; its numbers: README, "Visual conversations through the instruct task").
+(about 40 min on 2 shared cores; its numbers: docs/results.md, "Visual conversations through the instruct task").
 
 Run with `make test-slow`, which first builds .cache/smollm2-135m-instruct and .cache/shapes-conversations
 (`make shapes-conversations`).

@@ -84,7 +84,7 @@ class TrainConfig:
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
     distributed: str = "ddp"
-    """With more than one process: 'ddp' (a replica per device) or 'fsdp' (sharded frozen base, see README)."""
+    """With more than one process: 'ddp' (a replica per device) or 'fsdp' (sharded frozen base, see docs/usage.md)."""
     find_unused_parameters: bool | None = None
     """DDP only; None decides from the model (see distributed.py)."""
 
