@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmark scripts, so that both measure and report in exactly the same way.
+"""Measurement helpers shared by the benchmark scripts and the studies, so that all measure and report alike.
 
 Imported as `bench.timing`: the scripts put the repository root on sys.path (pytest does too).
 """
@@ -13,7 +13,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import transformers
@@ -81,6 +81,24 @@ def format_seconds(stats: dict[str, Any]) -> str:
     """A `summary`'s median for the Markdown tables, with the CPU-time median where there is one."""
     text = f"{stats['median_s']:.3f} s"
     return text + (f" (cpu {stats['cpu_median_s']:.3f} s)" if "cpu_median_s" in stats else "")
+
+
+def storages_saved_for_backward(forward: Callable[[], object],
+                                arguments: Iterable[torch.Tensor | None]) -> dict[int, int]:
+    """Bytes of each storage `forward()` saves for backward, apart from the storages of its tensor `arguments`
+    (which exist anyway)."""
+    excluded = {t.untyped_storage().data_ptr() for t in arguments if t is not None}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return storages
 
 
 def cpu_name() -> str:

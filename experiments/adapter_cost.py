@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from bench.timing import (  # noqa: E402
     argument_parser, gpu_accounting, interleaved, report, runtime_environment, setup_device, share_frozen_copy,
+    storages_saved_for_backward,
 )
 from mm_excitor import ExcitorConfig  # noqa: E402
 from mm_excitor.layer import ExcitorKeyProjection  # noqa: E402
@@ -110,18 +111,7 @@ def variants(
 
 def saved_bytes(model: nn.Module, run: Callable[[], Any]) -> int:
     """Unique bytes autograd saves during `run` (parameters and buffers excluded)."""
-    exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in exclude:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(storages.values())
+    return sum(storages_saved_for_backward(run, (*model.parameters(), *model.buffers())).values())
 
 
 def fit_line(tokens: list[int], values: list[float]) -> dict[str, float]:

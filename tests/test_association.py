@@ -14,6 +14,7 @@ import torch
 from mm_excitor import ExcitorConfig, VisualPrompts, apply_excitor, excitor_blocks, fast_path
 from mm_excitor.bypass import TokenSide, gated_token_bypass
 from mm_excitor.fast_path import association_costs
+from bench.timing import storages_saved_for_backward
 from tests.tiny_models import tiny_model
 
 ORDERS = ("prompt", "token", "token-head-loop")
@@ -129,18 +130,9 @@ def test_token_side_refuses_a_trainable_key_projection():
 def saved_storages(tokens: int, pieces: str) -> dict[int, int]:
     """Bytes of each storage the token side saves for backward, apart from its tensor arguments."""
     tensors, mask = token_inputs(PIECES[pieces], dtype=torch.float32, tokens=tokens)
-    arguments = {t.untyped_storage().data_ptr() for t in (*tensors.values(), mask) if t is not None}
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in arguments:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        gated_token_bypass(**tensors, mask=mask, options=TokenSide(0.3, torch.float32, torch.float32, True))
-    return storages
+    options = TokenSide(0.3, torch.float32, torch.float32, True)
+    return storages_saved_for_backward(lambda: gated_token_bypass(**tensors, mask=mask, options=options),
+                                       (*tensors.values(), mask))
 
 
 @pytest.mark.parametrize("pieces", ["shared", "concat"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mm_excitor.bypass import gated_prompt_bypass
+from bench.timing import storages_saved_for_backward
 
 
 def reference(key, hidden, down_weight, prompt_affinity, prompt_keys, gate, mask, scale):
@@ -75,21 +76,11 @@ def test_frozen_inputs_get_no_gradient_work():
 
 
 def saved_bytes(tokens: int) -> int:
+    # Only the hidden states (needed for the down projection's gradient) may grow with the sequence; they are an
+    # argument too, so anything else the function saves per token shows up here.
     tensors, mask = inputs(False, False, dtype=torch.float32, tokens=tokens)
-    leaves = {t.untyped_storage().data_ptr() for t in tensors.values()}
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in leaves:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    # Only the hidden states (needed for the down projection's gradient) may grow with the sequence; make them a
-    # leaf too, so that anything else the function saves per token shows up here.
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        gated_prompt_bypass(*tensors.values(), mask, 0.3)
-    return sum(storages.values())
+    return sum(storages_saved_for_backward(lambda: gated_prompt_bypass(*tensors.values(), mask, 0.3),
+                                           tensors.values()).values())
 
 
 def test_nothing_per_token_is_saved_for_backward():

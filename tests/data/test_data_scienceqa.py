@@ -141,20 +141,16 @@ def test_missing_field_names_file_and_pid(sqa_copy: Path, field: str):
     assert str(e.value) == f"{sqa_copy / 'problems.json'}: pid 2: missing field '{field}'"
 
 
-def test_pid_missing_from_problems(sqa_copy: Path):
+@pytest.mark.parametrize("split, pid, message", [
+    ("val", "777", r"pid_splits\.json: split 'val' pid 777: pid is not in problems\.json"),
+    ("minitest", "1", r"problems\.json: pid 1: listed in split 'minitest'.*own split is 'train'"),
+], ids=["pid missing from problems", "problem in the wrong split"])
+def test_split_lists_a_pid_it_cannot_hold(sqa_copy: Path, split: str, pid: str, message: str):
     splits = _read(sqa_copy / "pid_splits.json")
-    splits["val"].append("777")
+    splits[split].append(pid)
     _write(sqa_copy / "pid_splits.json", splits)
-    with pytest.raises(DataError, match=r"pid_splits\.json: split 'val' pid 777: pid is not in problems\.json"):
-        load_scienceqa(sqa_copy, "val")
-
-
-def test_problem_in_the_wrong_split(sqa_copy: Path):
-    splits = _read(sqa_copy / "pid_splits.json")
-    splits["minitest"].append("1")
-    _write(sqa_copy / "pid_splits.json", splits)
-    with pytest.raises(DataError, match=r"problems\.json: pid 1: listed in split 'minitest'.*own split is 'train'"):
-        load_scienceqa(sqa_copy, "minitest")
+    with pytest.raises(DataError, match=message):
+        load_scienceqa(sqa_copy, split)
 
 
 def test_malformed_problems_json(sqa_copy: Path):

@@ -56,17 +56,16 @@ def test_unknown_keys_are_errors_that_list_the_valid_keys(tmp_path):
     recipe.write_text("trian:\n  blr: 1\n")
     with pytest.raises(ConfigError, match="'trian'.*valid keys at the top level: model, train, notes"):
         load_config(RunConfig, recipe)
-    with pytest.raises(ConfigError, match="train.batch_size: Value 'two' .* could not be converted to Integer"):
-        load_config(RunConfig, None, ["train.batch_size=two"])
-    with pytest.raises(ConfigError, match="no recipe at"):
-        load_config(RunConfig, tmp_path / "missing.yaml")
-    recipe.write_text("- a list\n")
-    with pytest.raises(ConfigError, match="must be a YAML mapping"):
-        load_config(RunConfig, recipe)
-    with pytest.raises(ConfigError, match="precision must be one of"):
-        load_config(RunConfig, None, ["train.precision=fp8"])
-    with pytest.raises(ConfigError, match="unrecognised argument"):
-        load_config(RunConfig, None, ["stray"])
+    (tmp_path / "list.yaml").write_text("- a list\n")
+    for message, recipe_path, overrides in [
+        ("train.batch_size: Value 'two' .* could not be converted to Integer", None, ["train.batch_size=two"]),
+        ("no recipe at", tmp_path / "missing.yaml", []),
+        ("must be a YAML mapping", tmp_path / "list.yaml", []),
+        ("precision must be one of", None, ["train.precision=fp8"]),
+        ("unrecognised argument", None, ["stray"]),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(RunConfig, recipe_path, overrides)
     assert "train.blr" in valid_keys(RunConfig) and "model.name" in valid_keys(RunConfig)
 
 
