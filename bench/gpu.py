@@ -52,7 +52,7 @@ from bench.timing import (  # noqa: E402
     share_frozen_copy, summary, synchronize,
 )
 from mm_excitor import count_parameters, excitor_blocks  # noqa: E402
-from mm_excitor.generation import Decoding  # noqa: E402
+from mm_excitor.decoding import Decoding  # noqa: E402
 from mm_excitor.methods import method_class  # noqa: E402
 from mm_excitor.recipe import load_config  # noqa: E402
 from mm_excitor.vision import VisionConfig, VisionEncoder  # noqa: E402

@@ -38,7 +38,7 @@ from bench.timing import (  # noqa: E402
     argument_parser, gpu_accounting, interleaved, report, runtime_environment, setup_device, share_frozen_copy,
 )
 from mm_excitor import ExcitorConfig  # noqa: E402
-from mm_excitor.layer import ExcitorKeyProjection  # noqa: E402
+from mm_excitor.methods.excitor.layer import ExcitorKeyProjection  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "adapter_cost.json"
 SHAPES = {

@@ -24,7 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from mm_excitor.factory import ModelConfig  # noqa: E402
 from mm_excitor.methods import METHODS, method_class  # noqa: E402
-from mm_excitor.model import count_parameters  # noqa: E402
+from mm_excitor.language_model import count_parameters  # noqa: E402
 from mm_excitor.recipe import to_dict  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "method_params.json"

@@ -8,13 +8,13 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .config import ExcitorConfig
+from .methods.excitor.config import ExcitorConfig
 from .methods import method_class
 from .methods.llama_adapter import LlamaAdapterSettings
 from .methods.lora import LoraSettings
 from .methods.prefix import PrefixSettings
 from .methods.text_prefix import TextPrefixSettings
-from .multimodal import VisionLanguageModel
+from .vision_language import VisionLanguageModel
 from .vision import VisionConfig, VisionEncoder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .factory import ModelConfig, create_model
-from .multimodal import VisionLanguageModel
+from .vision_language import VisionLanguageModel
 
 
 def build_model(

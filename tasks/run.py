@@ -27,9 +27,11 @@ from data.paraphrases import load_paraphrases
 from data.sampler import ResumableSampler
 from eval.cli import DECODING_OPTIONS
 from eval.generation import generate_outputs
-from mm_excitor.checkpoint import ADAPTER_CONFIG_NAME, load_adapter, state_fingerprint, trainable_state_dict
+from mm_excitor.adapter_io import ADAPTER_CONFIG_NAME, load_adapter
+from mm_excitor.identity import state_fingerprint
+from mm_excitor.language_model import trainable_state_dict
 from mm_excitor.io import atomic_write_json, read_json
-from mm_excitor.multimodal import VisionLanguageModel
+from mm_excitor.vision_language import VisionLanguageModel
 from mm_excitor.pipeline import build_model
 from mm_excitor.recipe import ConfigError, from_dict, load_config, parse_args, to_dict
 from mm_excitor.train import DistInfo, Trainer, cleanup_distributed, init_distributed, seed_everything

@@ -105,7 +105,7 @@ TINY_CACHE = {"model_name": "tiny-cache", "num_tokens": 5, "width": 8}
 
 def tiny_method_config():
     """A ModelConfig whose every method section fits the 4-layer tiny models."""
-    from mm_excitor.config import ExcitorConfig
+    from mm_excitor.methods.excitor.config import ExcitorConfig
     from mm_excitor.factory import ModelConfig
     from mm_excitor.methods.llama_adapter import LlamaAdapterSettings
     from mm_excitor.methods.lora import LoraSettings

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .generation import Decoding
+from .decoding import Decoding
 from .identity import language_model_identity
 from .vision import VisionEncoder
 
