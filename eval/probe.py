@@ -291,12 +291,14 @@ def load_base(language_model: str | Path, dtype: str = "float32", device: str = 
 def load_text_run(task: str, run: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) of a trained run's latest adapter, for text-only scoring: no dataset is read."""
     from mm_excitor.adapter_io import load_adapter
-    from mm_excitor.pipeline import build_model
+    from mm_excitor.factory import create_model
+    from mm_excitor.feature_cache import FeatureCache
     from tasks import get_task
     from tasks.run import read_run_config, resolve_checkpoint
 
     config = read_run_config(get_task(task), run)
-    model, _, _ = build_model(config.model, config.data.feature_cache, device=device)
+    cache = config.data.feature_cache
+    model = create_model(config.model, feature_cache=FeatureCache(cache) if cache else None, device=device)
     load_adapter(model, resolve_checkpoint(run))
     return model.eval(), model.tokenizer
 
