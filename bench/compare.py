@@ -113,7 +113,7 @@ def generation_speed(preset: TaskPreset, output_dir: Path, prompts: int, new_tok
     """Tokens per second of greedy generation with images, `new_tokens` forced for every prompt."""
     import torch
 
-    from mm_excitor.generation import Decoding
+    from mm_excitor.decoding import Decoding
     from tasks.run import load_run
 
     run = load_run(preset.task, output_dir)

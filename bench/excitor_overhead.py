@@ -11,9 +11,9 @@ For every shape (random init, nothing is downloaded):
 - peak memory of one such training step (see `MEMORY_DEFINITION`), Excitor vs LoRA;
 - trainable parameters of Excitor, LoRA and (if peft's implementation runs on this transformers) AdaptionPrompt.
 
-`--associations auto,prompt,token` times one Excitor per association of W_k (mm_excitor/fast_path.py) side by side;
+`--associations auto,prompt,token` times one Excitor per association of W_k (mm_excitor/methods/excitor/fast_path.py) side by side;
 `auto` is what training uses; `reference` is the block's reference forward, and `separate_kv`, `direct`,
-`separate_kv+direct` the faithful variants (mm_excitor/layer.py), which run the reference. `--visual-tokens N` gives the Excitor N visual prompts per sample (LoRA has no way to
+`separate_kv+direct` the faithful variants (mm_excitor/methods/excitor/layer.py), which run the reference. `--visual-tokens N` gives the Excitor N visual prompts per sample (LoRA has no way to
 take images: see `LORA_IMAGES`).
 
 Timed runs are interleaved (A, B, A, B, ...) after warm-up and reported as medians, so that machine noise hits

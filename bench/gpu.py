@@ -52,8 +52,8 @@ from bench.timing import (  # noqa: E402
     share_frozen_copy, summary, synchronize,
 )
 from mm_excitor import count_parameters, excitor_blocks  # noqa: E402
-from mm_excitor.generation import Decoding  # noqa: E402
-from mm_excitor.methods import method_class  # noqa: E402
+from mm_excitor.decoding import Decoding  # noqa: E402
+from mm_excitor.factory import method_model  # noqa: E402
 from mm_excitor.recipe import load_config  # noqa: E402
 from mm_excitor.vision import VisionConfig, VisionEncoder  # noqa: E402
 
@@ -155,8 +155,8 @@ def build_models(shape: Shape, device: torch.device, dtype: torch.dtype, seed: i
     models = {}
     for method in METHODS:
         torch.manual_seed(seed)
-        models[method] = method_class(method).build(share_frozen_copy(bare), tokenizer, recipe.model, None,
-                                                    identity).to(device)
+        models[method] = method_model(dataclasses.replace(recipe.model, method=method), share_frozen_copy(bare),
+                                      tokenizer, vision_identity=identity).to(device)
     with torch.no_grad():
         for block in excitor_blocks(models["excitor"]):
             block.gate.fill_(GATE_VALUE)  # timed as trained: an open gate, as the other benchmarks do

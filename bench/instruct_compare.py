@@ -167,7 +167,7 @@ def score_model(model: Any, collator: Any, dataset: Any, args: argparse.Namespac
     from eval.instruct import answer_nll as pool_answer_nll
     from bench.retention import probe_questions
     from eval.probe import answer_nll, score_probe
-    from mm_excitor.generation import Decoding
+    from mm_excitor.decoding import Decoding
 
     model.eval()
     items = [item for item in (dataset[i] for i in range(len(dataset))) if item is not None]

@@ -55,7 +55,7 @@ from bench.timing import (  # noqa: E402
 )
 from mm_excitor import ExcitorConfig, count_parameters, excitor_blocks  # noqa: E402
 from mm_excitor.feature_cache import build_feature_cache  # noqa: E402
-from mm_excitor.generation import Decoding  # noqa: E402
+from mm_excitor.decoding import Decoding  # noqa: E402
 from mm_excitor.methods.excitor import MultimodalExcitor  # noqa: E402
 from mm_excitor.vision import VisionConfig, VisionEncoder  # noqa: E402
 

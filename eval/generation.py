@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mm_excitor.generation import Decoding
+from mm_excitor.decoding import Decoding
 from mm_excitor.io import atomic_write_json, read_json
 from mm_excitor.journal import Journal, process_group, read_committed
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # scoring imports this module for read_generation_meta: no to
 
 
 class GenerativeModel(Protocol):
-    """The part of a method's model that evaluation uses (mm_excitor.multimodal.VisionLanguageModel.generate)."""
+    """The part of a method's model that evaluation uses (mm_excitor.vision_language.VisionLanguageModel.generate)."""
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None = None,
                  visual_tokens: torch.Tensor | None = None, has_image: torch.Tensor | None = None, *,

@@ -28,7 +28,7 @@ from data.heldout import PROBE_FILE, heldout_instructions
 from data.instruct import read_records
 from mm_excitor.cli import run_cli
 from mm_excitor.delia.chat import encode_chat_prompt, has_chat_template, stop_token_ids
-from mm_excitor.multimodal import IGNORE_INDEX, summed_label_log_probs
+from mm_excitor.vision_language import IGNORE_INDEX, summed_label_log_probs
 
 Row = tuple[list[int], list[int]]
 
@@ -290,13 +290,15 @@ def load_base(language_model: str | Path, dtype: str = "float32", device: str = 
 
 def load_text_run(task: str, run: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) of a trained run's latest adapter, for text-only scoring: no dataset is read."""
-    from mm_excitor.checkpoint import load_adapter
-    from mm_excitor.pipeline import build_model
+    from mm_excitor.adapter_io import load_adapter
+    from mm_excitor.factory import create_model
+    from mm_excitor.feature_cache import FeatureCache
     from tasks import get_task
     from tasks.run import read_run_config, resolve_checkpoint
 
     config = read_run_config(get_task(task), run)
-    model, _, _ = build_model(config.model, config.data.feature_cache, device=device)
+    cache = config.data.feature_cache
+    model = create_model(config.model, feature_cache=FeatureCache(cache) if cache else None, device=device)
     load_adapter(model, resolve_checkpoint(run))
     return model.eval(), model.tokenizer
 

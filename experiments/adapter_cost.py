@@ -39,7 +39,7 @@ from bench.timing import (  # noqa: E402
     storages_saved_for_backward,
 )
 from mm_excitor import ExcitorConfig  # noqa: E402
-from mm_excitor.layer import ExcitorKeyProjection  # noqa: E402
+from mm_excitor.methods.excitor.layer import ExcitorKeyProjection  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "adapter_cost.json"
 SHAPES = {

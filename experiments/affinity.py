@@ -8,7 +8,7 @@
 A uniform affinity shifts every key of a sample by one vector, which the attention softmax ignores: only the
 token-to-token differences of the shift `g * W_k (a . P)` reach the attention weights (docs/design.md, "The affinity
 must not start uniform"). For the first `--examples` prompts of the run's eval split (with their images), forward
-hooks on every Excitor block read the affinity through `mm_excitor.layer.affinity_view` and report per layer:
+hooks on every Excitor block read the affinity through `mm_excitor.methods.excitor.layer.affinity_view` and report per layer:
 
 - `logit_spread`: max minus min affinity logit over the prompts a token may weigh, mean over tokens;
 - `entropy_pct`: the affinity's entropy as % of the uniform one's (100: every prompt weighed alike);
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from bench.timing import write_results  # noqa: E402
 from mm_excitor.cli import run_cli  # noqa: E402
-from mm_excitor.layer import AffinityView, ExcitorKeyProjection, affinity_view  # noqa: E402
+from mm_excitor.methods.excitor.layer import AffinityView, ExcitorKeyProjection, affinity_view  # noqa: E402
 from mm_excitor.train import init_distributed, seed_everything  # noqa: E402
 from tasks import TASKS, get_task  # noqa: E402
 from tasks.run import build, load_run, read_run_config  # noqa: E402

@@ -11,6 +11,7 @@ tests/test_experiments_method_params.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from mm_excitor.factory import ModelConfig  # noqa: E402
-from mm_excitor.methods import METHODS, method_class  # noqa: E402
-from mm_excitor.model import count_parameters  # noqa: E402
+from mm_excitor.factory import ModelConfig, method_model  # noqa: E402
+from mm_excitor.methods import METHODS  # noqa: E402
+from mm_excitor.language_model import count_parameters  # noqa: E402
 from mm_excitor.recipe import to_dict  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "method_params.json"
@@ -40,7 +41,7 @@ VIT_L_14 = {"model_name": "ViT-L-14-quickgelu", "num_tokens": 257, "width": 1024
 def count(shape: str, method: str, config: ModelConfig) -> dict[str, int]:
     with torch.device("meta"):
         language_model = LlamaForCausalLM(LlamaConfig(**SHAPES[shape]))
-    model = method_class(method).build(language_model, None, config, None, VIT_L_14)
+    model = method_model(dataclasses.replace(config, method=method), language_model, None, vision_identity=VIT_L_14)
     in_lm = count_parameters(model.language_model).trainable
     return {"trainable": count_parameters(model).trainable, "in_language_model": in_lm,
             "visual_projection": count_parameters(model).trainable - in_lm,

@@ -17,16 +17,16 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _PUBLIC = {
-    "ExcitorConfig": "config",
-    "ParameterCount": "model",
-    "UnsupportedModelError": "model",
-    "apply_excitor": "model",
-    "count_parameters": "model",
-    "excitor_blocks": "model",
-    "gate_values": "model",
+    "ExcitorConfig": "methods.excitor.config",
+    "ParameterCount": "language_model",
+    "UnsupportedModelError": "language_model",
+    "apply_excitor": "methods.excitor.model",
+    "count_parameters": "language_model",
+    "excitor_blocks": "methods.excitor.model",
+    "gate_values": "methods.excitor.model",
     "VisualPrompts": "visual_prompts",
-    "load_adapter": "checkpoint",
-    "save_adapter": "checkpoint",
+    "load_adapter": "adapter_io",
+    "save_adapter": "adapter_io",
 }
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"

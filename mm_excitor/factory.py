@@ -1,21 +1,32 @@
-"""Build the multimodal model from a config, the way open_clip's factory builds CLIP: one call, local files only."""
+"""Build a run's model from its config, the way open_clip's factory builds CLIP: one call (`create_model`), local
+files only.
+
+`ModelConfig` lives here, next to the one function that reads it: it composes the frozen LM's and encoder's
+settings with one section per method, and each method's section is defined (and validated) in that method's own
+module (`ExcitorConfig` in methods/excitor/config.py, `LoraSettings` in methods/lora.py, ...). A method is built
+from its own sections only (`method_model`), so methods/ never needs this module.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .config import ExcitorConfig
 from .methods import method_class
+from .methods.excitor.config import ExcitorConfig
 from .methods.llama_adapter import LlamaAdapterSettings
 from .methods.lora import LoraSettings
 from .methods.prefix import PrefixSettings
 from .methods.text_prefix import TextPrefixSettings
-from .multimodal import VisionLanguageModel
-from .vision import VisionConfig, VisionEncoder
+from .vision import VisionConfig, VisionEncoder, config_identity
+from .vision_language import VisionLanguageModel
+
+if TYPE_CHECKING:  # the feature cache's module is only needed by runs that read one
+    from .feature_cache import FeatureCache
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -88,11 +99,49 @@ def random_language_model(path: Path, dtype: str, attn_implementation: str, seed
 
 
 def create_model(
-    config: ModelConfig, *, vision_identity: dict[str, Any] | None = None, device: str | torch.device = "cpu"
+    config: ModelConfig, *, feature_cache: FeatureCache | None = None, device: str | torch.device = "cpu"
 ) -> VisionLanguageModel:
-    """The model of `config.method`; with `vision_identity` (from a feature cache) no encoder is built."""
+    """The model of `config.method` on the frozen LM of `config`, on `device`.
+
+    With a `feature_cache` no encoder is built: the cache, checked to come from the encoder `config.vision` names,
+    provides the visual tokens, and its encoder identity becomes the model's (so adapters record what really made
+    the features). Without one the model encodes images itself (`model.vision.preprocess` prepares them)."""
+    if feature_cache is not None:
+        check_cache_matches_config(feature_cache.identity, config)
     language_model, tokenizer = load_language_model(config.language_model, config.dtype, config.attn_implementation,
                                                     random_init_seed=config.random_init_seed, device=device)
-    vision = None if vision_identity is not None else VisionEncoder(config.vision)
-    model = method_class(config.method).build(language_model, tokenizer, config, vision, vision_identity)
+    if feature_cache is None:
+        model = method_model(config, language_model, tokenizer, vision=VisionEncoder(config.vision))
+    else:
+        model = method_model(config, language_model, tokenizer, vision_identity=feature_cache.identity)
     return model.to(device)
+
+
+def method_model(
+    config: ModelConfig, language_model: nn.Module, tokenizer: Any, *, vision: VisionEncoder | None = None,
+    vision_identity: dict[str, Any] | None = None,
+) -> VisionLanguageModel:
+    """`config.method`'s model on a frozen LM already loaded (benchmarks share one copy between methods), fed by the
+    encoder `vision` or by a cache of the encoder `vision_identity`. The method receives its own sections of
+    `config` (`settings_sections`, in that order), never the whole config."""
+    method = method_class(config.method)
+    settings = [getattr(config, section) for section in method.settings_sections]
+    return method(language_model, tokenizer, *settings, vision, vision_identity=vision_identity)
+
+
+def check_cache_matches_config(identity: dict[str, Any], config: ModelConfig) -> None:
+    """Refuse a cache made by another encoder than the config names, without building that encoder.
+
+    Compares every field of the cache's encoder identity that the config fixes (``vision.config_identity``): the
+    architecture, the checkpoint file's sha256 or the random init's seed, and the token grid. The rest (the weights
+    hash of the built encoder) is what an adapter trained from the cache records and checks when it is loaded.
+    """
+    from .feature_cache import FeatureCacheMismatch
+
+    absent = "<absent>"
+    differences = [f"{k}: cache={identity.get(k, absent)!r}, config={v!r}"
+                   for k, v in config_identity(config.vision).items() if identity.get(k, absent) != v]
+    if differences:
+        named = f" (model.vision.pretrained={config.vision.pretrained})" if config.vision.pretrained else ""
+        raise FeatureCacheMismatch(f"the feature cache was made by another encoder than model.vision names{named}:"
+                                   + "".join(f"\n  {line}" for line in differences))

@@ -1,5 +1,6 @@
 """What an adapter was trained on: the frozen language model's architecture and a fingerprint of its weights, and
-how two such identities are compared (adapters, resumed runs and DELIA samples record them)."""
+how two such identities are compared (adapters, resumed runs and DELIA samples record them); and the fingerprint of
+named tensors that identifies an adapter's weights or an encoder's."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from .diff import Difference, differences
-from .model import decoder_layers
+from .language_model import decoder_layers, key_projection
 
 IDENTITY_FIELDS = (
     "model_type",
@@ -36,8 +37,7 @@ def language_model_identity(model: nn.Module) -> dict[str, Any]:
 
 
 def _weights_fingerprint(model: nn.Module) -> str | None:
-    k_proj = decoder_layers(model)[0].self_attn.k_proj
-    k_weight = getattr(k_proj, "base", k_proj).weight
+    k_weight = key_projection(decoder_layers(model)[0].self_attn).weight
     samples = [model.get_input_embeddings().weight, k_weight]
     if any(t.is_meta for t in samples):
         return None
@@ -59,3 +59,14 @@ def identity_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
                                           (not strict_identity or d.old is None or d.new is None))
 
     return differences(saved, current, ignore=ignore)
+
+
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 (16 hex digits) of named tensors (full, on any device): an adapter's (what generated outputs depend on
+    besides the frozen base and the decoding settings, so resumable evaluation refuses outputs of other weights) or
+    an encoder's (its identity)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

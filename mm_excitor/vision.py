@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from open_clip.model import resize_pos_embed
 from torch import nn
 
-from mm_excitor.checkpoint import state_fingerprint
+from mm_excitor.identity import state_fingerprint
 from mm_excitor.torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 logger = logging.getLogger(__name__)

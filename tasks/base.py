@@ -22,8 +22,8 @@ from torch.utils.data import Dataset
 from data.collate import Collator
 from data.datasets import ImageBlind
 from eval.generation import EvalDataset, GenerativeModel, generate_outputs
-from mm_excitor.config import NON_ADAPTER_FIELDS
-from mm_excitor.generation import Decoding
+from mm_excitor.methods.excitor.config import NON_ADAPTER_FIELDS
+from mm_excitor.decoding import Decoding
 
 COMMON_FREE_KEYS = (
     # what is done after training, and how: nothing the training trajectory depends on
@@ -35,7 +35,7 @@ COMMON_FREE_KEYS = (
     # the paraphrases of validation and evaluation prompts do not touch the training items
     "data.delia.samples", "data.paraphrases.eval",
     # how the same arithmetic runs, and how the adapter's tensors started (a resumed run restores them):
-    # mm_excitor.config.NON_ADAPTER_FIELDS
+    # mm_excitor.methods.excitor.config.NON_ADAPTER_FIELDS
     *(f"model.excitor.{name}" for name in NON_ADAPTER_FIELDS),
 )
 """Run-config keys that may change when a run of any task is resumed (besides mm_excitor.train.FREE_TRAIN_KEYS)."""

@@ -20,7 +20,7 @@ from data.mix import DeliaMixConfig
 from data.paraphrases import ParaphraseConfig
 from eval.instruct import answer_nll, score_answers_file, write_answers
 from mm_excitor.factory import ModelConfig
-from mm_excitor.generation import Decoding
+from mm_excitor.decoding import Decoding
 from mm_excitor.train import TrainConfig
 from tasks.base import COMMON_FREE_KEYS, Task, TaskData, VisualSource, data_fingerprint
 

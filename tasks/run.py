@@ -27,10 +27,13 @@ from data.paraphrases import load_paraphrases
 from data.sampler import ResumableSampler
 from eval.cli import DECODING_OPTIONS
 from eval.generation import generate_outputs
-from mm_excitor.checkpoint import ADAPTER_CONFIG_NAME, load_adapter, state_fingerprint, trainable_state_dict
+from mm_excitor.adapter_io import ADAPTER_CONFIG_NAME, load_adapter
+from mm_excitor.factory import create_model
+from mm_excitor.feature_cache import FeatureCache
+from mm_excitor.identity import state_fingerprint
+from mm_excitor.language_model import trainable_state_dict
 from mm_excitor.io import atomic_write_json, read_json
-from mm_excitor.multimodal import VisionLanguageModel
-from mm_excitor.pipeline import build_model
+from mm_excitor.vision_language import VisionLanguageModel
 from mm_excitor.recipe import ConfigError, from_dict, load_config, parse_args, to_dict
 from mm_excitor.train import DistInfo, Trainer, cleanup_distributed, init_distributed, seed_everything
 from mm_excitor.train.checkpoints import CHECKPOINTS, find_latest
@@ -51,8 +54,10 @@ def eval_dir(output_dir: str | Path, step: int) -> Path:
 def build(task: Task, config: Any, device: torch.device, splits: Sequence[str]) -> tuple[VisionLanguageModel, TaskData]:
     """The model of `config.model` (online encoder, or none when a feature cache provides the tokens) and the
     task's datasets for `splits`."""
-    model, image_transform, features = build_model(config.model, config.data.feature_cache, device=device)
-    return model, prepare_data(task, config, task.build_data(config, VisualSource(image_transform, features), splits))
+    features = FeatureCache(config.data.feature_cache) if config.data.feature_cache else None
+    model = create_model(config.model, feature_cache=features, device=device)
+    visual = VisualSource(None if features else model.vision.preprocess, features)
+    return model, prepare_data(task, config, task.build_data(config, visual, splits))
 
 
 def prepare_data(task: Task, config: Any, data: TaskData) -> TaskData:

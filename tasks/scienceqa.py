@@ -13,7 +13,7 @@ from eval.scienceqa_likelihood import LIKELIHOOD_FORMAT, PROTOCOL, evaluate_like
 from data.mix import DeliaMixConfig
 from data.paraphrases import ParaphraseConfig
 from mm_excitor.factory import ModelConfig
-from mm_excitor.generation import Decoding
+from mm_excitor.decoding import Decoding
 from mm_excitor.train import TrainConfig
 from tasks.base import COMMON_FREE_KEYS, Task, TaskData, VisualSource, data_fingerprint
 

@@ -16,7 +16,7 @@ from data.paraphrases import ParaphraseConfig, load_paraphrases
 from data.shapes_json import PARAPHRASE_SET, load_shapes_json
 from eval.shapes_json import score_answers_file, write_answers
 from mm_excitor.factory import ModelConfig
-from mm_excitor.generation import Decoding
+from mm_excitor.decoding import Decoding
 from mm_excitor.train import TrainConfig
 from tasks.base import COMMON_FREE_KEYS, Task, TaskData, VisualSource, data_fingerprint
 

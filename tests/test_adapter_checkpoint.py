@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from mm_excitor import ExcitorConfig, apply_excitor, excitor_blocks, load_adapter, save_adapter
-from mm_excitor.checkpoint import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+from mm_excitor.adapter_io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from tests.tiny_models import tiny_model
 
 CONFIG = ExcitorConfig(num_layers=2, num_prompts=4, rank=4)
@@ -85,7 +85,7 @@ def test_mismatched_excitor_config_and_missing_files(tmp_path):
 def test_a_failed_save_leaves_the_previous_adapter_intact(tmp_path, monkeypatch):
     first = trained_adapter()
     save_adapter(first, tmp_path / "ckpt")
-    import mm_excitor.checkpoint as checkpoint
+    import mm_excitor.adapter_io as checkpoint
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed mid-write")
@@ -98,7 +98,8 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(tmp_path, monkeypatch)
 
 
 def test_adapter_fingerprint_follows_the_trainable_weights_only(tmp_path):
-    from mm_excitor.checkpoint import state_fingerprint, trainable_state_dict
+    from mm_excitor.identity import state_fingerprint
+    from mm_excitor.language_model import trainable_state_dict
 
     def adapter_fingerprint(model):
         return state_fingerprint(trainable_state_dict(model))

@@ -1,4 +1,4 @@
-"""The fast paths (mm_excitor/fast_path.py): prompt side W_k P and token side W_k (a . P) give the keys of the
+"""The fast paths (mm_excitor/methods/excitor/fast_path.py): prompt side W_k P and token side W_k (a . P) give the keys of the
 block's reference forward.
 
 Checked against the unmodified Hugging Face model (exact at init), against autograd's own composition of the
@@ -11,9 +11,10 @@ import copy
 import pytest
 import torch
 
-from mm_excitor import ExcitorConfig, VisualPrompts, apply_excitor, excitor_blocks, fast_path
-from mm_excitor.bypass import TokenSide, gated_token_bypass
-from mm_excitor.fast_path import association_costs
+from mm_excitor import ExcitorConfig, VisualPrompts, apply_excitor, excitor_blocks
+from mm_excitor.methods.excitor import fast_path
+from mm_excitor.methods.excitor.bypass import TokenSide, gated_token_bypass
+from mm_excitor.methods.excitor.fast_path import association_costs
 from bench.timing import storages_saved_for_backward
 from tests.tiny_models import tiny_model
 

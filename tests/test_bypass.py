@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mm_excitor.bypass import gated_prompt_bypass
+from mm_excitor.methods.excitor.bypass import gated_prompt_bypass
 from bench.timing import storages_saved_for_backward
 
 
@@ -125,7 +125,7 @@ def test_recomputed_prompt_keys_give_the_same_gradients_and_are_not_kept():
 @pytest.mark.parametrize("order,expected", [("prompt", [(8,), (30, 4)]), ("token", [])])
 def test_language_only_block_keeps_no_prompt_keys_and_nothing_per_token_but_its_input(order, expected):
     from mm_excitor import ExcitorConfig
-    from mm_excitor.layer import ExcitorKeyProjection
+    from mm_excitor.methods.excitor.layer import ExcitorKeyProjection
 
     config = ExcitorConfig(rank=4, key_association=order)
     block = ExcitorKeyProjection(torch.nn.Linear(16, 8, bias=False).requires_grad_(False), 2, config)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from mm_excitor import ExcitorConfig, VisualPrompts, apply_excitor, count_parameters, excitor_blocks, fast_path
-from mm_excitor.layer import affinity_view
+from mm_excitor import ExcitorConfig, VisualPrompts, apply_excitor, count_parameters, excitor_blocks
+from mm_excitor.methods.excitor import fast_path
+from mm_excitor.methods.excitor.layer import affinity_view
 from tests.tiny_models import FAMILIES, tiny_model
 
 CONFIG = ExcitorConfig(num_layers=3, num_prompts=5, rank=4)

@@ -408,7 +408,7 @@ def write_checkpoint(path: Path, config, seed: int) -> Path:
 
 def test_the_config_check_compares_the_weights_not_just_the_name(setup, tmp_path, monkeypatch):
     from mm_excitor.factory import ModelConfig
-    from mm_excitor.pipeline import check_cache_matches_config
+    from mm_excitor.factory import check_cache_matches_config
 
     root, keys, encoder, tmp = setup
     check = lambda cache, **vision: check_cache_matches_config(  # noqa: E731

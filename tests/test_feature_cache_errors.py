@@ -85,13 +85,15 @@ def run_main(monkeypatch, capsys, argv: list[str], module: str | None = None, pa
 def test_the_undamaged_cache_is_accepted_by_the_training_path(assets):
     from mm_excitor import ExcitorConfig
     from mm_excitor.factory import ModelConfig
-    from mm_excitor.pipeline import build_model
+    from mm_excitor.factory import create_model
+    from mm_excitor.feature_cache import FeatureCache
 
     excitor = ExcitorConfig(num_layers=2, num_prompts=4, rank=4, visual_prompt_mode="concat")
-    model, transform, features = build_model(
+    features = FeatureCache(assets / "cache")
+    model = create_model(
         ModelConfig(language_model=str(assets / "lm"), excitor=excitor, vision=vision_config(assets)),
-        str(assets / "cache"))
-    assert transform is None and len(features) == 40 and model.vision_identity == features.identity
+        feature_cache=features)
+    assert model.vision is None and len(features) == 40 and model.vision_identity == features.identity
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # runpy: the module was imported before

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from mm_excitor import load_adapter, save_adapter
-from mm_excitor.checkpoint import read_adapter_config, trainable_state_dict
+from mm_excitor.adapter_io import read_adapter_config
+from mm_excitor.language_model import trainable_state_dict
 from mm_excitor.factory import ModelConfig
-from mm_excitor.generation import Decoding
+from mm_excitor.decoding import Decoding
 from mm_excitor.methods import METHODS
 from mm_excitor.methods.llama_adapter import LlamaAdapterSettings, adaption_prompts, apply_adaption_prompts
 from mm_excitor.methods.lora import LoraSettings
@@ -581,7 +582,7 @@ def test_activation_checkpointing_with_images_gives_the_same_step(method):
 def test_an_excitor_adapter_saved_before_the_variants_existed_loads_as_the_shared_projected_block(tmp_path):
     import json
 
-    from mm_excitor.checkpoint import ADAPTER_CONFIG_NAME
+    from mm_excitor.adapter_io import ADAPTER_CONFIG_NAME
     from mm_excitor.integrity import CHECKSUMS_NAME
 
     model = perturb(build("excitor"))
@@ -608,7 +609,7 @@ def test_fsdp_units_hold_every_trainable_tensor_with_what_it_reads(method):
     """FSDP's units come from one rule for every method (train.distributed.adapter_units): they cover every trainable
     tensor exactly once, never a decoder layer, and the Excitor's key projection is one unit with the frozen k_proj
     it reads."""
-    from mm_excitor.layer import ExcitorKeyProjection
+    from mm_excitor.methods.excitor.layer import ExcitorKeyProjection
     from mm_excitor.train.distributed import adapter_units
 
     model = build(method)

@@ -6,7 +6,7 @@ import torch
 
 from data.collate import Collator
 from mm_excitor import ExcitorConfig, excitor_blocks
-from mm_excitor.generation import Decoding
+from mm_excitor.decoding import Decoding
 from mm_excitor.methods.excitor import MultimodalExcitor
 from mm_excitor.vision import VisionEncoder
 from tests.tiny_models import tiny_model, tiny_tokenizer, tiny_vision_config
@@ -202,7 +202,7 @@ def test_wrong_inputs_give_clear_errors(tmp_path):
 
 def test_adapter_covers_projection_and_prompts_and_refuses_another_encoder(tmp_path, trained):
     from mm_excitor import load_adapter, save_adapter
-    from mm_excitor.checkpoint import trainable_state_dict
+    from mm_excitor.language_model import trainable_state_dict
 
     model, images, _ = trained
     save_adapter(model, tmp_path / "adapter")

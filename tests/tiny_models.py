@@ -1,6 +1,8 @@
 """Tiny random-init LLaMA-family models built from configs (nothing is downloaded)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
@@ -105,7 +107,7 @@ TINY_CACHE = {"model_name": "tiny-cache", "num_tokens": 5, "width": 8}
 
 def tiny_method_config():
     """A ModelConfig whose every method section fits the 4-layer tiny models."""
-    from mm_excitor.config import ExcitorConfig
+    from mm_excitor.methods.excitor.config import ExcitorConfig
     from mm_excitor.factory import ModelConfig
     from mm_excitor.methods.llama_adapter import LlamaAdapterSettings
     from mm_excitor.methods.lora import LoraSettings
@@ -119,9 +121,10 @@ def tiny_method_model(method: str, base=None, vision=None, seed: int = 1, config
     feature cache; `seed` sets the adapter's initialisation."""
     import copy
 
-    from mm_excitor.methods import method_class
+    from mm_excitor.factory import method_model
 
     base = copy.deepcopy(base) if base is not None else tiny_model()
     torch.manual_seed(seed)
-    return method_class(method).build(base, tiny_tokenizer(), config or tiny_method_config(), vision,
-                                      None if vision else TINY_CACHE).eval()
+    config = dataclasses.replace(config or tiny_method_config(), method=method)
+    return method_model(config, base, tiny_tokenizer(), vision=vision,
+                        vision_identity=None if vision else TINY_CACHE).eval()

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..generation import Decoding
+from ..decoding import Decoding
 
 
 def derive_seed(*parts: object) -> int:

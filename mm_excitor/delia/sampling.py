@@ -28,7 +28,7 @@ import torch.distributed
 from tqdm.auto import tqdm
 
 from ..identity import language_model_identity
-from ..generation import Decoding
+from ..decoding import Decoding
 from ..io import atomic_write_json, atomic_write_jsonl
 from .chat import (decode_answer, encode_chat_prompt, has_chat_template, one_shot_messages, pad_token_id,
                    stop_token_ids)

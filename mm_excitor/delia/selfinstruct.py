@@ -39,7 +39,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..identity import language_model_identity
-from ..generation import Decoding
+from ..decoding import Decoding
 from ..io import atomic_write_json, atomic_write_jsonl
 from .chat import cut_at_stop, decode_answer, encode_chat_prompt, pad_token_id, stop_token_ids
 from .generate import derive_seed, sample_ids, sampling_decoding, sampling_kwargs

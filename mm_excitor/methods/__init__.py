@@ -1,7 +1,7 @@
 """The adapter methods a frozen LM can be tuned with, by the name a config selects them with (`model.method`)."""
 from __future__ import annotations
 
-from ..multimodal import VisionLanguageModel
+from ..vision_language import VisionLanguageModel
 from .excitor import MultimodalExcitor
 from .llama_adapter import LlamaAdapterModel
 from .lora import LoraPrefixModel

@@ -41,8 +41,8 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..memo import InferenceMemo
-from ..model import decoder_layers
-from ..multimodal import VisualProjection
+from ..language_model import decoder_layers
+from ..vision_language import VisualProjection
 from ..vision import VisionEncoder
 from ..visual_prompts import KEYWORD, VisualPrompts, accept_in_generate
 from .prompted import PromptedModel

@@ -17,7 +17,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
-from ..checkpoint import keep_trainable_in_fp32
+from ..language_model import keep_trainable_in_fp32
 from ..vision import VisionEncoder
 from .prefix import PrefixSettings, VisualPrefixModel
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..generation import Decoding
-from ..multimodal import IGNORE_INDEX, VisionLanguageModel
+from ..decoding import Decoding
+from ..vision_language import IGNORE_INDEX, VisionLanguageModel
 from ..vision import VisionEncoder
 
 

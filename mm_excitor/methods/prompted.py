@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from ..generation import Decoding
-from ..multimodal import VisionLanguageModel
+from ..decoding import Decoding
+from ..vision_language import VisionLanguageModel
 from ..visual_prompts import KEYWORD, VisualPrompts
 
 

@@ -22,9 +22,9 @@ import torch
 from peft import PrefixTuningConfig, get_peft_model
 from torch import nn
 
-from ..generation import Decoding
-from ..checkpoint import keep_trainable_in_fp32
-from ..multimodal import VisionLanguageModel
+from ..decoding import Decoding
+from ..language_model import keep_trainable_in_fp32
+from ..vision_language import VisionLanguageModel
 from ..vision import VisionEncoder
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import write_adapter
+from ..adapter_io import write_adapter
 from ..integrity import CHECKSUMS_NAME, DamagedCheckpointError, verify_checksums, write_checksums
 from ..io import atomic_directory, atomic_write_bytes
 from .state import STATE_JSON, ResumeState, write_resume_state

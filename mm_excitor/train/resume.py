@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import adapter_config_differences
+from ..adapter_io import adapter_config_differences
 from ..identity import identity_differences
 from ..diff import Difference, differences
 from ..integrity import DamagedCheckpointError

@@ -46,7 +46,7 @@ class ResumeState:
     run_config: dict[str, Any]
     """The whole run config as plain data (its `train` section is the TrainConfig)."""
     model: dict[str, Any]
-    """The adapter's method, hyper-parameters and model identity (checkpoint.adapter_metadata)."""
+    """The adapter's method, hyper-parameters and model identity (adapter_io.adapter_metadata)."""
     data: dict[str, Any] = field(default_factory=dict)
     """The training data's identity (e.g. its size and a fingerprint), from the task that built it."""
     counters: dict[str, Any] = field(default_factory=dict)

@@ -2,7 +2,7 @@
 
 The model is any module whose trainable tensors have requires_grad, whose forward takes a batch's `inputs` as
 keyword arguments plus `num_items_in_batch` and returns an object with `.loss` (the summed token loss divided by
-`num_items_in_batch`, as Hugging Face causal LMs do), and that `checkpoint.adapter_metadata` can describe (a
+`num_items_in_batch`, as Hugging Face causal LMs do), and that `adapter_io.adapter_metadata` can describe (a
 `VisionLanguageModel` of any method, or a Hugging Face LM with Excitor blocks). Data arrive by injection: a
 dataset, a collate function returning `Batch`es and a resumable sampler, so this package never imports `data`.
 
@@ -24,9 +24,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..cli import format_ids
-from ..checkpoint import (
-    adapter_metadata, keep_trainable_in_fp32, load_adapter, state_fingerprint, trainable_state_dict,
-)
+from ..adapter_io import adapter_metadata, load_adapter
+from ..identity import state_fingerprint
+from ..language_model import keep_trainable_in_fp32, trainable_state_dict
 from ..io import atomic_write_json
 from . import checkpoints as ckpt
 from .batches import Batch, MicroBatches, ResumableSamplerProtocol

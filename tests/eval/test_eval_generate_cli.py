@@ -12,7 +12,7 @@ import yaml
 import train_caption
 from eval import caption, scienceqa
 from mm_excitor.cli import run_cli
-from mm_excitor.generation import Decoding
+from mm_excitor.decoding import Decoding
 from tests.tiny_models import TINY_ASSETS_CLIP, tiny_model, tiny_tokenizer, write_tiny_assets
 
 

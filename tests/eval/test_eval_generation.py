@@ -11,7 +11,7 @@ import torch
 from data.collate import Collator
 from eval.generation import done_path, generate_outputs, meta_path, part_path
 from eval.scienceqa import load_predictions
-from mm_excitor.generation import Decoding
+from mm_excitor.decoding import Decoding
 from tasks import get_task
 from tests.tiny_models import WORDS, tiny_tokenizer
 

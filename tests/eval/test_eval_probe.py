@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eval import probe
-from mm_excitor.multimodal import IGNORE_INDEX
+from mm_excitor.vision_language import IGNORE_INDEX
 from tests.delia.helpers import chat_tokenizer
 from tests.tiny_models import tiny_method_model, tiny_model, tiny_tokenizer
 

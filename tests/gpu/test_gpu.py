@@ -12,7 +12,7 @@ import signal
 import pytest
 import torch
 
-from mm_excitor.generation import Decoding
+from mm_excitor.decoding import Decoding
 from mm_excitor.methods import METHODS
 from tests.method_inputs import EXACT_WITH_IMAGES, collator, items, perturb, text_only
 from tests.tiny_models import tiny_method_model, tiny_model

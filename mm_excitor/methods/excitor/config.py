@@ -56,7 +56,7 @@ class ExcitorConfig:
     (K' = W_k x + g * W_k (a . P)); 'direct', the authors' diagram: a . P is itself a key (K' = W_k x + g * a . P),
     so the prompts, the Excitor query and the visual projection live in the key width C_kv."""
     key_association: str = "auto"
-    """The one switch between the block's reference forward and its fast paths (mm_excitor/fast_path.py):
+    """The one switch between the block's reference forward and its fast paths (mm_excitor/methods/excitor/fast_path.py):
     'reference' (the equations, as autograd differentiates them), 'prompt' (W_k P, K' rows per sample or once for a
     shared set), 'token' (W_k (a . P), M rows) or 'auto' (per call, whichever the cost model prices lower). The
     values are the same; only the cost differs. The fast paths exist for the shared, projected block only; the other

@@ -9,7 +9,6 @@ and a `VisionLanguageModel` of any method (`adapter_config()`, `adapter_identity
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import ADDED_FIELDS, NON_ADAPTER_FIELDS, ExcitorConfig
+from .methods.excitor.config import ADDED_FIELDS, NON_ADAPTER_FIELDS, ExcitorConfig
 from .diff import MISSING, Difference, describe_all, differences
 from .identity import identity_differences, language_model_identity
 from .integrity import verify_checksums, write_checksums
 from .io import atomic_directory, atomic_write_json, read_json
-from .model import apply_excitor, excitor_blocks
+from .language_model import trainable_state_dict
+from .methods.excitor.model import apply_excitor, excitor_blocks
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -38,31 +38,6 @@ def adapter_metadata(model: nn.Module) -> dict[str, Any]:
         raise ValueError("the model has no adapter (call apply_excitor, or build a method's model)")
     return {"method": "excitor", "config": config.to_dict(),
             "identity": {"language_model": language_model_identity(model)}}
-
-
-def keep_trainable_in_fp32(module: nn.Module) -> None:
-    """Cast `module`'s trainable tensors to fp32 in place, whatever the frozen model's dtype (they train under
-    autocast and are saved in fp32)."""
-    with torch.no_grad():
-        for parameter in module.parameters():
-            if parameter.requires_grad and parameter.dtype != torch.float32:
-                parameter.data = parameter.data.float()
-
-
-def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter that trains, selected by requires_grad rather than by a hand-written key list."""
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 (16 hex digits) of named tensors (full, on any device): an adapter's (what generated outputs depend on
-    besides the frozen base and the decoding settings, so resumable evaluation refuses outputs of other weights) or
-    an encoder's (its identity)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def write_adapter(directory: Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> None:

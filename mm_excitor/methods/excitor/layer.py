@@ -18,7 +18,7 @@ own code path: RoPE rotates K' (the extra key included, with its token's positio
 attention kernel consumes it, and the values are untouched.
 
 The same keys computed faster (the association of W_k, a decoding memo, hand-written backwards) are in
-`mm_excitor/fast_path.py`, selected by `ExcitorConfig.key_association`.
+`mm_excitor/methods/excitor/fast_path.py`, selected by `ExcitorConfig.key_association`.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from torch import nn
 
 from .config import ExcitorConfig
 from .fast_path import FastKeys
-from .visual_prompts import KEYWORD, VisualPrompts
+from ...visual_prompts import KEYWORD, VisualPrompts
 
 
 class ExcitorKeyProjection(nn.Module):

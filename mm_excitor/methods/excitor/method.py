@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ExcitorConfig
-from ..model import apply_excitor, excitor_blocks
-from ..multimodal import VisualProjection
-from ..vision import VisionEncoder
-from ..visual_prompts import VisualPrompts
-from .prompted import PromptedModel
+from .config import ExcitorConfig
+from .model import apply_excitor, excitor_blocks
+from ...vision_language import VisualProjection
+from ...vision import VisionEncoder
+from ...visual_prompts import VisualPrompts
+from ..prompted import PromptedModel
 
 
 class MultimodalExcitor(PromptedModel):

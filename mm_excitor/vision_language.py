@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .generation import Decoding
+from .decoding import Decoding
 from .identity import language_model_identity
 from .vision import VisionEncoder
 
@@ -83,14 +83,6 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
 
     def adapter_identity(self) -> dict[str, Any]:
         return {"language_model": dict(self.language_identity), "vision": dict(self.vision_identity)}
-
-    @classmethod
-    def build(cls, language_model: nn.Module, tokenizer: Any, config: Any, vision: VisionEncoder | None,
-              vision_identity: dict[str, Any] | None) -> VisionLanguageModel:
-        """The method's model from its own sections of `config` (a factory.ModelConfig), in `settings_sections`
-        order after the language model and tokenizer: a method never reads another method's settings."""
-        settings = [getattr(config, section) for section in cls.settings_sections]
-        return cls(language_model, tokenizer, *settings, vision, vision_identity=vision_identity)
 
     @abc.abstractmethod
     def adapter_config(self) -> dict[str, Any]:

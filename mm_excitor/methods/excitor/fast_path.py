@@ -5,7 +5,7 @@ make them faster than the reference, each tested equal to it in values and gradi
 - **association of W_k**: W_k (a . P) = a . (W_k P). The prompt side applies the frozen W_k to the K' prompts (once
   per layer for a shared set), the token side to the M tokens' mixes a . P (cheaper when M < K', e.g. 257 visual
   prompts and 32 caption tokens); 'auto' picks per call by the cost model below;
-- **hand-written backwards** (`mm_excitor/bypass.py`) that keep only the block's input alive and never concatenate
+- **hand-written backwards** (`mm_excitor/methods/excitor/bypass.py`) that keep only the block's input alive and never concatenate
   the prompt set, where autograd would keep the affinity, the mixes and B x K' x C prompts per layer;
 - **a decoding memo**: without gradients, what depends on the prompt set alone (its affinity rows, and once the
   prompt side is chosen its gated keys) is kept across the calls of one generation.
@@ -26,8 +26,8 @@ from .bypass import (
     PromptPieces, TokenSide, gated_prompt_bypass, gated_token_bypass, prepare_affinity, prompt_side_output,
     token_side_output,
 )
-from .memo import InferenceMemo
-from .visual_prompts import VisualPrompts
+from ...memo import InferenceMemo
+from ...visual_prompts import VisualPrompts
 
 if TYPE_CHECKING:
     from .layer import ExcitorKeyProjection

@@ -5,8 +5,8 @@
     token side:   out = x . W_k^T (+ b) + g * ((a . P) . W_k^T)     the frozen projection of the M tokens' mixes
 
 W_k (a . P) = (W_k P) . a, so both give the same values; which is cheaper depends on whether the prompts P (K'
-rows, per sample or shared by the batch) or the tokens (M rows) are fewer (`mm_excitor/fast_path.py` chooses per
-call). These are the fast paths of `ExcitorKeyProjection.reference` (mm_excitor/layer.py), tested equal to it.
+rows, per sample or shared by the batch) or the tokens (M rows) are fewer (`mm_excitor/methods/excitor/fast_path.py` chooses per
+call). These are the fast paths of `ExcitorKeyProjection.reference` (mm_excitor/methods/excitor/layer.py), tested equal to it.
 g has one value per KV head and multiplies the keys after W_k, per output channel.
 
 Autograd would save z, the affinity, the prompt keys and the mixes for backward. These functions save only x
