@@ -1,7 +1,6 @@
-"""COCO caption evaluation: `generate` writes the official results file, `score` reports pycocoevalcap metrics.
+"""COCO caption scoring: pycocoevalcap metrics of an official results file (`python -m tasks.generate caption`
+writes one from a trained run).
 
-    python -m eval.caption generate --config runs/x --output R.json [--checkpoint DIR] [--split test] [--score]
-    torchrun --nproc_per_node 8 -m eval.caption generate --config runs/x --output R.json
     python -m eval.caption score --results R.json --annotations GT.json [--allow-subset] [--spice] --out DIR
 """
 
@@ -12,7 +11,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.cli import add_generate_parser, generate
 from eval.generation import read_generation_meta
 from eval.report import write_caption_report
 from mm_excitor.cli import run_cli
@@ -32,16 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="generation metadata JSON (default: R.meta.json next to the results, if present)")
     score.add_argument("--workdir", type=Path, default=None, help="writable dir for temp files (default: $TMPDIR)")
     score.add_argument("--out", type=Path, required=True, help="report directory")
-    add_generate_parser(sub, help="caption a split with a trained checkpoint (official results file)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.command == "generate":
-        generate("caption", args)
-        return
-    from eval.caption_metrics import score_captions  # pycocoevalcap: `generate` runs without it
+    from eval.caption_metrics import score_captions  # pycocoevalcap: loaded only to score
 
     decoding, meta = read_generation_meta(args.results, args.decoding)
     scores = score_captions(args.results, args.annotations, allow_subset=args.allow_subset, spice=args.spice,

@@ -1,7 +1,6 @@
-"""ScienceQA evaluation: `generate` writes the model's answers, `score` extracts the letters and reports accuracy.
+"""ScienceQA scoring: the letters extracted from the model's answers (`python -m tasks.generate scienceqa` writes
+them from a trained run), accuracy with the official breakdown.
 
-    python -m eval.scienceqa generate --config runs/x --output answers.jsonl [--checkpoint DIR] [--score]
-    torchrun --nproc_per_node 8 -m eval.scienceqa generate --config runs/x --output answers.jsonl
     python -m eval.scienceqa score --predictions P --problems problems.json --split test --out DIR
         [--pid-splits pid_splits.json] [--unparsed wrong|random --seed 0]
 
@@ -18,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from data.scienceqa import read_split_ids
-from eval.cli import add_generate_parser, generate
 from mm_excitor.io import atomic_write_jsonl, read_json
 from eval.generation import read_generation_meta
 from eval.report import subset_banner, write_scienceqa_report
@@ -99,15 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--decoding", type=Path, default=None,
                        help="generation metadata JSON (default: P.meta.json next to the predictions, if present)")
     score.add_argument("--out", type=Path, required=True, help="report directory")
-    add_generate_parser(sub, help="answer a split with a trained checkpoint (LLaVA-style answer file)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.command == "generate":
-        generate("scienceqa", args)
-        return
     score_predictions_file(args.predictions, args.problems, args.out, split=args.split,
                            allow_subset=args.allow_subset, decoding_file=args.decoding,
                            pid_splits=args.pid_splits, unparsed=args.unparsed, seed=args.seed)

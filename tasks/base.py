@@ -3,7 +3,8 @@ batches alike), its official output file and its scorer. Everything else (the mo
 the image-blind control) is shared and written once, here and in `tasks.run`.
 
 To add a benchmark: subclass Task, implement the abstract methods, register it in `tasks.TASKS`; its training
-entry point is `run_cli(lambda argv: train(get_task(name), argv), ...)` and its `generate` command comes with it.
+entry point is `run_cli(lambda argv: train(get_task(name), argv), ...)`, and `python -m tasks.generate NAME` and
+`python -m tasks.probe NAME` serve it at once (docs/architecture.md, "Adding a benchmark").
 """
 from __future__ import annotations
 
@@ -74,8 +75,6 @@ def data_fingerprint(records: Iterable[Any]) -> dict[str, Any]:
 
 class Task(abc.ABC):
     name: ClassVar[str]
-    cli: ClassVar[str]
-    """The evaluation command users know, e.g. `python -m eval.caption`."""
     config_class: ClassVar[type]
     """The run config dataclass: sections model, data, train, decoding and evaluate."""
     id_key: ClassVar[str]

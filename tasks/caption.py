@@ -70,7 +70,6 @@ class CaptionData(TaskData):
 
 class CaptionTask(Task):
     name = "caption"
-    cli = "python -m eval.caption"
     config_class = CaptionRunConfig
     id_key = "image_id"
     output_name = "captions.json"

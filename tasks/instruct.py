@@ -2,8 +2,8 @@
 model's own chat template (data.chat), the loss on every assistant turn; text-only and image conversations mix in
 one dataset and one batch, images reaching each method as its visual input.
 
-Evaluation: the held-out answer NLL per token and greedy answers to the held-out prompts (eval.instruct), with the
-images and without them when any held-out conversation has one (the image-blind control).
+Evaluation: the held-out answer NLL per token (`answer_nll`) and greedy answers to the held-out prompts (scored by
+eval.instruct), with the images and without them when any held-out conversation has one (the image-blind control).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from data.datasets import InstructDataset
 from data.instruct import Conversation, read_conversations
 from data.mix import DeliaMixConfig
 from data.paraphrases import ParaphraseConfig
-from eval.instruct import answer_nll, score_answers_file, write_answers
+from data.text import IGNORE_INDEX
+from eval.instruct import score_answers_file, write_answers
 from mm_excitor.factory import ModelConfig
 from mm_excitor.generation import Decoding
 from mm_excitor.train import TrainConfig
@@ -102,9 +103,27 @@ def split_conversations(config: InstructDataConfig) -> dict[str, list[Conversati
     return splits
 
 
+def answer_nll(model: Any, dataset: Any, collator: Any, batch_size: int) -> dict[str, float]:
+    """{"answer_nll": mean NLL per assistant token, "answer_tokens": their count, "conversations": how many were
+    scored} over `dataset` (conversations whose first answer does not fit are left out, as in training)."""
+    total, tokens, rows = 0.0, 0, 0
+    items = [item for item in (dataset[i] for i in range(len(dataset))) if item is not None]
+    for start in range(0, len(items), batch_size):
+        batch = collator(items[start:start + batch_size])
+        if batch.num_items == 0:
+            continue
+        batch = batch.to(model.device)
+        total -= float(model.label_log_likelihoods(**batch.inputs).sum())
+        tokens += int((batch.inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+        rows += batch.num_items
+    if tokens == 0:
+        raise ValueError("no held-out answer token to score (every conversation too long, or none)")
+    return {"answer_nll": total / tokens, "answer_tokens": tokens, "conversations": rows}
+
+
+
 class InstructTask(Task):
     name = "instruct"
-    cli = "python -m eval.instruct"
     config_class = InstructRunConfig
     id_key = "id"
     output_name = "answers.jsonl"

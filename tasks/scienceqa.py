@@ -48,7 +48,6 @@ class ScienceQARunConfig:
 
 class ScienceQATask(Task):
     name = "scienceqa"
-    cli = "python -m eval.scienceqa"
     config_class = ScienceQARunConfig
     id_key = "pid"
     output_name = "answers.jsonl"

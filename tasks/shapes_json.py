@@ -61,7 +61,6 @@ class ShapesJsonData(TaskData):
 
 class ShapesJsonTask(Task):
     name = "shapes_json"
-    cli = "python -m eval.shapes_json"
     config_class = ShapesJsonRunConfig
     id_key = "image_id"
     output_name = "answers.jsonl"
