@@ -23,8 +23,8 @@ autocast. Measured, interleaved round-robin after warm-up, CUDA-synchronised, me
 - greedy generation tokens/s with and without visual tokens against the bare LM's `generate`.
 `e2e`: writes a config-only LM directory (LLaMA-7B config.json + a word-level tokenizer of the shapes captions), a
 small shapes set, then runs `train_caption.py --config configs/gpu_llama7b_shapes.yaml` (model.random_init_seed:
-the LM is built from config.json with random weights, on the GPU) and `python -m eval.caption generate` on its test
-split; the captions come back for scoring where pycocoevalcap and Java are (bench/README.md gives the command).
+the LM is built from config.json with random weights, on the GPU) and `python -m tasks.generate caption` on its
+test split; the captions come back for scoring where pycocoevalcap and Java are (bench/README.md gives the command).
 """
 from __future__ import annotations
 
@@ -432,8 +432,8 @@ def write_config_only_lm(directory: Path, lm: dict[str, Any], annotations: Path)
 
 
 def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
-    import eval.caption
     import train_caption
+    from tasks import generate
     from data.shapes import main as make_shapes
 
     shape = SHAPES[args.shape]
@@ -466,8 +466,8 @@ def run_e2e(args: argparse.Namespace) -> dict[str, Any]:
     write_json(results, args.out)
     eval_start = time.perf_counter()
     generated = work / "captions" / "captions.json"  # next to it: the shards and their .done markers
-    eval.caption.main(["generate", "--config", str(run_dir), "--output", str(generated), "--device",
-                       "cpu" if args.tiny else "cuda"])
+    generate.main(["caption", "--config", str(run_dir), "--output", str(generated), "--device",
+                   "cpu" if args.tiny else "cuda"])
     args.captions.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(generated, args.captions)
     shutil.copyfile(generated.with_suffix(".meta.json"), args.captions.with_suffix(".meta.json"))

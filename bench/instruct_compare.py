@@ -13,7 +13,7 @@ on the same pool split, steps, batch and data order; each row's learning rate is
 validation loss over the sweep (`--sweep`, default DEFAULT_GRID, run at the first seed), then every seed trains at
 that rate. Each run, and the base, is then scored in this process: the capability probe per category
 (`eval.probe`, option likelihood through the chat template), the held-out instructions' answer NLL per token
-(`eval.instruct.answer_nll`), and greedy answers to the held-out prompts (their length in tokens and the share
+(`tasks.instruct.answer_nll`), and greedy answers to the held-out prompts (their length in tokens and the share
 that end with EOS before `--answer-tokens`). Mean and spread over seeds; steps timed side by side in one process
 (bench.compare.side_by_side_step_times). Writes `<out>/compare.json`, `compare.md` and `compare.png`.
 """
@@ -161,13 +161,13 @@ def answer_stats(new_tokens: Any, eos_token_id: int, max_new_tokens: int) -> lis
 
 def score_model(model: Any, collator: Any, dataset: Any, args: argparse.Namespace) -> dict[str, Any]:
     """What `model` kept and learnt: the capability probe per category and the held-out human-written
-    instructions' answer NLL (eval.probe), the tuning pool's held-out answers' NLL (eval.instruct), and the greedy
+    instructions' answer NLL (eval.probe), the tuning pool's held-out answers' NLL (tasks.instruct), and the greedy
     answers to those held-out prompts: their length in tokens and the share that stop (EOS) in time."""
     from data.heldout import heldout_instructions
-    from eval.instruct import answer_nll as pool_answer_nll
     from bench.retention import probe_questions
     from eval.probe import answer_nll, score_probe
     from mm_excitor.decoding import Decoding
+    from tasks.instruct import answer_nll as pool_answer_nll
 
     model.eval()
     items = [item for item in (dataset[i] for i in range(len(dataset))) if item is not None]

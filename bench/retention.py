@@ -74,7 +74,7 @@ def _scores(model: Any, tokenizer: Any, questions: list[dict[str, Any]]) -> dict
 def run_scores(task: str, run_dir: Path, probe_file: Path, per_category: int | None = None) -> dict[str, Any]:
     """The text-only scores of a run's latest adapter (the probe's first `per_category` questions of each category
     when given)."""
-    from eval.probe import load_text_run
+    from tasks.probe import load_text_run
     from tasks.run import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(run_dir)

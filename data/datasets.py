@@ -1,4 +1,5 @@
-"""torch Datasets that yield the item dicts of docs/interfaces.md for captioning and ScienceQA.
+"""The torch Dataset every task's datasets share (`VisualDataset`: the item dicts of docs/interfaces.md with their
+image or visual tokens), and the views every task gets (`ImageBlind`, `ParaphrasedDataset`).
 
 Images are opened in ``__getitem__`` (so DataLoader workers decode them), converted to RGB, and passed through
 ``image_transform``; or visual tokens are looked up in ``visual_features`` by image key. Bad images follow
@@ -13,29 +14,26 @@ Images are opened in ``__getitem__`` (so DataLoader workers decode them), conver
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from data.coco import CaptionImage, CaptionSample
 from data.errors import ImageError
-from data.instruct import Conversation
 from data.paraphrases import InstructionParaphrases
-from data.prompts import SCIENCEQA_FORMATS, CaptionTemplate, caption_example
-from data.scienceqa import ScienceQAProblem, build_example, problem_meta
-from data.shapes_json import ShapesJsonExample, shapes_json_example
 from mm_excitor.images import ImageReadError, open_rgb
 
 log = logging.getLogger(__name__)
 
 OnBadImage = Literal["error", "skip"]
 ImageTransform = Callable[[Image.Image], torch.Tensor]
+ImageRef = tuple[str, Path | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -55,11 +53,17 @@ def load_rgb(path: str | Path, record: str) -> Image.Image:
         raise ImageError(path, record, str(error)) from None
 
 
-class _VisualDataset(Dataset):
-    """Shared image/feature handling: exactly one of image_transform / visual_features, and the skip policy."""
+class VisualDataset(Dataset, abc.ABC):
+    """One item per record: the task's fields (`item(record)`: prompt, target or messages, has_image, meta) with the
+    record's image through `image_transform`, or its visual tokens looked up in `visual_features` by image key
+    (exactly one of the two), under the bad-image policy above. A task's dataset is a subclass that says what an
+    item is (`item`) and, for records that are not COCO-style, where the image is (`image`)."""
 
-    def __init__(self, image_transform: ImageTransform | None, visual_features: Mapping[str, torch.Tensor] | None,
-                 on_bad_image: OnBadImage) -> None:
+    set_name: ClassVar[str] = "dataset"
+    """How the skipped-images warning names the set."""
+
+    def __init__(self, records: Sequence[Any], *, image_transform: ImageTransform | None = None,
+                 visual_features: Mapping[str, torch.Tensor] | None = None, on_bad_image: OnBadImage = "error") -> None:
         if (image_transform is None) == (visual_features is None):
             raise ValueError("give exactly one of image_transform and visual_features")
         if on_bad_image not in ("error", "skip"):
@@ -69,6 +73,35 @@ class _VisualDataset(Dataset):
         self.on_bad_image = on_bad_image
         self.skipped: list[SkippedItem] = []
         self._blank: dict[str, torch.Tensor] | None = None
+        usable: dict[str | None, bool] = {}  # one check per image, however many records share it
+        kept = []
+        for record in records:
+            name, path, key = self.image(record)
+            if key not in usable:
+                usable[key] = self._check(name, path, key)
+            if usable[key]:
+                kept.append(record)
+        self.records = kept
+        self._report_skipped()
+
+    def image(self, record: Any) -> ImageRef:
+        """(how errors name the record, its image file, its key in `visual_features`; key None for a text-only
+        record). By default a COCO-style record's `image_id`, `image_path` and `image_key`."""
+        return f"image id {record.image_id}", record.image_path, record.image_key
+
+    @abc.abstractmethod
+    def item(self, record: Any) -> dict[str, Any]:
+        """The item of `record` without its visual input (docs/interfaces.md)."""
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict | None:
+        record = self.records[index]
+        visual = self._visual(*self.image(record))
+        if visual is None:
+            return None
+        return {**self.item(record), **visual}
 
     def _check(self, record: str, path: Path | None, key: str | None) -> bool:
         """Up-front check of one image reference; True if usable. Raises or records per the policy."""
@@ -85,11 +118,12 @@ class _VisualDataset(Dataset):
         self.skipped.append(SkippedItem(record, what, reason))
         return False
 
-    def _report_skipped(self, what: str) -> None:
+    def _report_skipped(self) -> None:
         if self.skipped:
             shown = "; ".join(f"{s.record}: {s.image}" for s in self.skipped[:5])
             more = f" (and {len(self.skipped) - 5} more)" if len(self.skipped) > 5 else ""
-            log.warning("%s: skipped %d item(s) whose image is missing: %s%s", what, len(self.skipped), shown, more)
+            log.warning("%s: skipped %d item(s) whose image is missing: %s%s", self.set_name, len(self.skipped), shown,
+                        more)
 
     def _visual(self, record: str, path: Path | None, key: str | None) -> dict | None:
         """``{"image": ...}`` or ``{"visual_tokens": ...}``, nothing for a text-only item (the collator fills in
@@ -119,139 +153,6 @@ class _VisualDataset(Dataset):
             else:
                 self._blank = {"image": torch.zeros_like(self.image_transform(Image.new("RGB", (224, 224))))}
         return self._blank
-
-
-class CaptionTrainDataset(_VisualDataset):
-    """Caption training: one item per caption, ``prompt``/``target`` from the caption template."""
-
-    def __init__(self, samples: Sequence[CaptionSample], *, image_transform: ImageTransform | None = None,
-                 visual_features: Mapping[str, torch.Tensor] | None = None, on_bad_image: OnBadImage = "error",
-                 template: CaptionTemplate = CaptionTemplate()) -> None:
-        super().__init__(image_transform, visual_features, on_bad_image)
-        self.template = template
-        ok: dict[str, bool] = {}
-        kept = []
-        for i, s in enumerate(samples):
-            if s.image_key not in ok:
-                ok[s.image_key] = self._check(f"caption sample {i} (image id {s.image_id})", s.image_path,
-                                              s.image_key)
-            if ok[s.image_key]:
-                kept.append(s)
-        self.samples = kept
-        self._report_skipped("caption training set")
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> dict | None:
-        s = self.samples[index]
-        visual = self._visual(f"caption sample {index} (image id {s.image_id})", s.image_path, s.image_key)
-        if visual is None:
-            return None
-        prompt, target = caption_example(s.caption, self.template)
-        return {"prompt": prompt, "target": target, **visual, "has_image": True,
-                "meta": {"image_id": s.image_id, "image_key": s.image_key}}
-
-
-class CaptionEvalDataset(_VisualDataset):
-    """Caption evaluation: one item per image, with its references and COCO id in ``meta``."""
-
-    def __init__(self, images: Sequence[CaptionImage], *, image_transform: ImageTransform | None = None,
-                 visual_features: Mapping[str, torch.Tensor] | None = None, on_bad_image: OnBadImage = "error",
-                 template: CaptionTemplate = CaptionTemplate()) -> None:
-        super().__init__(image_transform, visual_features, on_bad_image)
-        self.template = template
-        self.images = [im for im in images if self._check(f"image id {im.image_id}", im.image_path, im.image_key)]
-        self._report_skipped("caption evaluation set (its scores then cover fewer images)")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict | None:
-        im = self.images[index]
-        visual = self._visual(f"image id {im.image_id}", im.image_path, im.image_key)
-        if visual is None:
-            return None
-        return {"prompt": self.template.prompt, **visual, "has_image": True,
-                "meta": {"image_id": im.image_id, "image_key": im.image_key, "references": list(im.references)}}
-
-
-class ScienceQADataset(_VisualDataset):
-    """ScienceQA items in prompt format ``fmt``; text-only questions get ``has_image=False`` and no image.
-    ``target`` is always present (the trainer uses it; the evaluator may ignore it)."""
-
-    def __init__(self, problems: Sequence[ScienceQAProblem], *, fmt: str = "QCM-A",
-                 image_transform: ImageTransform | None = None,
-                 visual_features: Mapping[str, torch.Tensor] | None = None,
-                 on_bad_image: OnBadImage = "error") -> None:
-        super().__init__(image_transform, visual_features, on_bad_image)
-        self.fmt = fmt
-        if fmt not in SCIENCEQA_FORMATS:  # fail now, not in a worker
-            raise ValueError(f"unknown ScienceQA prompt format {fmt!r}; choose one of {', '.join(SCIENCEQA_FORMATS)}")
-        self.problems = [p for p in problems if self._check(f"pid {p.pid}", p.image_path, p.image_key)]
-        self._report_skipped("ScienceQA set")
-
-    def __len__(self) -> int:
-        return len(self.problems)
-
-    def __getitem__(self, index: int) -> dict | None:
-        p = self.problems[index]
-        visual = self._visual(f"pid {p.pid}", p.image_path, p.image_key)
-        if visual is None:
-            return None
-        prompt, target = build_example(p, self.fmt)
-        return {"prompt": prompt, "target": target, **visual, "has_image": p.has_image, "meta": problem_meta(p)}
-
-
-class ShapesJsonDataset(_VisualDataset):
-    """The format-following task: one item per image, the instruction prompt and the JSON answer as target
-    (always present; the evaluator ignores it). `meta` holds the truth the scorer compares with."""
-
-    def __init__(self, examples: Sequence[ShapesJsonExample], *, instruction: str,
-                 image_transform: ImageTransform | None = None,
-                 visual_features: Mapping[str, torch.Tensor] | None = None,
-                 on_bad_image: OnBadImage = "error") -> None:
-        super().__init__(image_transform, visual_features, on_bad_image)
-        self.instruction = instruction
-        self.examples = [e for e in examples if self._check(f"image id {e.image_id}", e.image_path, e.image_key)]
-        self._report_skipped("shapes_json set")
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict | None:
-        e = self.examples[index]
-        visual = self._visual(f"image id {e.image_id}", e.image_path, e.image_key)
-        if visual is None:
-            return None
-        prompt, target = shapes_json_example(self.instruction, e.colour, e.shape)
-        return {"prompt": prompt, "target": target, **visual, "has_image": True,
-                "meta": {"image_id": e.image_id, "image_key": e.image_key, "colour": e.colour, "shape": e.shape}}
-
-
-class InstructDataset(_VisualDataset):
-    """Conversations (data.instruct): one item per conversation, `messages` for data.chat, the image when it has
-    one (`has_image` False for a text-only record). `prompt` is the last user turn, `meta["reference"]` its answer:
-    what a generation record and its scorer show."""
-
-    def __init__(self, conversations: Sequence[Conversation], *, image_transform: ImageTransform | None = None,
-                 visual_features: Mapping[str, torch.Tensor] | None = None,
-                 on_bad_image: OnBadImage = "error") -> None:
-        super().__init__(image_transform, visual_features, on_bad_image)
-        self.conversations = [c for c in conversations if self._check(c.source, c.image, c.image_key)]
-        self._report_skipped("instruction set")
-
-    def __len__(self) -> int:
-        return len(self.conversations)
-
-    def __getitem__(self, index: int) -> dict | None:
-        c = self.conversations[index]
-        visual = self._visual(c.source, c.image, c.image_key)
-        if visual is None:
-            return None
-        messages = [dict(m) for m in c.messages]
-        return {"messages": messages, "prompt": messages[-2]["content"], **visual, "has_image": c.image is not None,
-                "meta": {"id": c.id, "image_key": c.image_key, "reference": messages[-1]["content"]}}
 
 
 class ImageBlind(Dataset):

@@ -2,7 +2,7 @@
 instructions (data/heldout.py), both text-only and through the model's own chat template.
 
     python -m eval.probe --base .cache/smollm2-135m-instruct            # the frozen base LM
-    python -m eval.probe --task caption --run runs/compare/shapes-caption/excitor/lr0.02 --out R.json
+    python -m tasks.probe caption --run runs/compare/shapes-caption/excitor/lr0.02 --out R.json   # a trained run
 
 Every answer is scored as the assistant's reply to its question: the tokens of the tokenizer's own
 ``apply_chat_template([user, assistant])`` after the generation prompt, up to and including the end-of-turn token
@@ -27,6 +27,7 @@ from data.errors import DataError
 from data.heldout import PROBE_FILE, heldout_instructions
 from data.instruct import read_records
 from mm_excitor.cli import run_cli
+from mm_excitor.io import atomic_write_json
 from mm_excitor.delia.chat import encode_chat_prompt, has_chat_template, stop_token_ids
 from mm_excitor.vision_language import IGNORE_INDEX, summed_label_log_probs
 
@@ -288,21 +289,6 @@ def load_base(language_model: str | Path, dtype: str = "float32", device: str = 
     return FrozenLanguageModel(model.to(device)), tokenizer
 
 
-def load_text_run(task: str, run: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """(model, tokenizer) of a trained run's latest adapter, for text-only scoring: no dataset is read."""
-    from mm_excitor.adapter_io import load_adapter
-    from mm_excitor.factory import create_model
-    from mm_excitor.feature_cache import FeatureCache
-    from tasks import get_task
-    from tasks.run import read_run_config, resolve_checkpoint
-
-    config = read_run_config(get_task(task), run)
-    cache = config.data.feature_cache
-    model = create_model(config.model, feature_cache=FeatureCache(cache) if cache else None, device=device)
-    load_adapter(model, resolve_checkpoint(run))
-    return model.eval(), model.tokenizer
-
-
 def format_scores(name: str, result: dict[str, Any]) -> str:
     """A Markdown table: accuracy per category (and overall) with the chance level, then the held-out NLL."""
     probe = result["probe"]
@@ -315,35 +301,32 @@ def format_scores(name: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from tasks import TASKS
+def report(model: Any, tokenizer: Any, source: str, probe_file: Path = PROBE_FILE, batch_size: int = 32,
+           out: Path | None = None) -> dict[str, Any]:
+    """Score `model` on the probe (every prediction kept) and the held-out instructions, print the table and write
+    the result to `out` as JSON if given: what `python -m eval.probe` and `python -m tasks.probe` print."""
+    probe = score_probe(model, tokenizer, load_probe(probe_file), batch_size)
+    result = {"source": source, "probe_file": str(probe_file), "probe": probe,
+              "heldout_nll": answer_nll(model, tokenizer, heldout_instructions(), batch_size)}
+    print(format_scores(source, result))
+    if out is not None:
+        atomic_write_json(out, result)
+        print(f"wrote {out}")
+    return result
 
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """`python -m eval.probe --base LM`: the frozen base language model (a trained run: `python -m tasks.probe`)."""
     parser = argparse.ArgumentParser(prog="python -m eval.probe", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--base", type=Path, help="a frozen LM (local Hugging Face directory)")
-    source.add_argument("--run", type=Path, help="a trained run's output_dir or checkpoint (needs --task)")
-    parser.add_argument("--task", choices=sorted(TASKS), help="the task the run was trained by")
+    parser.add_argument("--base", type=Path, required=True, help="a frozen LM (local Hugging Face directory)")
     parser.add_argument("--probe", type=Path, default=PROBE_FILE)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="write the scores and every prediction as JSON")
     args = parser.parse_args(argv)
-    if args.run is not None and args.task is None:
-        raise ValueError("--run needs --task (the task the run was trained by)")
-    model, tokenizer = (load_base(args.base, args.dtype, args.device) if args.base is not None
-                        else load_text_run(args.task, args.run, args.device))
-    questions = load_probe(args.probe)
-    probe = score_probe(model, tokenizer, questions, args.batch_size)
-    result = {"source": str(args.base or args.run), "probe_file": str(args.probe), "probe": probe,
-              "heldout_nll": answer_nll(model, tokenizer, heldout_instructions(), args.batch_size)}
-    print(format_scores(result["source"], result))
-    if args.out is not None:
-        from mm_excitor.io import atomic_write_json
-
-        atomic_write_json(args.out, result)
-        print(f"wrote {args.out}")
-    return result
+    model, tokenizer = load_base(args.base, args.dtype, args.device)
+    return report(model, tokenizer, str(args.base), args.probe, args.batch_size, args.out)
 
 
 if __name__ == "__main__":

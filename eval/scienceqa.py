@@ -1,7 +1,6 @@
-"""ScienceQA evaluation: `generate` writes the model's answers, `score` extracts the letters and reports accuracy.
+"""ScienceQA scoring: the letters extracted from the model's answers (`python -m tasks.generate scienceqa` writes
+them from a trained run), accuracy with the official breakdown.
 
-    python -m eval.scienceqa generate --config runs/x --output answers.jsonl [--checkpoint DIR] [--score]
-    torchrun --nproc_per_node 8 -m eval.scienceqa generate --config runs/x --output answers.jsonl
     python -m eval.scienceqa score --predictions P --problems problems.json --split test --out DIR
         [--pid-splits pid_splits.json] [--unparsed wrong|random --seed 0]
 
@@ -18,13 +17,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from data.scienceqa import read_split_ids
-from eval.cli import add_generate_parser, generate
-from mm_excitor.io import atomic_write_jsonl, read_json
+from mm_excitor.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
 from eval.generation import read_generation_meta
-from eval.report import subset_banner, write_scienceqa_report
+from eval.report import decoding_section, sources_section, subset_banner
 from eval.scienceqa_metrics import (
-    UNPARSED_POLICIES, ScienceQAInputError, extract_answer, format_official, score_scienceqa, unparsed_note,
-    write_official_results,
+    UNPARSED_POLICIES, ScienceQAInputError, ScienceQAScores, extract_answer, format_official, format_percent,
+    score_scienceqa, unparsed_note, write_official_results,
 )
 from mm_excitor.cli import run_cli
 
@@ -33,6 +31,46 @@ def write_answers(records: list[dict], output: Path) -> None:
     """LLaVA's answer file from merged generation records: JSON lines `{"question_id", "prompt", "text"}`. The raw
     text is kept and the letter is extracted at scoring time, so a better extractor needs no new run."""
     atomic_write_jsonl(output, ({"question_id": r["id"], "prompt": r["prompt"], "text": r["text"]} for r in records))
+
+
+def write_scienceqa_report(
+    scores: ScienceQAScores, out_dir: Path, *, decoding: Mapping[str, object] | None, sources: Mapping[str, str]
+) -> dict[str, Path]:
+    """Write scienceqa_scores.json and scienceqa_scores.md into `out_dir`."""
+    out_dir = Path(out_dir)
+    paths = {name: out_dir / f"scienceqa_{name}" for name in ("scores.json", "scores.md")}
+    banner = subset_banner(scores.subset, scores.coverage, "questions")
+    note = unparsed_note(scores.unparsed_policy, scores.seed)
+    atomic_write_json(paths["scores.json"], {
+        "subset": scores.subset,
+        "coverage": scores.coverage,
+        "banner": banner,
+        "split": scores.split,
+        "accuracy": {k: a.percent for k, a in scores.categories.items()},
+        "counts": {k: {"correct": a.correct, "n": a.n} for k, a in scores.categories.items()},
+        "topics": {k: {"accuracy": a.percent, "correct": a.correct, "n": a.n} for k, a in scores.topics.items()},
+        "n_unparsed": scores.n_unparsed,
+        "unparsed": {"policy": scores.unparsed_policy, "seed": scores.seed, "n": scores.n_unparsed, "note": note},
+        "split_size": {"n": scores.n_split, "from": scores.split_file or "problems.json split field (unchecked)"},
+        "warnings": list(scores.warnings),
+        "decoding": dict(decoding) if decoding is not None else None,
+        "sources": dict(sources),
+    })
+    title = f"ScienceQA {scores.split} accuracy" + (f" (SUBSET {scores.coverage})" if scores.subset else "")
+    atomic_write_text(paths["scores.md"], "\n".join([
+        f"# {title}", "", f"**{banner}.**", "",
+        *(f"**Warning: {w}.**\n" for w in scores.warnings),
+        f"Unparsed answers: {scores.n_unparsed}. {note} TXT and IMG overlap: a question with both a hint and an "
+        "image counts in each.", "",
+        "| " + " | ".join(scores.categories) + " |",
+        "|" + " --- |" * len(scores.categories),
+        "| " + " | ".join(format_percent(a.percent) for a in scores.categories.values()) + " |",
+        "| " + " | ".join(f"{a.correct}/{a.n}" for a in scores.categories.values()) + " |", "",
+        "## Per topic", "", "| topic | accuracy | correct/n |", "| --- | --- | --- |",
+        *(f"| {t} | {format_percent(a.percent)} | {a.correct}/{a.n} |" for t, a in scores.topics.items()), "",
+        *decoding_section(decoding), *sources_section(sources, None),
+    ]))
+    return paths
 
 
 def load_predictions(path: Path, problems: Mapping[str, Mapping]) -> tuple[dict[str, int], dict[str, str | None]]:
@@ -99,15 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--decoding", type=Path, default=None,
                        help="generation metadata JSON (default: P.meta.json next to the predictions, if present)")
     score.add_argument("--out", type=Path, required=True, help="report directory")
-    add_generate_parser(sub, help="answer a split with a trained checkpoint (LLaVA-style answer file)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.command == "generate":
-        generate("scienceqa", args)
-        return
     score_predictions_file(args.predictions, args.problems, args.out, split=args.split,
                            allow_subset=args.allow_subset, decoding_file=args.decoding,
                            pid_splits=args.pid_splits, unparsed=args.unparsed, seed=args.seed)

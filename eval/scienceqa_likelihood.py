@@ -21,7 +21,7 @@ import torch
 from data.collate import Collator
 from data.prompts import scienceqa_example
 from eval.generation import EvalDataset
-from eval.report import write_scienceqa_report
+from eval.scienceqa import write_scienceqa_report
 from eval.scienceqa_metrics import (
     ScienceQAInputError, ScienceQAScores, format_official, score_scienceqa, write_official_results,
 )

@@ -1,7 +1,7 @@
 """The shapes_json task's scorer and CLI: format validity and answer accuracy of JSON answers (no torch).
 
     python -m eval.shapes_json score --predictions answers.jsonl --annotations dataset_coco.json --split test --out R
-    python -m eval.shapes_json generate --config runs/x --output runs/x/eval-cli/answers.jsonl [--score]
+    python -m tasks.generate shapes_json --config runs/x --output runs/x/eval-cli/answers.jsonl [--score]
 
 A generated text is **valid** when, stripped of surrounding whitespace, it parses as a JSON object whose keys are
 exactly "colour" and "shape" (anything before or after the object makes it invalid: the task is to answer in the
@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from eval.cli import add_generate_parser, generate
 from mm_excitor.cli import run_cli
 from mm_excitor.io import atomic_write_json, atomic_write_jsonl, read_answer_texts
 
@@ -103,15 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--split", default="test")
     score.add_argument("--allow-subset", action="store_true")
     score.add_argument("--out", type=Path, required=True, help="report directory")
-    add_generate_parser(sub, help="answer a split with a trained checkpoint (JSON-lines answer file)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.command == "generate":
-        generate("shapes_json", args)
-        return
     from data.shapes_json import load_shapes_json
 
     truth = {e.image_id: (e.colour, e.shape) for e in load_shapes_json(args.annotations, ".", args.split)}

@@ -3,7 +3,8 @@ batches alike), its official output file and its scorer. Everything else (the mo
 the image-blind control) is shared and written once, here and in `tasks.run`.
 
 To add a benchmark: subclass Task, implement the abstract methods, register it in `tasks.TASKS`; its training
-entry point is `run_cli(lambda argv: train(get_task(name), argv), ...)` and its `generate` command comes with it.
+entry point is `run_cli(lambda argv: train(get_task(name), argv), ...)`, and `python -m tasks.generate NAME` and
+`python -m tasks.probe NAME` serve it at once (docs/architecture.md, "Adding a benchmark").
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,10 +21,14 @@ import torch
 from torch.utils.data import Dataset
 
 from data.collate import Collator
-from data.datasets import ImageBlind
+from data.datasets import ImageBlind, OnBadImage
+from data.mix import DeliaMixConfig
+from data.paraphrases import ParaphraseConfig
 from eval.generation import EvalDataset, GenerativeModel, generate_outputs
 from mm_excitor.methods.excitor.config import NON_ADAPTER_FIELDS
+from mm_excitor.factory import ModelConfig
 from mm_excitor.decoding import Decoding
+from mm_excitor.train import TrainConfig
 
 COMMON_FREE_KEYS = (
     # what is done after training, and how: nothing the training trajectory depends on
@@ -42,11 +47,47 @@ COMMON_FREE_KEYS = (
 
 
 @dataclass
+class DataConfig:
+    """The `data` section's fields the shared code reads (tasks.run, tasks.generate, Task); a task's data config
+    extends it with its own files and splits, and may change a default by declaring the field again."""
+
+    eval_split: str | None = "test"
+    """The split evaluation generates for and scores (`python -m tasks.generate --split` picks another)."""
+    feature_cache: str | None = None
+    """A directory made by `python -m mm_excitor.feature_cache`: train from precomputed CLIP tokens."""
+    max_length: int = 64
+    """Tokens per row (prompt and target), the collator's truncation limit."""
+    on_bad_image: str = "error"
+    """'error' names the file; 'skip' drops and counts unreadable images."""
+    paraphrases: ParaphraseConfig = field(default_factory=ParaphraseConfig)
+    delia: DeliaMixConfig = field(default_factory=DeliaMixConfig)
+
+
+@dataclass
+class RunConfig:
+    """A task's run config: its `data` section (a DataConfig subclass) next to the shared sections; a task's run
+    config redeclares `data` with its own class and `decoding` where its default differs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decoding: Decoding = field(default_factory=Decoding)
+    evaluate: bool = True
+    """After training: generate for the eval split with the images and without them (the image-blind control) and
+    score both."""
+
+
+@dataclass
 class VisualSource:
     """How items get their visual input: an encoder's preprocessing (online) or a feature cache; exactly one."""
 
     image_transform: Callable | None = None
     visual_features: Mapping[str, torch.Tensor] | None = None
+
+    def dataset_options(self, on_bad_image: OnBadImage) -> dict[str, Any]:
+        """The keyword arguments of a `data.datasets.VisualDataset` reading from this source."""
+        return {"image_transform": self.image_transform, "visual_features": self.visual_features,
+                "on_bad_image": on_bad_image}
 
 
 @dataclass
@@ -62,6 +103,12 @@ class TaskData:
     """Identifies the training items (count and fingerprint): a resumed run must train on the same data."""
 
 
+def blank_of(*datasets: Any) -> dict[str, torch.Tensor]:
+    """The zero visual input of the first dataset built (`VisualDataset.blank`), {} when none is."""
+    built = next((dataset for dataset in datasets if dataset is not None), None)
+    return built.blank() if built is not None else {}
+
+
 def data_fingerprint(records: Iterable[Any]) -> dict[str, Any]:
     """Count and sha256 (16 hex digits) of JSON-able records, in order."""
     digest, count = hashlib.sha256(), 0
@@ -74,10 +121,8 @@ def data_fingerprint(records: Iterable[Any]) -> dict[str, Any]:
 
 class Task(abc.ABC):
     name: ClassVar[str]
-    cli: ClassVar[str]
-    """The evaluation command users know, e.g. `python -m eval.caption`."""
-    config_class: ClassVar[type]
-    """The run config dataclass: sections model, data, train, decoding and evaluate."""
+    config_class: ClassVar[type[RunConfig]]
+    """The run config dataclass: a RunConfig whose `data` is the task's DataConfig."""
     id_key: ClassVar[str]
     """The id of an item in its `meta` (image_id, pid), one output per id."""
     output_name: ClassVar[str]

@@ -2,26 +2,24 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.coco import caption_samples, load_caption_splits
-from data.datasets import CaptionEvalDataset, CaptionTrainDataset
-from data.prompts import CaptionTemplate
+from data.coco import CaptionImage, CaptionSample, caption_samples, load_caption_splits
+from data.datasets import VisualDataset
+from data.prompts import CaptionTemplate, caption_example
+from eval.caption import write_caption_report
 from eval.caption_files import write_results
-from eval.report import write_caption_report
-from data.mix import DeliaMixConfig
-from data.paraphrases import ParaphraseConfig
-from mm_excitor.factory import ModelConfig
 from mm_excitor.decoding import Decoding
-from mm_excitor.train import TrainConfig
-from tasks.base import COMMON_FREE_KEYS, Task, TaskData, VisualSource, data_fingerprint
+from tasks.base import (
+    COMMON_FREE_KEYS, DataConfig, RunConfig, Task, TaskData, VisualSource, blank_of, data_fingerprint,
+)
 
 
 @dataclass
-class CaptionDataConfig:
+class CaptionDataConfig(DataConfig):
     """COCO-style caption data: any of the official, Karpathy or LAVIS files, images under `image_root`."""
 
     train_annotations: str = ""
@@ -35,31 +33,50 @@ class CaptionDataConfig:
     image_root: str = ""
     train_split: str | None = "train"
     val_split: str | None = "val"
-    eval_split: str | None = "test"
     karpathy_test: str | None = None
     """A Karpathy/LAVIS test file to guard (or filter) a training set that could hold Karpathy test images; not
     needed when train_annotations or eval_annotations is dataset_coco.json or eval_annotations a LAVIS test file."""
     allow_test_overlap: bool = False
     filter_test_overlap: bool = False
-    feature_cache: str | None = None
-    """A directory made by `python -m mm_excitor.feature_cache`: train from precomputed CLIP tokens."""
-    max_length: int = 64
-    on_bad_image: str = "error"
-    """'error' names the file; 'skip' drops and counts unreadable images."""
     prompt: str | None = None
     """Caption instruction; None uses data.prompts.CAPTION_PROMPT."""
-    paraphrases: ParaphraseConfig = field(default_factory=ParaphraseConfig)
-    delia: DeliaMixConfig = field(default_factory=DeliaMixConfig)
 
 
 @dataclass
-class CaptionRunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+class CaptionRunConfig(RunConfig):
     data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    decoding: Decoding = field(default_factory=Decoding)
-    evaluate: bool = True
-    """After training: caption the eval split, score it, and score the image-blind control next to it."""
+
+
+class CaptionTrainDataset(VisualDataset):
+    """Caption training: one item per caption, ``prompt``/``target`` from the caption template."""
+
+    set_name = "caption training set"
+
+    def __init__(self, samples: Sequence[CaptionSample], *, template: CaptionTemplate = CaptionTemplate(),
+                 **visual: Any) -> None:
+        self.template = template
+        super().__init__(samples, **visual)
+
+    def item(self, sample: CaptionSample) -> dict[str, Any]:
+        prompt, target = caption_example(sample.caption, self.template)
+        return {"prompt": prompt, "target": target, "has_image": True,
+                "meta": {"image_id": sample.image_id, "image_key": sample.image_key}}
+
+
+class CaptionEvalDataset(VisualDataset):
+    """Caption evaluation: one item per image, with its references and COCO id in ``meta``."""
+
+    set_name = "caption evaluation set (its scores then cover fewer images)"
+
+    def __init__(self, images: Sequence[CaptionImage], *, template: CaptionTemplate = CaptionTemplate(),
+                 **visual: Any) -> None:
+        self.template = template
+        super().__init__(images, **visual)
+
+    def item(self, image: CaptionImage) -> dict[str, Any]:
+        return {"prompt": self.template.prompt, "has_image": True,
+                "meta": {"image_id": image.image_id, "image_key": image.image_key,
+                         "references": list(image.references)}}
 
 
 @dataclass
@@ -70,7 +87,6 @@ class CaptionData(TaskData):
 
 class CaptionTask(Task):
     name = "caption"
-    cli = "python -m eval.caption"
     config_class = CaptionRunConfig
     id_key = "image_id"
     output_name = "captions.json"
@@ -81,8 +97,7 @@ class CaptionTask(Task):
                    splits: Iterable[str] = ("train", "val", "eval")) -> CaptionData:
         data = config.data
         splits = set(splits)
-        kwargs = {"image_transform": visual.image_transform, "visual_features": visual.visual_features,
-                  "on_bad_image": data.on_bad_image,
+        kwargs = {**visual.dataset_options(data.on_bad_image),
                   "template": CaptionTemplate(prompt=data.prompt) if data.prompt else CaptionTemplate()}
         splits_of = load_caption_splits(
             data.image_root, data.train_annotations, train_split=data.train_split,
@@ -92,13 +107,12 @@ class CaptionTask(Task):
             filter_test_overlap=data.filter_test_overlap, with_training="train" in splits,
         )
         train = CaptionTrainDataset(splits_of.train, **kwargs) if splits_of.train is not None else None
-        identity = data_fingerprint([s.image_key, s.caption] for s in train.samples) if train is not None else {}
+        identity = data_fingerprint([s.image_key, s.caption] for s in train.records) if train is not None else {}
         # validation loss needs (prompt, target) pairs: one per reference caption
         val = CaptionTrainDataset(caption_samples(splits_of.val), **kwargs) if splits_of.val else None
         test = CaptionEvalDataset(splits_of.eval, **kwargs) if splits_of.eval else None
         references = {image.image_id: list(image.references) for image in splits_of.eval} if splits_of.eval else None
-        some = train or val or test
-        return CaptionData(train, val, test, blank=some.blank() if some is not None else {}, identity=identity,
+        return CaptionData(train, val, test, blank=blank_of(train, val, test), identity=identity,
                            references=references)
 
     def for_split(self, config: CaptionRunConfig, split: str) -> CaptionRunConfig:

@@ -2,8 +2,8 @@
 model's own chat template (data.chat), the loss on every assistant turn; text-only and image conversations mix in
 one dataset and one batch, images reaching each method as its visual input.
 
-Evaluation: the held-out answer NLL per token and greedy answers to the held-out prompts (eval.instruct), with the
-images and without them when any held-out conversation has one (the image-blind control).
+Evaluation: the held-out answer NLL per token (`answer_nll`) and greedy answers to the held-out prompts (scored by
+eval.instruct), with the images and without them when any held-out conversation has one (the image-blind control).
 """
 from __future__ import annotations
 
@@ -14,21 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from data.collate import ChatCollator
-from data.datasets import InstructDataset
+from data.datasets import ImageRef, VisualDataset
 from data.instruct import Conversation, read_conversations
-from data.mix import DeliaMixConfig
-from data.paraphrases import ParaphraseConfig
-from eval.instruct import answer_nll, score_answers_file, write_answers
-from mm_excitor.factory import ModelConfig
+from data.text import IGNORE_INDEX
+from eval.instruct import score_answers_file, write_answers
 from mm_excitor.decoding import Decoding
-from mm_excitor.train import TrainConfig
-from tasks.base import COMMON_FREE_KEYS, Task, TaskData, VisualSource, data_fingerprint
+from tasks.base import (
+    COMMON_FREE_KEYS, DataConfig, RunConfig, Task, TaskData, VisualSource, blank_of, data_fingerprint,
+)
 
 SPLITS = ("train", "val", "eval")
 
 
 @dataclass
-class InstructDataConfig:
+class InstructDataConfig(DataConfig):
     """Instruction data files (data.instruct's formats) and how they split."""
 
     train_files: list[str] = field(default_factory=list)
@@ -52,20 +51,29 @@ class InstructDataConfig:
     max_length: int = 512
     on_bad_record: str = "error"
     """'error': a bad record stops the run naming its file and index; 'skip': dropped, counted and logged."""
-    on_bad_image: str = "error"
-    feature_cache: str | None = None
-    paraphrases: ParaphraseConfig = field(default_factory=ParaphraseConfig)
-    delia: DeliaMixConfig = field(default_factory=DeliaMixConfig)
 
 
 @dataclass
-class InstructRunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+class InstructRunConfig(RunConfig):
     data: InstructDataConfig = field(default_factory=InstructDataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
     decoding: Decoding = field(default_factory=lambda: Decoding(max_new_tokens=64))
-    evaluate: bool = True
-    """After training: held-out answer NLL and greedy answers, with the images and without them."""
+
+
+class InstructDataset(VisualDataset):
+    """Conversations (data.instruct): one item per conversation, `messages` for data.chat, the image when it has
+    one (`has_image` False for a text-only record). `prompt` is the last user turn, `meta["reference"]` its answer:
+    what a generation record and its scorer show."""
+
+    set_name = "instruction set"
+
+    def image(self, conversation: Conversation) -> ImageRef:
+        return conversation.source, conversation.image, conversation.image_key
+
+    def item(self, conversation: Conversation) -> dict[str, Any]:
+        messages = [dict(m) for m in conversation.messages]
+        return {"messages": messages, "prompt": messages[-2]["content"], "has_image": conversation.image is not None,
+                "meta": {"id": conversation.id, "image_key": conversation.image_key,
+                         "reference": messages[-1]["content"]}}
 
 
 @dataclass
@@ -102,9 +110,27 @@ def split_conversations(config: InstructDataConfig) -> dict[str, list[Conversati
     return splits
 
 
+def answer_nll(model: Any, dataset: Any, collator: Any, batch_size: int) -> dict[str, float]:
+    """{"answer_nll": mean NLL per assistant token, "answer_tokens": their count, "conversations": how many were
+    scored} over `dataset` (conversations whose first answer does not fit are left out, as in training)."""
+    total, tokens, rows = 0.0, 0, 0
+    items = [item for item in (dataset[i] for i in range(len(dataset))) if item is not None]
+    for start in range(0, len(items), batch_size):
+        batch = collator(items[start:start + batch_size])
+        if batch.num_items == 0:
+            continue
+        batch = batch.to(model.device)
+        total -= float(model.label_log_likelihoods(**batch.inputs).sum())
+        tokens += int((batch.inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+        rows += batch.num_items
+    if tokens == 0:
+        raise ValueError("no held-out answer token to score (every conversation too long, or none)")
+    return {"answer_nll": total / tokens, "answer_tokens": tokens, "conversations": rows}
+
+
+
 class InstructTask(Task):
     name = "instruct"
-    cli = "python -m eval.instruct"
     config_class = InstructRunConfig
     id_key = "id"
     output_name = "answers.jsonl"
@@ -120,15 +146,13 @@ class InstructTask(Task):
         def dataset(split: str, wanted_as: str) -> InstructDataset | None:
             if wanted_as not in splits or not conversations[split]:
                 return None
-            return InstructDataset(conversations[split], image_transform=visual.image_transform,
-                                   visual_features=visual.visual_features, on_bad_image=data.on_bad_image)
+            return InstructDataset(conversations[split], **visual.dataset_options(data.on_bad_image))
 
         train, val, test = dataset("train", "train"), dataset("val", "val"), dataset(data.eval_split, "eval")
-        identity = (data_fingerprint([c.id, c.messages, c.image_key] for c in train.conversations)
+        identity = (data_fingerprint([c.id, c.messages, c.image_key] for c in train.records)
                     if train is not None else {})
-        references = {c.id: c.messages[-1]["content"] for c in test.conversations} if test is not None else None
-        some = train or val or test
-        return InstructData(train, val, test, blank=some.blank() if some is not None else {}, identity=identity,
+        references = {c.id: c.messages[-1]["content"] for c in test.records} if test is not None else None
+        return InstructData(train, val, test, blank=blank_of(train, val, test), identity=identity,
                             references=references)
 
     def collator(self, tokenizer: Any, config: InstructRunConfig, data: TaskData) -> ChatCollator:
@@ -145,7 +169,7 @@ class InstructTask(Task):
         """Task.evaluate's passes (with the images, and image-blind when a held-out conversation has an image),
         each scored by answer NLL and its greedy answers. This is where a capability probe's scores (what the
         base model could already do) join the table, as one more run next to these."""
-        if any(c.image is not None for c in data.eval.conversations):
+        if any(c.image is not None for c in data.eval.records):
             return super().evaluate(model, config, data, collator, decoding, out_dir,
                                     adapter_fingerprint=adapter_fingerprint, rank=rank, world_size=world_size,
                                     allow_subset=allow_subset)

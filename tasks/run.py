@@ -1,19 +1,11 @@
 """What every task shares at run time: training then evaluating (`train_caption.py`, `train_scienceqa.py`), and
-loading a trained run for evaluation (`python -m eval.caption generate`, `python -m eval.scienceqa generate`,
-notebooks).
-
-    python -m eval.caption generate --config runs/x --output runs/x/eval-cli/captions.json
-    python -m eval.caption generate --config configs/x.yaml --checkpoint runs/x/checkpoints/best --output R.json
-    torchrun --nproc_per_node 8 -m eval.caption generate --config runs/x --output R.json
+loading a trained run for evaluation (`python -m tasks.generate`, `python -m tasks.probe`, notebooks).
 
     run = load_run("caption", "runs/demo")             # config and latest adapter of the run, its eval split
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +17,6 @@ from data.datasets import ParaphrasedDataset
 from data.mix import MixedDataset, delia_items
 from data.paraphrases import load_paraphrases
 from data.sampler import ResumableSampler
-from eval.cli import DECODING_OPTIONS
-from eval.generation import generate_outputs
 from mm_excitor.adapter_io import ADAPTER_CONFIG_NAME, load_adapter
 from mm_excitor.factory import create_model
 from mm_excitor.feature_cache import FeatureCache
@@ -169,7 +159,7 @@ def read_run_config(task: Task, source: str | Path, overrides: Sequence[str] = (
     except ConfigError as error:
         other = next((t for t in TASKS.values() if t is not task and _fits(t, source)), None)
         if other is not None:
-            raise ConfigError(f"{source} is a {other.name} run config; use `{other.cli} generate`") from None
+            raise ConfigError(f"{source} is a {other.name} run config; use `python -m tasks.generate {other.name}`") from None
         raise
 
 
@@ -264,48 +254,3 @@ def load_run(
     fingerprint = state_fingerprint(trainable_state_dict(model))
     return LoadedRun(task, config, model, data, task.collator(model.tokenizer, config, data), split, checkpoint,
                      fingerprint, dist)
-
-
-# --- the `generate` subcommand (its options: eval/cli.py) -----------------------------------------------------------
-
-def generate_command(task_name: str, args: argparse.Namespace) -> None:
-    """Generate this rank's shard of a split with a trained adapter; the merging rank scores it if asked."""
-    from data.datasets import ImageBlind
-
-    task = get_task(task_name)
-    try:
-        config = read_run_config(task, args.config, args.overrides)
-        given = {name: getattr(args, name) for name in DECODING_OPTIONS if getattr(args, name) is not None}
-        decoding = dataclasses.replace(config.decoding, **given)
-        run = load_run(task, config, args.checkpoint if args.checkpoint is not None else args.config,
-                       split=args.split, device=args.device)
-        rank, world_size = _shard(args, run.dist)
-        dataset = ImageBlind(run.dataset) if args.image_blind else run.dataset
-        source = {"adapter": run.adapter_fingerprint, "split": run.split, "images": not args.image_blind}
-        print(f"{task.name} generate: rank {rank}/{world_size}, split {run.split!r} ({len(dataset)} items), "
-              f"checkpoint {run.checkpoint} ({run.adapter_fingerprint}), {decoding}", file=sys.stderr)
-        with torch.no_grad():
-            merged = generate_outputs(run.model, dataset, run.collator, task=task.name, id_key=task.id_key,
-                                      decoding=decoding, output=args.output, write_output=task.write_outputs,
-                                      resume=args.resume, rank=rank, world_size=world_size, source=source)
-        if merged is None:
-            print(f"rank {rank}: shard written; another rank merges", file=sys.stderr)
-            return
-        print(f"wrote {merged}")
-        if args.score:
-            metrics = task.score(merged, run.config, run.data, args.score_dir or merged.parent, decoding,
-                                 allow_subset=args.allow_subset)
-            print(format_comparison({"image" if not args.image_blind else "blind": metrics}))
-    finally:
-        cleanup_distributed()
-
-
-def _shard(args: argparse.Namespace, dist: DistInfo) -> tuple[int, int]:
-    if dist.world_size > 1:  # torchrun: the process group decides
-        given = (args.rank, args.world_size)
-        if given != (None, None) and given != (dist.rank, dist.world_size):
-            raise ValueError(f"--rank/--world-size {given} disagree with torchrun's {dist.rank}/{dist.world_size}")
-        return dist.rank, dist.world_size
-    rank = args.rank if args.rank is not None else int(os.environ.get("RANK", 0))
-    world_size = args.world_size if args.world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
-    return rank, world_size

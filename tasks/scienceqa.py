@@ -1,54 +1,63 @@
 """ScienceQA: problems.json + pid_splits.json, the official prompt formats, accuracy with the official breakdown."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.datasets import ScienceQADataset
-from data.scienceqa import load_scienceqa
+from data.datasets import ImageRef, VisualDataset
+from data.prompts import SCIENCEQA_FORMATS
+from data.scienceqa import ScienceQAProblem, build_example, load_scienceqa, problem_meta
 from eval.scienceqa import score_predictions_file, write_answers
 from eval.scienceqa_likelihood import LIKELIHOOD_FORMAT, PROTOCOL, evaluate_likelihood
-from data.mix import DeliaMixConfig
-from data.paraphrases import ParaphraseConfig
-from mm_excitor.factory import ModelConfig
 from mm_excitor.decoding import Decoding
-from mm_excitor.train import TrainConfig
-from tasks.base import COMMON_FREE_KEYS, Task, TaskData, VisualSource, data_fingerprint
+from tasks.base import (
+    COMMON_FREE_KEYS, DataConfig, RunConfig, Task, TaskData, VisualSource, blank_of, data_fingerprint,
+)
 
 
 @dataclass
-class ScienceQADataConfig:
+class ScienceQADataConfig(DataConfig):
     """ScienceQA: problems.json, pid_splits.json and images/{split}/{pid}/image.png under `root`."""
 
     root: str = ""
     train_split: str = "train"
     val_split: str | None = "val"
-    eval_split: str = "test"
     prompt_format: str = "QCM-A"
     """QCM-A (the official letter protocol), CQM-A, QCM-LEA, or QCM-option: answers are the options' texts and
     evaluation ranks the options by likelihood (eval.scienceqa_likelihood; a second protocol, reported as such)."""
-    feature_cache: str | None = None
     max_length: int = 512
-    on_bad_image: str = "error"
-    paraphrases: ParaphraseConfig = field(default_factory=ParaphraseConfig)
-    delia: DeliaMixConfig = field(default_factory=DeliaMixConfig)
 
 
 @dataclass
-class ScienceQARunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+class ScienceQARunConfig(RunConfig):
     data: ScienceQADataConfig = field(default_factory=ScienceQADataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
     decoding: Decoding = field(default_factory=lambda: Decoding(max_new_tokens=12))
-    evaluate: bool = True
-    """After training: answer the eval split with the images and without them, scored with the official breakdown."""
+
+
+class ScienceQADataset(VisualDataset):
+    """ScienceQA items in prompt format ``fmt``; text-only questions get ``has_image=False`` and no image.
+    ``target`` is always present (the trainer uses it; the evaluator may ignore it)."""
+
+    set_name = "ScienceQA set"
+
+    def __init__(self, problems: Sequence[ScienceQAProblem], *, fmt: str = "QCM-A", **visual: Any) -> None:
+        if fmt not in SCIENCEQA_FORMATS:  # fail now, not in a worker
+            raise ValueError(f"unknown ScienceQA prompt format {fmt!r}; choose one of {', '.join(SCIENCEQA_FORMATS)}")
+        self.fmt = fmt
+        super().__init__(problems, **visual)
+
+    def image(self, problem: ScienceQAProblem) -> ImageRef:
+        return f"pid {problem.pid}", problem.image_path, problem.image_key
+
+    def item(self, problem: ScienceQAProblem) -> dict[str, Any]:
+        prompt, target = build_example(problem, self.fmt)
+        return {"prompt": prompt, "target": target, "has_image": problem.has_image, "meta": problem_meta(problem)}
 
 
 class ScienceQATask(Task):
     name = "scienceqa"
-    cli = "python -m eval.scienceqa"
     config_class = ScienceQARunConfig
     id_key = "pid"
     output_name = "answers.jsonl"
@@ -57,16 +66,14 @@ class ScienceQATask(Task):
     def build_data(self, config: ScienceQARunConfig, visual: VisualSource,
                    splits: Iterable[str] = ("train", "val", "eval")) -> TaskData:
         data, splits = config.data, set(splits)
-        kwargs = {"image_transform": visual.image_transform, "visual_features": visual.visual_features,
-                  "on_bad_image": data.on_bad_image, "fmt": data.prompt_format}
+        kwargs = {**visual.dataset_options(data.on_bad_image), "fmt": data.prompt_format}
 
         def split(name: str | None, wanted: str) -> ScienceQADataset | None:
             return ScienceQADataset(load_scienceqa(data.root, name), **kwargs) if name and wanted in splits else None
 
         train, val, test = split(data.train_split, "train"), split(data.val_split, "val"), split(data.eval_split, "eval")
-        identity = data_fingerprint([p.pid, p.answer, p.image_key] for p in train.problems) if train else {}
-        some = train or val or test
-        return TaskData(train, val, test, blank=some.blank() if some is not None else {}, identity=identity)
+        identity = data_fingerprint([p.pid, p.answer, p.image_key] for p in train.records) if train else {}
+        return TaskData(train, val, test, blank=blank_of(train, val, test), identity=identity)
 
     def protocol(self, config: ScienceQARunConfig) -> str:
         if config.data.prompt_format == LIKELIHOOD_FORMAT:

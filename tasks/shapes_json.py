@@ -5,24 +5,23 @@ instruction paraphrases never seen in training: format validity and answer accur
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.datasets import ShapesJsonDataset
-from data.mix import DeliaMixConfig
-from data.paraphrases import ParaphraseConfig, load_paraphrases
-from data.shapes_json import PARAPHRASE_SET, load_shapes_json
+from data.datasets import VisualDataset
+from data.paraphrases import load_paraphrases
+from data.shapes_json import PARAPHRASE_SET, ShapesJsonExample, load_shapes_json, shapes_json_example
 from eval.shapes_json import score_answers_file, write_answers
-from mm_excitor.factory import ModelConfig
 from mm_excitor.decoding import Decoding
-from mm_excitor.train import TrainConfig
-from tasks.base import COMMON_FREE_KEYS, Task, TaskData, VisualSource, data_fingerprint
+from tasks.base import (
+    COMMON_FREE_KEYS, DataConfig, RunConfig, Task, TaskData, VisualSource, blank_of, data_fingerprint,
+)
 
 
 @dataclass
-class ShapesJsonDataConfig:
+class ShapesJsonDataConfig(DataConfig):
     """The shapes set's Karpathy file (one object per image, captions "a {colour} {shape}")."""
 
     annotations: str = ""
@@ -30,27 +29,35 @@ class ShapesJsonDataConfig:
     image_root: str = ""
     train_split: str = "train"
     val_split: str | None = "val"
-    eval_split: str = "test"
     train_limit: int | None = None
     """Keep a seeded sample of this many training images (the low-resource slice); None keeps all."""
     eval_limit: int | None = None
     """Evaluate a seeded sample of this many images of the eval split (CPU budgets); None: the whole split."""
     limit_seed: int = 0
-    feature_cache: str | None = None
     max_length: int = 96
-    on_bad_image: str = "error"
-    paraphrases: ParaphraseConfig = field(default_factory=ParaphraseConfig)
-    delia: DeliaMixConfig = field(default_factory=DeliaMixConfig)
 
 
 @dataclass
-class ShapesJsonRunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+class ShapesJsonRunConfig(RunConfig):
     data: ShapesJsonDataConfig = field(default_factory=ShapesJsonDataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
     decoding: Decoding = field(default_factory=lambda: Decoding(max_new_tokens=24))
-    evaluate: bool = True
-    """After training: answer the eval split with the images and without them, and score both."""
+
+
+class ShapesJsonDataset(VisualDataset):
+    """The format-following task: one item per image, the instruction prompt and the JSON answer as target
+    (always present; the evaluator ignores it). `meta` holds the truth the scorer compares with."""
+
+    set_name = "shapes_json set"
+
+    def __init__(self, examples: Sequence[ShapesJsonExample], *, instruction: str, **visual: Any) -> None:
+        self.instruction = instruction
+        super().__init__(examples, **visual)
+
+    def item(self, example: ShapesJsonExample) -> dict[str, Any]:
+        prompt, target = shapes_json_example(self.instruction, example.colour, example.shape)
+        return {"prompt": prompt, "target": target, "has_image": True,
+                "meta": {"image_id": example.image_id, "image_key": example.image_key, "colour": example.colour,
+                         "shape": example.shape}}
 
 
 @dataclass
@@ -61,7 +68,6 @@ class ShapesJsonData(TaskData):
 
 class ShapesJsonTask(Task):
     name = "shapes_json"
-    cli = "python -m eval.shapes_json"
     config_class = ShapesJsonRunConfig
     id_key = "image_id"
     output_name = "answers.jsonl"
@@ -72,8 +78,7 @@ class ShapesJsonTask(Task):
                    splits: Iterable[str] = ("train", "val", "eval")) -> ShapesJsonData:
         data, splits = config.data, set(splits)
         instruction = load_paraphrases(PARAPHRASE_SET).canonical
-        kwargs = {"image_transform": visual.image_transform, "visual_features": visual.visual_features,
-                  "on_bad_image": data.on_bad_image, "instruction": instruction}
+        kwargs = {**visual.dataset_options(data.on_bad_image), "instruction": instruction}
 
         def split(name: str | None, wanted: str, limit: int | None = None) -> ShapesJsonDataset | None:
             if not name or wanted not in splits:
@@ -83,11 +88,9 @@ class ShapesJsonTask(Task):
 
         train = split(data.train_split, "train", data.train_limit)
         val, test = split(data.val_split, "val"), split(data.eval_split, "eval", data.eval_limit)
-        identity = data_fingerprint([e.image_key, e.colour, e.shape] for e in train.examples) if train else {}
-        truth = {e.image_id: (e.colour, e.shape) for e in test.examples} if test else None
-        some = train or val or test
-        return ShapesJsonData(train, val, test, blank=some.blank() if some is not None else {}, identity=identity,
-                              truth=truth)
+        identity = data_fingerprint([e.image_key, e.colour, e.shape] for e in train.records) if train else {}
+        truth = {e.image_id: (e.colour, e.shape) for e in test.records} if test else None
+        return ShapesJsonData(train, val, test, blank=blank_of(train, val, test), identity=identity, truth=truth)
 
     def write_outputs(self, records: list[dict], path: Path) -> None:
         write_answers(records, path)

@@ -316,7 +316,7 @@ def test_a_missing_cache_is_named(tmp_path):
 def test_cache_is_a_mapping_that_dataloader_workers_read(setup, tmp_path):
     from data.coco import CaptionSample
     from data.collate import Collator
-    from data.datasets import CaptionTrainDataset
+    from tasks.caption import CaptionTrainDataset
 
     root, keys, encoder, _ = setup
     cache = build_feature_cache(encoder, root, keys, tmp_path / "cache", batch_size=4, shard_size=5,

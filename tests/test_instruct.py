@@ -105,10 +105,10 @@ def test_train_instruct_text_only_trains_and_scores_held_out_conversations(tmp_p
                                                                                  "train.resume=latest"])
     assert resumed["steps"] == 3 and set(resumed["eval"]) == {"text"}
 
-    from eval.instruct import main as instruct_cli
+    from tasks.generate import main as generate_cli
 
     output = tmp_path / "cli" / "answers.jsonl"
-    instruct_cli(["generate", "--config", str(tmp_path / "run"), "--output", str(output), "--score"])
+    generate_cli(["instruct", "--config", str(tmp_path / "run"), "--output", str(output), "--score"])
     assert len(output.read_text().splitlines()) == 4 and (output.parent / "instruct_scores.json").is_file()
 
 

@@ -1,22 +1,20 @@
-"""What a run reports: per-interval training records, run totals carried across resumes, and summary.json."""
+"""What a run reports: the counts behind its training records, run totals carried across resumes, and how records
+and the summary are written and shown. The Trainer builds the records and the summary from its own state; this
+module only counts, formats and writes."""
 from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..cli import format_ids
 from ..io import atomic_write_json
-from . import checkpoints as ckpt
 from .batches import Batch
 from .distributed import DistInfo, all_reduce, gather_objects
-from .metrics import human_bytes, peak_memory, say
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from .metrics import human_bytes
 
 SUMMARY_FILE = "summary.json"
 
@@ -24,13 +22,12 @@ SUMMARY_FILE = "summary.json"
 class Interval:
     """Loss, tokens and items since the last training record; the loss over the steps that updated the weights."""
 
-    def __init__(self, device: torch.device, step: int) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.reset(step)
+        self.reset()
 
-    def reset(self, step: int) -> None:
-        """Start counting after optimiser step `step`."""
-        self.start_step = step
+    def reset(self) -> None:
+        """Start counting from now."""
         self.loss = 0.0
         self.tokens = self.items = self.steps = self.skipped = 0
         self.start = time.perf_counter()
@@ -47,30 +44,23 @@ class Interval:
         else:
             self.skipped += 1
 
-    def report(self, trainer: Trainer, grad_norm: float, bar: tqdm) -> dict[str, Any]:
-        """One `train` record over all ranks (a collective), logged, then the interval starts again."""
-        dist = trainer.dist
+    def measure(self) -> dict[str, Any]:
+        """The interval's loss, skipped steps and throughput over all ranks (a collective); the interval then starts
+        counting again from its end."""
         counts = torch.tensor([float(self.tokens), float(self.items)], device=self.device, dtype=torch.float64)
         tokens, items = all_reduce(counts).tolist()
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        loss = self.loss / self.steps if self.steps else None
-        batches = trainer.batches
-        values = {
-            "loss": loss,
-            "lr": trainer.optimizer.param_groups[0]["lr"],
-            "grad_norm": json_number(grad_norm),
-            "skipped_steps": self.skipped,
-            "epoch": batches.epoch + batches.consumed / max(len(batches.sampler), 1),
-            "tokens_per_s": tokens / elapsed,
-            "samples_per_s": items / elapsed,
-        }
-        if trainer.scaler.is_enabled():
-            values["loss_scale"] = float(trainer.scaler.get_scale())
-        trainer.metrics.log("train", trainer.step, values)
-        bar.set_postfix(loss=f"{loss:.4f}" if loss is not None else "skipped", lr=f"{values['lr']:.2e}",
-                        tok_s=f"{values['tokens_per_s']:.0f}")
-        self.reset(trainer.step)
-        return values
+        measured = {"loss": self.loss / self.steps if self.steps else None, "skipped_steps": self.skipped,
+                    "tokens_per_s": tokens / elapsed, "samples_per_s": items / elapsed}
+        self.reset()
+        return measured
+
+
+def progress_postfix(record: dict[str, Any]) -> dict[str, str]:
+    """What the progress bar shows of a `train` record."""
+    loss = record["loss"]
+    return {"loss": f"{loss:.4f}" if loss is not None else "skipped", "lr": f"{record['lr']:.2e}",
+            "tok_s": f"{record['tokens_per_s']:.0f}"}
 
 
 def json_number(value: float) -> float | str:
@@ -139,56 +129,30 @@ class RunTotals:
                     train_time_s=self.saved["train_time_s"] + time.perf_counter() - self.session_start, data=merged)
 
 
-def write_summary(trainer: Trainer, interrupted: str | None) -> dict[str, Any]:
-    """summary.json (rank 0) and the closing message; a collective, like everything that counts over ranks."""
-    dist, config = trainer.dist, trainer.config
-    memory, memory_kind = peak_memory(dist.device)
-    memory = int(all_reduce(torch.tensor([float(memory)], device=dist.device), op="max").item())
-    totals = trainer.totals.snapshot()
-    session_tokens, _, _ = trainer.totals.session_totals()
-    wall = time.perf_counter() - trainer.totals.session_start
-    batches = trainer.batches
-    best_dir = trainer.output_dir / ckpt.CHECKPOINTS / ckpt.BEST
-    summary = {
-        "steps": trainer.step,
-        "total_steps": trainer.total_steps,
-        "epoch": batches.epoch + batches.consumed / max(len(batches.sampler), 1),
-        "wall_time_s": wall,
-        "train_time_s_total": totals["train_time_s"],
-        "tokens": totals["tokens_seen"],
-        "samples": totals["samples_seen"],
-        "tokens_per_s": session_tokens / wall if wall > 0 else 0.0,
-        "peak_memory_bytes": memory,
-        "peak_memory_kind": memory_kind,
-        "best_checkpoint": str(best_dir) if totals["best_step"] is not None else None,
-        "best_step": totals["best_step"],
-        "best_val_loss": totals["best_val_loss"],
-        "last_checkpoint": str(trainer.last_checkpoint) if trainer.last_checkpoint else None,
-        "adapter_fingerprint": trainer.adapter_fingerprint,
-        "resumed_from": str(trainer.resumed_from) if trainer.resumed_from else None,
-        "interrupted": interrupted,
-        "world_size": dist.world_size,
-        "effective_batch": config.effective_batch(dist.world_size),
-        "lr": trainer.lr,
-        "data": totals["data"],
-        "skipped_steps": totals["skipped_steps"],
-    }
-    if dist.is_main:
-        atomic_write_json(trainer.output_dir / SUMMARY_FILE, summary)
-        best = (f"{summary['best_checkpoint']} (step {summary['best_step']}, val loss {summary['best_val_loss']:.4f})"
-                if summary["best_checkpoint"] else "none (no validation set)")
-        say(dist, f"{'stopped' if interrupted else 'done'}: {trainer.step}/{trainer.total_steps} steps in {wall:.1f}s, "
-                  f"{summary['tokens_per_s']:.0f} tokens/s, peak memory {human_bytes(memory)} ({memory_kind}); "
-                  f"best checkpoint: {best}; last: {summary['last_checkpoint']}")
-        skipped = summary["skipped_steps"]
-        if skipped:
-            say(dist, f"{len(skipped)} step(s) skipped for a non-finite loss or gradient norm: "
-                      f"{format_ids([s['step'] for s in skipped])} (their samples: metrics.jsonl, summary.json)")
-        data = summary["data"]
-        if data.get("truncated") or data.get("skipped"):
-            say(dist, f"data: {data.get('truncated', 0)} of {data.get('examples', 0)} examples truncated "
-                      f"({data.get('prompt_tokens_cut', 0)} prompt / {data.get('target_tokens_cut', 0)} answer tokens "
-                      f"cut), {data.get('skipped', 0)} items skipped"
-                      + (f" ({data['too_long']} conversations whose first answer does not fit; "
-                         f"{data['turns_dropped']} trailing turns dropped)" if "turns_dropped" in data else ""))
-    return summary
+def write_summary(summary: dict[str, Any], output_dir: Path) -> Path:
+    """summary.json in `output_dir`."""
+    path = Path(output_dir) / SUMMARY_FILE
+    atomic_write_json(path, summary)
+    return path
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The closing message of a run: its length, speed, memory and checkpoints, then what it skipped."""
+    best = (f"{summary['best_checkpoint']} (step {summary['best_step']}, val loss {summary['best_val_loss']:.4f})"
+            if summary["best_checkpoint"] else "none (no validation set)")
+    lines = [f"{'stopped' if summary['interrupted'] else 'done'}: {summary['steps']}/{summary['total_steps']} steps "
+             f"in {summary['wall_time_s']:.1f}s, {summary['tokens_per_s']:.0f} tokens/s, peak memory "
+             f"{human_bytes(summary['peak_memory_bytes'])} ({summary['peak_memory_kind']}); best checkpoint: {best}; "
+             f"last: {summary['last_checkpoint']}"]
+    skipped = summary["skipped_steps"]
+    if skipped:
+        lines.append(f"{len(skipped)} step(s) skipped for a non-finite loss or gradient norm: "
+                     f"{format_ids([s['step'] for s in skipped])} (their samples: metrics.jsonl, summary.json)")
+    data = summary["data"]
+    if data.get("truncated") or data.get("skipped"):
+        lines.append(f"data: {data.get('truncated', 0)} of {data.get('examples', 0)} examples truncated "
+                     f"({data.get('prompt_tokens_cut', 0)} prompt / {data.get('target_tokens_cut', 0)} answer tokens "
+                     f"cut), {data.get('skipped', 0)} items skipped"
+                     + (f" ({data['too_long']} conversations whose first answer does not fit; "
+                        f"{data['turns_dropped']} trailing turns dropped)" if "turns_dropped" in data else ""))
+    return lines

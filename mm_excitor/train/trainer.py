@@ -35,9 +35,9 @@ from .distributed import (
     DistInfo, all_reduce, broadcast_object, full_tensor, gather_objects, gradient_sync, init_distributed,
     is_fsdp, load_optimizer_state, optimizer_state, trainable_state, unwrap, wrap_model,
 )
-from .metrics import MetricsLogger, say
+from .metrics import MetricsLogger, peak_memory, say
 from .optim import build_optimizer, lr_at, set_lr
-from .reporting import Interval, RunTotals, json_number, write_summary
+from .reporting import Interval, RunTotals, json_number, progress_postfix, summary_lines, write_summary
 from .resume import FREE_TRAIN_KEYS, ResumeMismatchError, check_resume, find_checkpoint, resumed_schedule
 from .signals import StopSignals, TrainingInterrupted
 from .state import ResumeState, capture_rng, preserved_rng, read_resume_state, restore_rng, seed_everything
@@ -142,7 +142,11 @@ class Trainer:
                 stop = self._loop(signals)
         finally:
             self.metrics.close()
-        summary = write_summary(self, interrupted=stop.name if stop is not None else None)
+        summary = self._summary(interrupted=stop.name if stop is not None else None)
+        if self.is_main:
+            write_summary(summary, self.output_dir)
+            for line in summary_lines(summary):
+                say(self.dist, line)
         if stop is not None:
             error = TrainingInterrupted(stop.name, int(stop), self.step, self.last_checkpoint)
             say(self.dist, f"{error}; continue with train.resume=latest")
@@ -156,7 +160,7 @@ class Trainer:
         stream = iter(self.batches)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (self.is_main and self.config.progress_bar))
-        interval = Interval(self.dist.device, self.step)
+        interval = Interval(self.dist.device)
         self.wrapped.train()
         try:
             while self.step < self.total_steps:
@@ -230,7 +234,8 @@ class Trainer:
         config, final = self.config, self.step == self.total_steps
         record = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
         if self.step % config.log_every_steps == 0 or final:
-            record.update(interval.report(self, grad_norm, bar))
+            record.update(self._train_record(interval, grad_norm))
+            bar.set_postfix(**progress_postfix(record))
         for callback in self.callbacks:
             callback(self, record)
         if self.val_dataset is not None and (self.step % config.eval_every_steps == 0 or final):
@@ -243,6 +248,61 @@ class Trainer:
             self._save(ckpt.step_dir(self.output_dir, self.step), update_latest=True)
             self.last_checkpoint = ckpt.step_dir(self.output_dir, self.step)
         return stop
+
+    def _train_record(self, interval: Interval, grad_norm: float) -> dict[str, Any]:
+        """The `train` record of the interval that ends at this step (a collective), logged."""
+        measured = interval.measure()
+        values = {
+            "loss": measured["loss"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": json_number(grad_norm),
+            "skipped_steps": measured["skipped_steps"],
+            "epoch": self._epoch(),
+            "tokens_per_s": measured["tokens_per_s"],
+            "samples_per_s": measured["samples_per_s"],
+        }
+        if self.scaler.is_enabled():
+            values["loss_scale"] = float(self.scaler.get_scale())
+        self.metrics.log("train", self.step, values)
+        return values
+
+    def _epoch(self) -> float:
+        """Epochs done, fractional."""
+        return self.batches.epoch + self.batches.consumed / max(len(self.batches.sampler), 1)
+
+    def _summary(self, interrupted: str | None) -> dict[str, Any]:
+        """The run summary (summary.json): length, throughput, peak memory, checkpoints, totals over every session;
+        a collective, like everything that counts over ranks."""
+        memory, memory_kind = peak_memory(self.dist.device)
+        memory = int(all_reduce(torch.tensor([float(memory)], device=self.dist.device), op="max").item())
+        totals = self.totals.snapshot()
+        session_tokens, _, _ = self.totals.session_totals()
+        wall = time.perf_counter() - self.totals.session_start
+        best_dir = self.output_dir / ckpt.CHECKPOINTS / ckpt.BEST
+        return {
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "epoch": self._epoch(),
+            "wall_time_s": wall,
+            "train_time_s_total": totals["train_time_s"],
+            "tokens": totals["tokens_seen"],
+            "samples": totals["samples_seen"],
+            "tokens_per_s": session_tokens / wall if wall > 0 else 0.0,
+            "peak_memory_bytes": memory,
+            "peak_memory_kind": memory_kind,
+            "best_checkpoint": str(best_dir) if totals["best_step"] is not None else None,
+            "best_step": totals["best_step"],
+            "best_val_loss": totals["best_val_loss"],
+            "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "adapter_fingerprint": self.adapter_fingerprint,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "interrupted": interrupted,
+            "world_size": self.dist.world_size,
+            "effective_batch": self.config.effective_batch(self.dist.world_size),
+            "lr": self.lr,
+            "data": totals["data"],
+            "skipped_steps": totals["skipped_steps"],
+        }
 
     def _next_batch(self, stream: Any) -> Batch:
         """The next batch to train on; its data counts are added up, and a batch whose items were all skipped

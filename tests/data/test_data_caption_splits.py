@@ -164,7 +164,7 @@ def test_the_caption_task_uses_the_checked_splits(lavis_renamed: Path):
              "eval_annotations": str(LAVIS["test"])}
     data = build(**files)
     assert set(data.references) == {900001, 900002}
-    assert {s.image_id for s in data.val.samples} == {900005}
+    assert {s.image_id for s in data.val.records} == {900005}
     assert data.identity["train_items"] == len(data.train)
     evaluation_only = build(("eval",), **{**files, "train_annotations": "/no/such/training/file.json"})
     assert evaluation_only.train is None and evaluation_only.val is None and set(evaluation_only.references) == {

@@ -12,9 +12,11 @@ from torch.utils.data import DataLoader
 
 from data.coco import load_caption_images, load_caption_training
 from data.collate import Collator
-from data.datasets import CaptionEvalDataset, CaptionTrainDataset, ScienceQADataset, load_rgb
+from data.datasets import load_rgb
 from data.errors import ImageError
 from data.scienceqa import load_scienceqa
+from tasks.caption import CaptionEvalDataset, CaptionTrainDataset
+from tasks.scienceqa import ScienceQADataset
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
 COCO, SQA = SAMPLES / "coco", SAMPLES / "scienceqa"
@@ -142,4 +144,4 @@ def test_missing_visual_feature_follows_the_policy():
     with pytest.raises(ImageError, match=r"train/2/image\.png: pid 2: no entry in visual_features"):
         ScienceQADataset(problems, visual_features=feats)
     ds = ScienceQADataset(problems, visual_features=feats, on_bad_image="skip")
-    assert [p.pid for p in ds.problems] == ["1", "3", "4"] and ds.skipped[0].record == "pid 2"
+    assert [p.pid for p in ds.records] == ["1", "3", "4"] and ds.skipped[0].record == "pid 2"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data.datasets import InstructDataset
+from tasks.instruct import InstructDataset
 from data.errors import DataError, ImageError, UnsafePathError
 from data.instruct import read_conversations
 

@@ -125,5 +125,7 @@ def test_the_cli_scores_a_frozen_lm_directory_and_writes_json(tmp_path, capsys):
                          "--batch-size", "4"])
     assert json.loads((tmp_path / "r.json").read_text())["probe"]["accuracy"] == result["probe"]["accuracy"]
     assert result["heldout_nll"] > 0 and "| shape | 1 |" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="--run needs --task"):
-        probe.main(["--run", str(tmp_path)])
+    from tasks import probe as run_probe  # a trained run: `python -m tasks.probe TASK --run RUN`
+
+    with pytest.raises(SystemExit, match="2"):  # argparse: the task the run was trained by is required
+        run_probe.main(["--run", str(tmp_path)])

@@ -1,4 +1,4 @@
-"""`python -m eval.caption generate` / `python -m eval.scienceqa generate` on a tiny run trained for 2 steps."""
+"""`python -m tasks.generate caption` / `python -m tasks.generate scienceqa` on a tiny run trained for 2 steps."""
 from __future__ import annotations
 
 import json
@@ -10,15 +10,15 @@ import pytest
 import yaml
 
 import train_caption
-from eval import caption, scienceqa
 from mm_excitor.cli import run_cli
 from mm_excitor.decoding import Decoding
+from tasks import generate
 from tests.tiny_models import TINY_ASSETS_CLIP, tiny_model, tiny_tokenizer, write_tiny_assets
 
 
-def cli(module, argv: list[str]) -> int:
-    """The command as a user runs it: exit status 0, or 2 with one `error:` line."""
-    return run_cli(module.main, argv)
+def cli(task: str, argv: list[str]) -> int:
+    """`python -m tasks.generate TASK ...` as a user runs it: exit status 0, or 2 with one `error:` line."""
+    return run_cli(generate.main, [task, *argv])
 
 
 def tiny_recipe(root: Path, output_dir: Path) -> dict:
@@ -58,9 +58,9 @@ def _no_generation(*args, **kwargs):
 
 def test_generate_writes_the_official_results_file_and_resumes(run, tmp_path, monkeypatch, capsys):
     results = tmp_path / "R.json"
-    argv = ["generate", "--config", str(run.recipe), "--checkpoint", str(run.out / "checkpoints" / "step-2"),
+    argv = ["--config", str(run.recipe), "--checkpoint", str(run.out / "checkpoints" / "step-2"),
             "--split", "test", "--output", str(results)]
-    assert cli(caption, argv) == 0
+    assert cli("caption", argv) == 0
     captions = json.loads(results.read_text())
     assert [r["image_id"] for r in captions] == run.test_ids  # one per test image, in dataset order
     assert all(set(r) == {"image_id", "caption"} and isinstance(r["caption"], str) for r in captions)
@@ -73,24 +73,24 @@ def test_generate_writes_the_official_results_file_and_resumes(run, tmp_path, mo
 
     before = results.read_bytes()
     monkeypatch.setattr(MultimodalExcitor, "generate", _no_generation)
-    assert cli(caption, argv) == 0
+    assert cli("caption", argv) == 0
     assert results.read_bytes() == before
 
     # the parts of step-2 are not mixed with another checkpoint's, nor with other decoding settings
     capsys.readouterr()
-    other = ["generate", "--config", str(run.recipe), "--checkpoint", str(run.out / "checkpoints" / "step-1"),
+    other = ["--config", str(run.recipe), "--checkpoint", str(run.out / "checkpoints" / "step-1"),
              "--output", str(results)]
-    assert cli(caption, other) == 2
+    assert cli("caption", other) == 2
     assert "--no-resume" in capsys.readouterr().err
-    assert cli(caption, argv + ["--num-beams", "2"]) == 2
+    assert cli("caption", argv + ["decoding.num_beams=2"]) == 2
     assert "decoding.num_beams: journal 1, now 2" in capsys.readouterr().err
 
 
 def test_a_run_output_dir_is_config_and_checkpoint(run, tmp_path, monkeypatch):
     """--config runs/x: the stored run config and the latest checkpoint; CLI flags override the decoding."""
     results = tmp_path / "blind.json"
-    assert cli(caption, ["generate", "--config", str(run.out), "--output", str(results), "--image-blind",
-                         "--max-new-tokens", "3"]) == 0
+    assert cli("caption", ["--config", str(run.out), "--output", str(results), "--image-blind",
+                         "decoding.max_new_tokens=3"]) == 0
     assert [r["image_id"] for r in json.loads(results.read_text())] == run.test_ids
     meta = json.loads((tmp_path / "blind.meta.json").read_text())
     assert meta["decoding"]["max_new_tokens"] == 3 and meta["decoding"]["batch_size"] == 8
@@ -100,10 +100,10 @@ def test_a_run_output_dir_is_config_and_checkpoint(run, tmp_path, monkeypatch):
 def test_shards_launched_by_hand_are_merged_by_the_last_one(run, tmp_path):
     """--rank/--world-size without torchrun (what torchrun's RANK/WORLD_SIZE give each process)."""
     results = tmp_path / "R.json"
-    base = ["generate", "--config", str(run.out), "--output", str(results), "--world-size", "2"]
-    assert cli(caption, base + ["--rank", "1"]) == 0
+    base = ["--config", str(run.out), "--output", str(results), "--world-size", "2"]
+    assert cli("caption", base + ["--rank", "1"]) == 0
     assert not results.exists()  # rank 0's shard is missing: nothing to merge yet
-    assert cli(caption, base + ["--rank", "0"]) == 0
+    assert cli("caption", base + ["--rank", "0"]) == 0
     assert [r["image_id"] for r in json.loads(results.read_text())] == run.test_ids
     assert json.loads((tmp_path / "R.meta.json").read_text())["world_size"] == 2
 
@@ -111,8 +111,8 @@ def test_shards_launched_by_hand_are_merged_by_the_last_one(run, tmp_path):
 @pytest.mark.skipif(shutil.which("java") is None, reason="caption scoring needs Java")
 def test_generate_then_score(run, tmp_path):
     results = tmp_path / "R.json"
-    assert cli(caption, ["generate", "--config", str(run.out), "--output", str(results), "--score",
-                         "--max-new-tokens", "2"]) == 0
+    assert cli("caption", ["--config", str(run.out), "--output", str(results), "--score",
+                         "decoding.max_new_tokens=2"]) == 0
     scores = json.loads((tmp_path / "caption_scores.json").read_text())
     assert {"Bleu_4", "CIDEr", "METEOR", "ROUGE_L"} <= set(scores["metrics"])
 
@@ -122,7 +122,7 @@ def test_a_checkpoint_of_another_base_model_is_refused(run, tmp_path, capsys):
     tiny_model(seed=1).save_pretrained(other)  # same architecture, other weights
     tiny_tokenizer().save_pretrained(other)
     results = tmp_path / "R.json"
-    code = cli(caption, ["generate", "--config", str(run.recipe), "--checkpoint", str(run.out), "--output",
+    code = cli("caption", ["--config", str(run.recipe), "--checkpoint", str(run.out), "--output",
                          str(results), f"model.language_model={other}"])
     assert code == 2
     err = capsys.readouterr().err
@@ -133,9 +133,9 @@ def test_a_checkpoint_of_another_base_model_is_refused(run, tmp_path, capsys):
 def test_a_config_of_the_other_task_is_named(run, tmp_path, capsys):
     recipe = tmp_path / "sqa.yaml"
     recipe.write_text(yaml.safe_dump({"data": {"root": str(run.root / "shapes" / "scienceqa")}}))
-    assert cli(caption, ["generate", "--config", str(recipe), "--checkpoint", str(run.out),
+    assert cli("caption", ["--config", str(recipe), "--checkpoint", str(run.out),
                          "--output", str(tmp_path / "R.json")]) == 2
-    assert "is a scienceqa run config; use `python -m eval.scienceqa generate`" in capsys.readouterr().err
+    assert "is a scienceqa run config; use `python -m tasks.generate scienceqa`" in capsys.readouterr().err
 
 
 def test_scienceqa_generate_answers_and_scores(run, tmp_path):
@@ -145,9 +145,24 @@ def test_scienceqa_generate_answers_and_scores(run, tmp_path):
     recipe = tmp_path / "sqa.yaml"
     recipe.write_text(yaml.safe_dump(sqa))
     answers = tmp_path / "answers.jsonl"
-    assert cli(scienceqa, ["generate", "--config", str(recipe), "--checkpoint", str(run.out), "--output",
+    assert cli("scienceqa", ["--config", str(recipe), "--checkpoint", str(run.out), "--output",
                            str(answers), "--score"]) == 0
     rows = [json.loads(line) for line in answers.read_text().splitlines()]
     problems = json.loads((run.root / "shapes" / "scienceqa" / "problems.json").read_text())
     assert {r["question_id"] for r in rows} == {pid for pid, p in problems.items() if p["split"] == "test"}
     assert json.loads((tmp_path / "scienceqa_results.json").read_text())["results"]
+
+
+def test_decoding_overrides_take_the_types_of_the_decoding_fields():
+    from mm_excitor.recipe import ConfigError
+
+    decoding = generate.decoding_with(Decoding(), ["decoding.num_beams=3", "decoding.do_sample=false",
+                                                   "decoding.top_p=0.5", "decoding.max_new_tokens=7"])
+    assert decoding == Decoding(num_beams=3, do_sample=False, top_p=0.5, max_new_tokens=7)
+    assert isinstance(decoding.top_p, float) and isinstance(decoding.num_beams, int)
+    with pytest.raises(ConfigError, match=r"unknown decoding setting 'decoding.beams=2'; valid: .*decoding.num_beams="):
+        generate.decoding_with(Decoding(), ["decoding.beams=2"])
+    with pytest.raises(ConfigError, match="decoding.num_beams='two': expected int"):
+        generate.decoding_with(Decoding(), ["decoding.num_beams=two"])
+    with pytest.raises(ConfigError, match="decoding.do_sample='maybe': expected bool"):
+        generate.decoding_with(Decoding(), ["decoding.do_sample=maybe"])
