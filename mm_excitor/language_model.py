@@ -36,6 +36,14 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
+def top_decoder_layers(model: nn.Module, count: int, setting: str) -> list[nn.Module]:
+    """The topmost `count` decoder layers, the ones a method adapts; `setting` names the count in the error."""
+    layers = decoder_layers(model)
+    if count > len(layers):
+        raise ValueError(f"{setting}={count} exceeds the model's {len(layers)} decoder layers")
+    return list(layers[len(layers) - count:])
+
+
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter that trains, selected by requires_grad rather than by a hand-written key list."""
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
