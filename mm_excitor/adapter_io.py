@@ -22,7 +22,7 @@ from torch import nn
 from .diff import MISSING, Difference, describe_all, differences
 from .identity import identity_differences
 from .integrity import verify_checksums, write_checksums
-from .io import atomic_directory, atomic_write_json, read_json
+from .io import atomic_directory, atomic_write_json, read_json_document
 from .methods import adapter_of, method_class
 from .vision_language import AdapterHooks
 
@@ -66,11 +66,7 @@ def read_adapter_config(directory: Path | str) -> dict[str, Any]:
     path = Path(directory) / ADAPTER_CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no adapter config at {path} (expected {ADAPTER_CONFIG_NAME} from save_adapter)")
-    metadata = read_json(path)
-    if not isinstance(metadata, dict) or metadata.get("format") != ADAPTER_FORMAT:
-        found = metadata.get("format") if isinstance(metadata, dict) else None
-        raise ValueError(f"{path} is not an mm_excitor adapter config (format {found!r}, expected {ADAPTER_FORMAT})")
-    return metadata
+    return read_json_document(path, ADAPTER_FORMAT, "an mm_excitor adapter config")
 
 
 def adapter_config_differences(method: str, saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[Difference]:
