@@ -10,10 +10,9 @@ import os
 from typing import Any
 
 # CPU threads that wait for work sleep instead of spinning. With spinning (OpenMP's default) torch's threads
-# lose their turns as soon as another process shares the cores: the demo's step took 4.91 s with 2 spinning threads
-# next to one busy process, 3.00 s with sleeping ones (1.75 s vs 2.25 s on an idle machine; bench/README.md,
-# bench/threads.py). It only takes effect when this package is imported before
-# torch, as every command of the project does; OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
+# lose their turns as soon as another process shares the cores, and the machines this project runs on are shared
+# (docs/design.md, "Measured numbers behind library defaults"). It only takes effect when this package is imported
+# before torch, as every command of the project does; OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _PUBLIC = {

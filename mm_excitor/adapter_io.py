@@ -4,8 +4,9 @@ A directory holds `adapter_model.safetensors` (every parameter with requires_gra
 `adapter_config.json`: the method's name and hyper-parameters and the identity of the model it was trained on.
 Loading refuses another method, other hyper-parameters or another base model, and says which fields differ.
 
-Two kinds of model carry adapters: a Hugging Face causal LM with Excitor blocks (`apply_excitor`, language-only)
-and a `VisionLanguageModel` of any method (`adapter_config()`, `adapter_identity()`, class attribute `method`).
+Two kinds of model carry adapters: a `VisionLanguageModel` of any method, and a bare Hugging Face causal LM that a
+method adapted in place (the Excitor's `apply_excitor`, language-only). Either is read through its method's hooks
+(`methods.adapter_of`): what the adapter records (`adapter_metadata`) and which tensors it saves (`adapter_state`).
 """
 from __future__ import annotations
 
@@ -18,26 +19,26 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .methods.excitor.config import ADDED_FIELDS, NON_ADAPTER_FIELDS, ExcitorConfig
 from .diff import MISSING, Difference, describe_all, differences
-from .identity import identity_differences, language_model_identity
+from .identity import identity_differences
 from .integrity import verify_checksums, write_checksums
-from .io import atomic_directory, atomic_write_json, read_json
-from .language_model import trainable_state_dict
-from .methods.excitor.model import apply_excitor, excitor_blocks
+from .io import atomic_directory, atomic_write_json, read_json_document
+from .methods import adapter_of, method_class
+from .vision_language import AdapterHooks
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_FORMAT = "mm_excitor.adapter/v2"
+def adapter_hooks(model: nn.Module) -> AdapterHooks:
+    hooks = adapter_of(model)
+    if hooks is None:
+        raise ValueError("the model has no adapter (call apply_excitor, or build a method's model)")
+    return hooks
+
+
 def adapter_metadata(model: nn.Module) -> dict[str, Any]:
     """{"method", "config", "identity"}: what a checkpoint of `model`'s adapter records and must match."""
-    if hasattr(model, "adapter_config"):
-        return {"method": model.method, "config": model.adapter_config(), "identity": model.adapter_identity()}
-    config = getattr(model, "excitor_config", None)
-    if config is None:
-        raise ValueError("the model has no adapter (call apply_excitor, or build a method's model)")
-    return {"method": "excitor", "config": config.to_dict(),
-            "identity": {"language_model": language_model_identity(model)}}
+    return adapter_hooks(model).adapter_metadata()
 
 
 def write_adapter(directory: Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> None:
@@ -54,9 +55,9 @@ def write_adapter(directory: Path, state: Mapping[str, torch.Tensor], metadata: 
 def save_adapter(model: nn.Module, directory: Path | str) -> Path:
     """Write the adapter atomically: a crash leaves the previous adapter (or nothing), never a torn one."""
     directory = Path(directory)
-    metadata = adapter_metadata(model)
+    hooks = adapter_hooks(model)
     with atomic_directory(directory) as scratch:
-        write_adapter(scratch, trainable_state_dict(model), metadata)
+        write_adapter(scratch, hooks.adapter_state(), hooks.adapter_metadata())
         write_checksums(scratch)
     return directory
 
@@ -65,19 +66,18 @@ def read_adapter_config(directory: Path | str) -> dict[str, Any]:
     path = Path(directory) / ADAPTER_CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no adapter config at {path} (expected {ADAPTER_CONFIG_NAME} from save_adapter)")
-    metadata = read_json(path)
-    if not isinstance(metadata, dict) or metadata.get("format") != ADAPTER_FORMAT:
-        found = metadata.get("format") if isinstance(metadata, dict) else None
-        raise ValueError(f"{path} is not an mm_excitor adapter config (format {found!r}, expected {ADAPTER_FORMAT})")
-    return metadata
+    return read_json_document(path, ADAPTER_FORMAT, "an mm_excitor adapter config")
 
 
-def adapter_config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[Difference]:
-    """The method hyper-parameters that differ, under `config.`; settings of how the arithmetic runs do not count,
-    and a field the saved config predates counts as the value it was trained with (`config.ADDED_FIELDS`)."""
+def adapter_config_differences(method: str, saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[Difference]:
+    """The hyper-parameters of `method` that differ, under `config.`; the method's settings of how the arithmetic
+    runs do not count (`non_adapter_fields`), and a field the saved config predates counts as the value it was
+    trained with (`added_fields`)."""
+    hooks = method_class(method)
+
     def ignore(d: Difference) -> bool:
         leaf = d.key.rsplit(".", 1)[-1]
-        return leaf in NON_ADAPTER_FIELDS or (d.old == MISSING and ADDED_FIELDS.get(leaf, MISSING) == d.new)
+        return leaf in hooks.non_adapter_fields or (d.old == MISSING and hooks.added_fields.get(leaf, MISSING) == d.new)
 
     return differences({"config": saved}, {"config": current}, ignore=ignore)
 
@@ -89,14 +89,14 @@ def check_adapter_fits(metadata: Mapping[str, Any], model: nn.Module, where: Pat
     if metadata.get("method") != current["method"]:
         raise ValueError(f"{where} holds a {metadata.get('method')!r} adapter; this model uses the "
                          f"{current['method']!r} method")
-    found = adapter_config_differences(metadata.get("config", {}), current["config"])
+    found = adapter_config_differences(current["method"], metadata.get("config", {}), current["config"])
     found += identity_differences(metadata.get("identity", {}), current["identity"], strict_identity)
     if found:
         raise ValueError(f"adapter {where} does not fit this model:" + describe_all(found, "adapter", "model"))
 
 
 def load_adapter(model: nn.Module, directory: Path | str, *, strict_identity: bool = True) -> nn.Module:
-    """Load an adapter into `model`; a bare Hugging Face LM gets the saved Excitor blocks first.
+    """Load an adapter into `model`; a bare Hugging Face LM is first adapted by the saved method (Excitor only).
 
     `strict_identity=False` accepts a base whose weight fingerprint differs (a different checkpoint of the same
     architecture); architecture differences are always refused. The two adapter files are checked against the
@@ -109,16 +109,14 @@ def load_adapter(model: nn.Module, directory: Path | str, *, strict_identity: bo
     weights_path = directory / ADAPTER_WEIGHTS_NAME
     if not weights_path.is_file():
         raise FileNotFoundError(f"no adapter weights at {weights_path}")
-    if not hasattr(model, "adapter_config") and not excitor_blocks(model):
-        if metadata.get("method") != "excitor":
-            raise ValueError(f"{directory} holds a {metadata.get('method')!r} adapter, not an Excitor one")
-        apply_excitor(model, ExcitorConfig.from_dict(metadata["config"]))
+    if adapter_of(model) is None:
+        method_class(metadata.get("method")).adapt_language_model(model, metadata["config"])
     check_adapter_fits(metadata, model, directory, strict_identity)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{weights_path}: not a readable safetensors file ({error})") from None
-    expected = trainable_state_dict(model)
+    expected = adapter_hooks(model).adapter_state()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ValueError(f"adapter {weights_path} keys do not match the model: missing {missing}, unexpected {unexpected}")

@@ -21,8 +21,8 @@ running the encoder every step. Layout of a cache directory:
 memory does not grow with the cache it reads. It checks the manifest, the key list and every shard's size when
 opened (a damaged cache is a ``FeatureCacheError``, a ``ValueError`` naming the file) and pickles without its open
 files (DataLoader workers reopen them). A cache made by another encoder is refused: by ``build_feature_cache``
-when it would resume it, and by ``FeatureCache.check_identity`` / ``FeatureCache(path, expected_identity=...)``
-when it would be used.
+when it would resume it (``identity_differences``), and by ``factory.create_model`` when a run would train or
+evaluate from it with another encoder than its config names.
 """
 from __future__ import annotations
 
@@ -248,8 +248,7 @@ class FeatureCache(Mapping):
     is refused unless ``allow_incomplete=True``, which exposes the finished shards only.
     """
 
-    def __init__(self, path: str | Path, *, expected_identity: dict[str, Any] | None = None,
-                 allow_incomplete: bool = False) -> None:
+    def __init__(self, path: str | Path, *, allow_incomplete: bool = False) -> None:
         self.path = Path(path)
         self.manifest: dict[str, Any] = read_manifest(self.path)
         if not self.manifest["complete"] and not allow_incomplete:
@@ -257,8 +256,6 @@ class FeatureCache(Mapping):
                 f"feature cache {self.path} is incomplete (its build was interrupted): run the same "
                 f"`python -m mm_excitor.feature_cache` command again to finish it"
             )
-        if expected_identity is not None:
-            self.check_identity(expected_identity)
         shards = range(self.manifest["num_shards"])
         if not self.complete:  # allow_incomplete: the finished shards only
             shards = [i for i in shards if (self.path / f"{shard_name(i)}.keys.json").is_file()]
@@ -309,15 +306,6 @@ class FeatureCache(Mapping):
     @property
     def complete(self) -> bool:
         return bool(self.manifest["complete"])
-
-    def check_identity(self, identity: dict[str, Any]) -> None:
-        """Raise FeatureCacheMismatch, listing the differing fields, unless `identity` is the cache's encoder's."""
-        differences = identity_differences(self.manifest["identity"], identity)
-        if differences:
-            raise FeatureCacheMismatch(
-                f"feature cache {self.path} was made by another encoder than the one given; differing fields: "
-                + "; ".join(differences)
-            )
 
     # -- keys
     def _rows(self, shard: int) -> int:
@@ -629,9 +617,9 @@ def pin_malloc_mmap_threshold() -> None:
     """Keep glibc's mmap threshold at its default (128 KiB) for the rest of the process (elsewhere: nothing).
 
     glibc raises the threshold when a large block is freed, so after the encoder's first batch its activations
-    come from a heap that fragments: the CLI's peak RSS then grew by 1.1x the cache's size between 2,000 and
-    20,000 images (bench/feature_cache_scale.py), and by 6% with the threshold pinned. The CLI owns its process;
-    a library caller decides for its own (or sets MALLOC_MMAP_THRESHOLD_=131072).
+    come from a heap that fragments, and the CLI's peak RSS grows with the number of images it encodes
+    (docs/design.md, "Measured numbers behind library defaults"). The CLI owns its process; a library caller
+    decides for its own (or sets MALLOC_MMAP_THRESHOLD_=131072).
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt

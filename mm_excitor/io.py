@@ -90,6 +90,16 @@ def read_json(path: Path | str) -> Any:
         raise JSONFileError(f"{path}: not valid JSON (line {error.lineno} column {error.colno}: {error.msg})") from None
 
 
+def read_json_document(path: Path | str, expected_format: str, what: str) -> dict[str, Any]:
+    """The JSON object at `path` whose "format" field is `expected_format`; another document is a ValueError that
+    says `what` the file should be."""
+    document = read_json(path)
+    found = document.get("format") if isinstance(document, dict) else None
+    if found != expected_format:
+        raise ValueError(f"{path} is not {what} (format {found!r}, expected {expected_format})")
+    return document
+
+
 @contextlib.contextmanager
 def atomic_directory(path: Path | str) -> Iterator[Path]:
     """Yield a scratch directory that replaces `path` as a whole when the block exits without error."""

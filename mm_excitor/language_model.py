@@ -1,5 +1,5 @@
 """What every method needs of the frozen causal LM, whatever adapts it: its decoder layers, its trainable
-parameters (listed, counted, kept in fp32)."""
+parameters (listed, grouped into FSDP units, counted, kept in fp32)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,9 +36,37 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
+def top_decoder_layers(model: nn.Module, count: int, setting: str) -> list[nn.Module]:
+    """The topmost `count` decoder layers, the ones a method adapts; `setting` names the count in the error."""
+    layers = decoder_layers(model)
+    if count > len(layers):
+        raise ValueError(f"{setting}={count} exceeds the model's {len(layers)} decoder layers")
+    return list(layers[len(layers) - count:])
+
+
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter that trains, selected by requires_grad rather than by a hand-written key list."""
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def trainable_units(model: nn.Module) -> list[nn.Module]:
+    """Every maximal submodule of `model` whose parameters all train (a visual projection, LoRA's A and B linears,
+    LLaMA-Adapter's prompts): the FSDP units of an adapter that reads no frozen tensor outside a frozen module's own
+    forward. A container without a forward (peft keeps LoRA's A and B in ModuleDicts) is not a unit: FSDP hooks a
+    module's forward, so its children are."""
+    found = []
+
+    def visit(module: nn.Module) -> None:
+        params = list(module.parameters())
+        container = isinstance(module, (nn.ModuleDict, nn.ModuleList))
+        if module is not model and not container and params and all(p.requires_grad for p in params):
+            found.append(module)
+            return
+        for child in module.children():
+            visit(child)
+
+    visit(model)
+    return found
 
 
 def keep_trainable_in_fp32(module: nn.Module) -> None:

@@ -28,6 +28,14 @@ T = TypeVar("T")
 _NONE_WORDS = {"none", "null", "~"}
 
 
+def check_positive_ints(settings: Any, section: str, *names: str) -> None:
+    """The one check that counts in a config dataclass (`section` names it in the error) are positive integers."""
+    for name in names:
+        value = getattr(settings, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{section}.{name} must be a positive integer, got {value!r}")
+
+
 class ConfigError(ValueError):
     """A recipe or override does not fit the config dataclasses."""
 
@@ -96,10 +104,6 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
-
-
-def dump_yaml(obj: Any) -> str:
-    return yaml.safe_dump(to_dict(obj), sort_keys=False)
 
 
 def valid_keys(cls: type, prefix: str = "") -> list[str]:

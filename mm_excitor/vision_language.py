@@ -4,22 +4,27 @@ Trainer, the Tasks and evaluation use whatever the method:
 
     model(input_ids, attention_mask, labels, images | visual_tokens, has_image, num_items_in_batch) -> .loss
     model.generate(input_ids, attention_mask, images | visual_tokens, has_image, decoding) -> list[str]
-    model.adapter_config(), model.adapter_identity()        (what an adapter checkpoint records and checks)
+    model.adapter_metadata(), model.adapter_state()          (what an adapter checkpoint records and saves)
+    model.fsdp_units()                                       (what FSDP shards as units of their own)
 
-A method subclasses `VisionLanguageModel`, names its `settings_sections` of a ModelConfig, implements `forward_ids`, `generate_ids`
-and `adapter_config` (`forward` and `generate` check the inputs and encode the images, once for every method),
-and is registered in `mm_excitor.methods.METHODS`; its trainable tensors are the parameters with requires_grad.
+A method subclasses `VisionLanguageModel`, names its `settings_sections` of a ModelConfig (the settings its
+constructor takes, in that order), implements `forward_ids`, `generate_ids` and `adapter_config` (`forward` and
+`generate` check the inputs and encode the images, once for every method), and is registered in
+`mm_excitor.methods.METHODS`. Its trainable tensors are the parameters with requires_grad: by default they are what
+its checkpoints save, and its maximal trainable submodules its FSDP units; a method overrides the hooks where it
+knows better.
 """
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from .decoding import Decoding
 from .identity import language_model_identity
+from .language_model import trainable_state_dict, trainable_units
 from .vision import VisionEncoder
 
 
@@ -48,6 +53,22 @@ class VisualProjection(nn.Module):
         return self.norm(self.linear(tokens.to(self.linear.weight.dtype)))
 
 
+class AdapterHooks(Protocol):
+    """What checkpoints and distributed training ask of any adapted model: a `VisionLanguageModel`, or a bare causal
+    LM that a method adapted in place (`mm_excitor.methods.adapter_of` finds the hooks of either)."""
+
+    method: str
+
+    def adapter_metadata(self) -> dict[str, Any]:
+        """{"method", "config", "identity"}: what a checkpoint of the adapter records and must match to load."""
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint saves and loads, by name (the live parameters, detached)."""
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """The adapter's submodules that FSDP shards as units of their own (the decoder layers and the root follow)."""
+
+
 class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
     """A frozen LM that a method teaches to see; give it an encoder (`vision`) or a cache's `vision_identity`."""
 
@@ -58,6 +79,11 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
     """Whether some trainable tensor can get no gradient in a step (DDP must then search the graph every step)."""
     takes_images: ClassVar[bool] = True
     """False for a language-only method: a row with an image is an error, and blank rows' tensors are not read."""
+    non_adapter_fields: ClassVar[tuple[str, ...]] = ()
+    """Settings that are not part of a trained adapter (how its arithmetic runs, how its tensors start): an adapter
+    trained with one value loads and resumes with another."""
+    added_fields: ClassVar[dict[str, Any]] = {}
+    """Settings added after adapters were first saved, with the value that an adapter without them was trained with."""
 
     def __init__(
         self, language_model: nn.Module, tokenizer: Any, vision: VisionEncoder | None = None,
@@ -87,6 +113,27 @@ class VisionLanguageModel(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def adapter_config(self) -> dict[str, Any]:
         """The method's hyper-parameters, as an adapter checkpoint records them."""
+
+    def adapter_metadata(self) -> dict[str, Any]:
+        return {"method": self.method, "config": self.adapter_config(), "identity": self.adapter_identity()}
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return trainable_state_dict(self)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        return trainable_units(self)
+
+    @classmethod
+    def language_only(cls, language_model: nn.Module) -> AdapterHooks | None:
+        """The hooks of a bare causal LM that this method adapted in place (language-only use), None if it did not.
+        Most methods exist only as their model; the Excitor also adapts a bare LM (`apply_excitor`)."""
+        return None
+
+    @classmethod
+    def adapt_language_model(cls, language_model: nn.Module, config: dict[str, Any]) -> nn.Module:
+        """Adapt a bare causal LM in place with the settings an adapter checkpoint recorded, to load it into."""
+        raise ValueError(f"a {cls.method!r} adapter loads into its method's model (factory.create_model), "
+                         "not into a bare language model")
 
     def visual_tokens(
         self, batch_size: int, images: torch.Tensor | None, visual_tokens: torch.Tensor | None

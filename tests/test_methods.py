@@ -606,14 +606,12 @@ def test_an_excitor_adapter_saved_before_the_variants_existed_loads_as_the_share
 
 @pytest.mark.parametrize("method", ALL_AND_VARIANTS)
 def test_fsdp_units_hold_every_trainable_tensor_with_what_it_reads(method):
-    """FSDP's units come from one rule for every method (train.distributed.adapter_units): they cover every trainable
-    tensor exactly once, never a decoder layer, and the Excitor's key projection is one unit with the frozen k_proj
-    it reads."""
+    """FSDP's units come from each method's `fsdp_units` hook: they cover every trainable tensor exactly once, never
+    a decoder layer, and the Excitor's key projection is one unit with the frozen k_proj it reads."""
     from mm_excitor.methods.excitor.layer import ExcitorKeyProjection
-    from mm_excitor.train.distributed import adapter_units
 
     model = build(method)
-    units = adapter_units(model)
+    units = model.fsdp_units()
     covered = [id(p) for unit in units for p in unit.parameters() if p.requires_grad]
     assert sorted(covered) == sorted(id(p) for p in model.parameters() if p.requires_grad)
     assert not any(hasattr(unit, "self_attn") for unit in units)

@@ -41,7 +41,8 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..memo import InferenceMemo
-from ..language_model import decoder_layers
+from ..recipe import check_positive_ints
+from ..language_model import top_decoder_layers
 from ..vision_language import VisualProjection
 from ..vision import VisionEncoder
 from ..visual_prompts import KEYWORD, VisualPrompts, accept_in_generate
@@ -63,10 +64,7 @@ class LlamaAdapterSettings:
     """How many of the topmost decoder layers get adaption prompts."""
 
     def __post_init__(self) -> None:
-        for name in ("adapter_len", "adapter_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.llama_adapter.{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, "model.llama_adapter", "adapter_len", "adapter_layers")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,17 +162,14 @@ def apply_adaption_prompts(model: nn.Module, settings: LlamaAdapterSettings) -> 
     The gates start at zero, so the model computes exactly what it computed before."""
     if adaption_prompts(model):
         raise ValueError("this model already has adaption prompts")
-    layers = decoder_layers(model)
-    if settings.adapter_layers > len(layers):
-        raise ValueError(f"model.llama_adapter.adapter_layers={settings.adapter_layers} exceeds the model's "
-                         f"{len(layers)} decoder layers")
+    layers = top_decoder_layers(model, settings.adapter_layers, "model.llama_adapter.adapter_layers")
     base = model.config._attn_implementation
     if base not in BASE_IMPLEMENTATIONS:
         raise ValueError(f"llama_adapter runs on attn_implementation {' or '.join(BASE_IMPLEMENTATIONS)}, "
                          f"not {base!r}")
     model.requires_grad_(False)
     config = model.config
-    for layer in layers[len(layers) - settings.adapter_layers:]:
+    for layer in layers:
         layer.self_attn.adaption_prompts = AdaptionPrompts(
             settings.adapter_len, config.hidden_size, config.num_attention_heads, layer.self_attn.q_proj.weight.device
         )

@@ -18,6 +18,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from ..language_model import keep_trainable_in_fp32
+from ..recipe import check_positive_ints
 from ..vision import VisionEncoder
 from .prefix import PrefixSettings, VisualPrefixModel
 
@@ -40,8 +41,7 @@ class LoraSettings:
     [all-linear]: every linear layer of the decoder, the output head excepted (peft's `all-linear`, QLoRA's choice)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"model.lora.r must be a positive integer, got {self.r!r}")
+        check_positive_ints(self, "model.lora", "r")
         if self.alpha <= 0 or not 0 <= self.dropout < 1:
             raise ValueError(f"model.lora.alpha must be > 0 and dropout in [0, 1), got {self.alpha}, {self.dropout}")
         if not self.target_modules:

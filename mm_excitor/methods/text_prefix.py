@@ -24,6 +24,7 @@ from torch import nn
 
 from ..decoding import Decoding
 from ..language_model import keep_trainable_in_fp32
+from ..recipe import check_positive_ints
 from ..vision_language import VisionLanguageModel
 from ..vision import VisionEncoder
 
@@ -36,9 +37,7 @@ class TextPrefixSettings:
     """Learnable key/value positions before the sequence in every layer (LLaMA-Adapter's prompt length)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_virtual_tokens, int) or self.num_virtual_tokens < 1:
-            raise ValueError(f"model.text_prefix.num_virtual_tokens must be a positive integer, "
-                             f"got {self.num_virtual_tokens!r}")
+        check_positive_ints(self, "model.text_prefix", "num_virtual_tokens")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

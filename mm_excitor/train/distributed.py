@@ -151,8 +151,8 @@ def _wrap_ddp(model: nn.Module, info: DistInfo, find_unused: bool | None) -> nn.
 def _wrap_fsdp(model: nn.Module, info: DistInfo) -> nn.Module:
     """Shard the model with FSDP2 so that the frozen base is split over the ranks instead of replicated.
 
-    Units, innermost first: the adapter's own units (`adapter_units`); each decoder layer (frozen); the root (frozen
-    embeddings, final norm, head). FSDP2 keeps per-parameter DTensors, so frozen and trainable tensors never share
+    Units, innermost first: the adapter's own units (its method's `fsdp_units` hook); each decoder layer (frozen);
+    the root (frozen embeddings, final norm, head). FSDP2 keeps per-parameter DTensors, so frozen and trainable tensors never share
     a flat buffer and frozen ones get no gradient memory.
     """
     from torch.distributed.fsdp import fully_shard
@@ -162,7 +162,9 @@ def _wrap_fsdp(model: nn.Module, info: DistInfo) -> nn.Module:
             if parameter.requires_grad:
                 parameter.data = parameter.data.to(info.device)
                 dist.broadcast(parameter.data, src=0)
-    for module in adapter_units(model):
+    from ..adapter_io import adapter_hooks
+
+    for module in adapter_hooks(model).fsdp_units():
         fully_shard(module)
     for layer in _decoder_layers(model):
         fully_shard(layer)
@@ -179,29 +181,6 @@ def _decoder_layers(model: nn.Module) -> list[nn.Module]:
         for layer in module
         if hasattr(layer, "self_attn")
     ]
-
-
-def adapter_units(model: nn.Module) -> list[nn.Module]:
-    """The FSDP units of any method's adapter, whatever the method: every maximal submodule whose parameters all
-    train (a visual projection, LoRA's A and B linears, LLaMA-Adapter's prompts), and every submodule that holds
-    trainable parameters of its own next to frozen children, together with them (the Excitor's key projection reads
-    the frozen k_proj it wraps outside that k_proj's forward: FSDP gathers a unit's parameters around the unit's own
-    forward, so the unit must hold what it reads). A container without a forward (peft keeps LoRA's A and B in
-    ModuleDicts) is not a unit: FSDP hooks a module's forward, so its children are."""
-    found = []
-
-    def visit(module: nn.Module) -> None:
-        params = list(module.parameters())
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        container = isinstance(module, (nn.ModuleDict, nn.ModuleList))
-        if module is not model and not container and params and (own or all(p.requires_grad for p in params)):
-            found.append(module)
-            return
-        for child in module.children():
-            visit(child)
-
-    visit(model)
-    return found
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -274,8 +253,11 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Full CPU copies of every trainable parameter, by name; a collective under FSDP (call on all ranks)."""
-    return {name: full_tensor(p) for name, p in unwrap(model).named_parameters() if p.requires_grad}
+    """Full CPU copies of the tensors the adapter saves (its method's `adapter_state` hook), by name; a collective
+    under FSDP (call on all ranks)."""
+    from ..adapter_io import adapter_hooks
+
+    return {name: full_tensor(t) for name, t in adapter_hooks(unwrap(model)).adapter_state().items()}
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

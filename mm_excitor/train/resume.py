@@ -143,7 +143,8 @@ def check_resume(
     if state.model.get("method") != model.get("method"):
         refused.append(f"model.method: checkpoint {state.model.get('method')!r}, this run {model.get('method')!r}")
     refused += [f"adapter {d.describe('checkpoint', 'this run')}"
-                for d in adapter_config_differences(state.model.get("config", {}), model.get("config", {}))]
+                for d in adapter_config_differences(model["method"], state.model.get("config", {}),
+                                                    model.get("config", {}))]
     refused += [f"model.identity.{d.describe('checkpoint', 'this model')}"
                 for d in identity_differences(state.model.get("identity", {}), model.get("identity", {}))]
     refused += [f"data.identity.{d.describe('checkpoint', 'this run')}" for d in differences(state.data, data)]

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from ..io import atomic_write_bytes, atomic_write_json, read_json
+from ..io import atomic_write_bytes, atomic_write_json, read_json_document
 
 STATE_FORMAT = "mm_excitor.train_state/v2"
 STATE_JSON = "trainer_state.json"
@@ -96,10 +96,7 @@ def read_resume_state(directory: Path | str) -> ResumeState:
     path = directory / STATE_JSON
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a training checkpoint: {STATE_JSON} is missing")
-    document = read_json(path)
-    if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
-        found = document.get("format") if isinstance(document, dict) else None
-        raise ValueError(f"{path}: unknown resume-state format {found!r} (expected {STATE_FORMAT})")
+    document = read_json_document(path, STATE_FORMAT, "a resume state")
     try:
         tensors = load_file(str(directory / OPTIMIZER_TENSORS))
     except (SafetensorError, OSError) as error:

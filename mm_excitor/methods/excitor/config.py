@@ -1,10 +1,12 @@
-"""Excitor hyper-parameters: one dataclass, a JSON round trip, and validation at construction."""
+"""Excitor hyper-parameters: one dataclass, a dict round trip (what adapter configs store), and validation at
+construction."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from ...recipe import check_positive_ints
 
 VISUAL_PROMPT_MODES = ("concat", "add")
 KEY_ASSOCIATIONS = ("auto", "prompt", "token", "reference")
@@ -63,10 +65,7 @@ class ExcitorConfig:
     variants always run the reference."""
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "num_prompts", "rank"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ExcitorConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, "ExcitorConfig", "num_layers", "num_prompts", "rank")
         if self.prompt_init_std <= 0:
             raise ValueError("ExcitorConfig.prompt_init_std must be > 0: zero prompts receive no gradient")
         if self.affinity_init_gain <= 0:
@@ -102,10 +101,3 @@ class ExcitorConfig:
         if unknown:
             raise ValueError(f"unknown ExcitorConfig keys {unknown}; valid keys are {sorted(known)}")
         return cls(**values)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ExcitorConfig":
-        return cls.from_dict(json.loads(text))

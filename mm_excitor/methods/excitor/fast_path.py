@@ -11,7 +11,8 @@ make them faster than the reference, each tested equal to it in values and gradi
   prompt side is chosen its gated keys) is kept across the calls of one generation.
 
 The cost model (`association_costs` and its constants) is the one place that prices the two orders; the numbers
-behind it are in docs/design.md ("Association of W_k") and bench/results/adapter_cost*.json.
+behind it are in docs/design.md ("Two associations, chosen per call", "Measured numbers behind library defaults") and
+experiments/results/adapter_cost*.json.
 """
 from __future__ import annotations
 
@@ -232,16 +233,16 @@ class AssociationCosts:
 
 
 OPERATOR_COST = {"cpu": 1_000_000}
-"""What a device multiplies (multiply-adds) in the time Python and the dispatcher take to launch one operator,
-roughly: ~20 us at ~50 G multiply-adds/s on a CPU core, ~10 us at ~100 T/s on a GPU. It matters only for the small
-calls of decoding, where the token side's extra operators cost more than its multiply-adds."""
+"""What a device multiplies (multiply-adds) in the time Python and the dispatcher take to launch one operator
+(docs/design.md, "Measured numbers behind library defaults"). It matters only for the small calls of decoding,
+where the token side's extra operators cost more than its multiply-adds."""
 ACCELERATOR_OPERATOR_COST = 1_000_000_000
 PROMPT_SIDE_OPERATORS = 6
 TOKEN_SIDE_OPERATORS = 12
 """Operators launched by one no-grad call besides the frozen projection: the memoised prompt side, the token side."""
 PASS_COST = 20
-"""An element-wise pass over a float on a CPU core (memory-bound) costs about as much as 20 multiply-adds in a
-product: the price of the head loop's passes."""
+"""What an element-wise pass over a float on a CPU core (memory-bound) costs, in multiply-adds of a product: the
+price of the head loop's passes."""
 
 
 def association_costs(

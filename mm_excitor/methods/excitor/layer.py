@@ -180,10 +180,10 @@ class AffinityView(NamedTuple):
 
 def affinity_view(block: ExcitorKeyProjection, hidden: torch.Tensor, visual: VisualPrompts | None = None) -> AffinityView:
     """The affinity and the extra keys of `block` for `hidden` (B x M x C), in fp32 and without gradients, through the
-    reference's own lines: what `bench/affinity.py` reads."""
+    reference's own lines: what `experiments/affinity.py` reads."""
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
         keys, values, mask = block.prompt_set(visual)
-        logits = block.affinity_logits(hidden.float(), keys, mask)
+        logits = block.affinity_logits(hidden, keys, mask)  # in the blocks' fp32: autocast is off
         logits = logits.expand(hidden.shape[0], *logits.shape[1:])
         num_shared = block.prompts.shape[0] if visual is None or block.visual_prompt_mode == "concat" else 0
         return AffinityView(logits, logits.softmax(dim=-1) @ values.float(), num_shared)

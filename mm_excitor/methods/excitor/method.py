@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ExcitorConfig
+from .config import ADDED_FIELDS, NON_ADAPTER_FIELDS, ExcitorConfig
 from .model import apply_excitor, excitor_blocks
-from ...vision_language import VisualProjection
+from ...identity import language_model_identity
+from ...language_model import trainable_state_dict
+from ...vision_language import AdapterHooks, VisualProjection
 from ...vision import VisionEncoder
 from ...visual_prompts import VisualPrompts
 from ..prompted import PromptedModel
@@ -28,6 +30,8 @@ class MultimodalExcitor(PromptedModel):
 
     method = "excitor"
     settings_sections = ("excitor",)
+    non_adapter_fields = NON_ADAPTER_FIELDS
+    added_fields = ADDED_FIELDS
 
     def __init__(
         self, language_model: nn.Module, tokenizer: Any, excitor_config: ExcitorConfig,
@@ -49,7 +53,41 @@ class MultimodalExcitor(PromptedModel):
     def adapter_config(self) -> dict[str, Any]:
         return self.excitor_config.to_dict()
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """Each Excitor block is one unit together with the frozen k_proj it wraps (it reads that k_proj's weight
+        outside the k_proj's own forward, and FSDP gathers a unit's parameters around the unit's forward only); each
+        visual projection is another."""
+        projections = [p for p in (self.projection, self.value_projection) if p is not None]
+        return [*excitor_blocks(self.language_model), *projections]
+
+    @classmethod
+    def language_only(cls, language_model: nn.Module) -> AdapterHooks | None:
+        return LanguageOnlyExcitor(language_model) if excitor_blocks(language_model) else None
+
+    @classmethod
+    def adapt_language_model(cls, language_model: nn.Module, config: dict[str, Any]) -> nn.Module:
+        return apply_excitor(language_model, ExcitorConfig.from_dict(config))
+
     def visual_prompts(self, tokens: torch.Tensor, has_image: torch.Tensor) -> VisualPrompts:
         """Every visual token, projected: each adapted layer adds its offset and joins them to its prompts."""
         values = None if self.value_projection is None else self.value_projection(tokens)
         return VisualPrompts(self.projection(tokens), has_image, values)
+
+
+class LanguageOnlyExcitor:
+    """The adapter hooks of a bare causal LM with Excitor blocks (`apply_excitor`: language-only, no encoder)."""
+
+    method = "excitor"
+
+    def __init__(self, language_model: nn.Module) -> None:
+        self.language_model = language_model
+
+    def adapter_metadata(self) -> dict[str, Any]:
+        return {"method": self.method, "config": self.language_model.excitor_config.to_dict(),
+                "identity": {"language_model": language_model_identity(self.language_model)}}
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        return trainable_state_dict(self.language_model)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        return list(excitor_blocks(self.language_model))

@@ -6,7 +6,7 @@ from torch import nn
 
 from .config import ExcitorConfig
 from .layer import ExcitorKeyProjection
-from ...language_model import decoder_layers
+from ...language_model import top_decoder_layers
 from ...visual_prompts import accept_in_generate
 
 
@@ -22,15 +22,11 @@ def apply_excitor(model: nn.Module, config: ExcitorConfig) -> nn.Module:
     """
     if excitor_blocks(model):
         raise ValueError("this model already has Excitor blocks; apply_excitor must be called once per base model")
-    layers = decoder_layers(model)
-    if config.num_layers > len(layers):
-        raise ValueError(
-            f"ExcitorConfig.num_layers={config.num_layers} exceeds the model's {len(layers)} decoder layers"
-        )
+    layers = top_decoder_layers(model, config.num_layers, "ExcitorConfig.num_layers")
     model_config = model.config
     num_kv_heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
     model.requires_grad_(False)
-    for layer in layers[len(layers) - config.num_layers :]:
+    for layer in layers:
         attention = layer.self_attn
         attention.k_proj = ExcitorKeyProjection(attention.k_proj, num_kv_heads, config)
         attention.k_proj.attach(attention)
@@ -41,4 +37,4 @@ def apply_excitor(model: nn.Module, config: ExcitorConfig) -> nn.Module:
 
 def gate_values(model: nn.Module) -> list[torch.Tensor]:
     """The effective gate of each adapted layer (bottom to top), for logging and plots."""
-    return [block.gate_values().detach().float().cpu() for block in excitor_blocks(model)]
+    return [block.gate_values().detach().cpu() for block in excitor_blocks(model)]
