@@ -19,9 +19,7 @@ from data.instruct import Conversation, read_conversations
 from data.text import IGNORE_INDEX
 from eval.instruct import score_answers_file, write_answers
 from mm_excitor.generation import Decoding
-from tasks.base import (
-    COMMON_FREE_KEYS, DataConfig, RunConfig, Task, TaskData, VisualSource, blank_of, data_fingerprint,
-)
+from tasks.base import COMMON_FREE_KEYS, DataConfig, RunConfig, Task, TaskData, VisualSource, blank_of, data_fingerprint
 
 SPLITS = ("train", "val", "eval")
 

@@ -12,22 +12,20 @@ from data.scienceqa import ScienceQAProblem, build_example, load_scienceqa, prob
 from eval.scienceqa import score_predictions_file, write_answers
 from eval.scienceqa_likelihood import LIKELIHOOD_FORMAT, PROTOCOL, evaluate_likelihood
 from mm_excitor.generation import Decoding
-from tasks.base import (
-    COMMON_FREE_KEYS, DataConfig, RunConfig, Task, TaskData, VisualSource, blank_of, data_fingerprint,
-)
+from tasks.base import COMMON_FREE_KEYS, DataConfig, RunConfig, Task, TaskData, VisualSource, blank_of, data_fingerprint
 
 
 @dataclass
 class ScienceQADataConfig(DataConfig):
     """ScienceQA: problems.json, pid_splits.json and images/{split}/{pid}/image.png under `root`."""
 
+    max_length: int = 512
     root: str = ""
     train_split: str = "train"
     val_split: str | None = "val"
     prompt_format: str = "QCM-A"
     """QCM-A (the official letter protocol), CQM-A, QCM-LEA, or QCM-option: answers are the options' texts and
     evaluation ranks the options by likelihood (eval.scienceqa_likelihood; a second protocol, reported as such)."""
-    max_length: int = 512
 
 
 @dataclass

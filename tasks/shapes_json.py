@@ -15,15 +15,14 @@ from data.paraphrases import load_paraphrases
 from data.shapes_json import PARAPHRASE_SET, ShapesJsonExample, load_shapes_json, shapes_json_example
 from eval.shapes_json import score_answers_file, write_answers
 from mm_excitor.generation import Decoding
-from tasks.base import (
-    COMMON_FREE_KEYS, DataConfig, RunConfig, Task, TaskData, VisualSource, blank_of, data_fingerprint,
-)
+from tasks.base import COMMON_FREE_KEYS, DataConfig, RunConfig, Task, TaskData, VisualSource, blank_of, data_fingerprint
 
 
 @dataclass
 class ShapesJsonDataConfig(DataConfig):
     """The shapes set's Karpathy file (one object per image, captions "a {colour} {shape}")."""
 
+    max_length: int = 96
     annotations: str = ""
     """dataset_coco.json of a shapes set made with --difficulty simple."""
     image_root: str = ""
@@ -34,7 +33,6 @@ class ShapesJsonDataConfig(DataConfig):
     eval_limit: int | None = None
     """Evaluate a seeded sample of this many images of the eval split (CPU budgets); None: the whole split."""
     limit_seed: int = 0
-    max_length: int = 96
 
 
 @dataclass
