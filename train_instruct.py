@@ -4,20 +4,12 @@ the held-out conversations (answer NLL, greedy answers) with the images and with
     python train_instruct.py --config configs/instruct_alpaca.yaml [key=value ...]
     python train_instruct.py --config configs/instruct_alpaca.yaml data.train_files=[my_data.jsonl]
 """
-from __future__ import annotations
-
 import sys
-from collections.abc import Sequence
 
 from mm_excitor.cli import run_cli
-from tasks import get_task
-from tasks.run import train
+from tasks.run import train_command
 
-
-def main(argv: Sequence[str]) -> dict:
-    """Train then evaluate; returns the run summary (with `eval` scores)."""
-    return train(get_task("instruct"), argv)
-
+main = train_command("instruct")
 
 if __name__ == "__main__":
     sys.exit(run_cli(main, sys.argv[1:]))

@@ -155,11 +155,8 @@ class VisualDataset(Dataset, abc.ABC):
         return self._blank
 
 
-class ImageBlind(Dataset):
-    """The same items with the image removed (``has_image`` False): the control that shows what the image adds.
-
-    The model then sees its learnable prompts only, exactly as for a text-only question.
-    """
+class ItemView(Dataset, abc.ABC):
+    """The items of `dataset`, each changed by `view` (an item skipped as unreadable stays None)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -169,19 +166,31 @@ class ImageBlind(Dataset):
 
     def __getitem__(self, index: int) -> dict | None:
         item = self.dataset[index]
-        if item is None:
-            return None
+        return None if item is None else self.view(item)
+
+    @abc.abstractmethod
+    def view(self, item: dict) -> dict:
+        """The changed item."""
+
+
+class ImageBlind(ItemView):
+    """The same items with the image removed (``has_image`` False): the control that shows what the image adds.
+
+    The model then sees its learnable prompts only, exactly as for a text-only question.
+    """
+
+    def view(self, item: dict) -> dict:
         return {**{k: v for k, v in item.items() if k not in ("image", "visual_tokens")}, "has_image": False}
 
 
-class ParaphrasedDataset(Dataset):
+class ParaphrasedDataset(ItemView):
     """The same items with the task's canonical instruction in each prompt replaced by its paraphrase for the item
     (`paraphrases.choose(meta[id_key], split)`): "train" paraphrases for training, the disjoint "eval" ones to
     evaluate under phrasings never trained on. A prompt without the canonical text is an error, not a no-op."""
 
     def __init__(self, dataset: Dataset, paraphrases: InstructionParaphrases, split: str, id_key: str,
                  seed: int = 0) -> None:
-        self.dataset = dataset
+        super().__init__(dataset)
         self.paraphrases = paraphrases
         self.split = split
         self.id_key = id_key
@@ -190,13 +199,7 @@ class ParaphrasedDataset(Dataset):
         if first is not None:  # a set that does not fit the task fails here, not in a DataLoader worker mid-run
             self[0]
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict | None:
-        item = self.dataset[index]
-        if item is None:
-            return None
+    def view(self, item: dict) -> dict:
         canonical = self.paraphrases.canonical
         if canonical not in item["prompt"]:
             raise ValueError(f"paraphrase set {self.paraphrases.name!r}: the prompt {item['prompt']!r} (meta "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eval.generation import read_generation_meta
-from eval.report import decoding_section, sources_section, subset_banner
+from eval.report import decoding_section, score_parser, sources_section, subset_banner
 from mm_excitor.cli import run_cli
 from mm_excitor.io import atomic_write_json, atomic_write_text
 
@@ -61,19 +61,13 @@ def write_caption_report(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval.caption", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    score = sub.add_parser("score", help="score an official results file")
+    parser, score = score_parser("python -m eval.caption", __doc__, "score an official results file", "images")
     score.add_argument("--results", type=Path, required=True, help='[{"image_id": int, "caption": str}]')
     score.add_argument("--annotations", type=Path, required=True, help="COCO-format GT (images, annotations)")
-    score.add_argument("--allow-subset", action="store_true",
-                       help="score only the images in the results; every output is marked SUBSET n/N")
     score.add_argument("--spice", action="store_true", help="also SPICE (needs its CoreNLP jars, Java 8)")
     score.add_argument("--decoding", type=Path, default=None,
                        help="generation metadata JSON (default: R.meta.json next to the results, if present)")
     score.add_argument("--workdir", type=Path, default=None, help="writable dir for temp files (default: $TMPDIR)")
-    score.add_argument("--out", type=Path, required=True, help="report directory")
     return parser
 
 

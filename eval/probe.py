@@ -315,15 +315,21 @@ def report(model: Any, tokenizer: Any, source: str, probe_file: Path = PROBE_FIL
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """`python -m eval.probe --base LM`: the frozen base language model (a trained run: `python -m tasks.probe`)."""
-    parser = argparse.ArgumentParser(prog="python -m eval.probe", description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, required=True, help="a frozen LM (local Hugging Face directory)")
+def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options of `report` every probe command takes."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--probe", type=Path, default=PROBE_FILE)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="write the scores and every prediction as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """`python -m eval.probe --base LM`: the frozen base language model (a trained run: `python -m tasks.probe`)."""
+    parser = report_parser("python -m eval.probe", __doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, required=True, help="a frozen LM (local Hugging Face directory)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = parser.parse_args(argv)
     model, tokenizer = load_base(args.base, args.dtype, args.device)
     return report(model, tokenizer, str(args.base), args.probe, args.batch_size, args.out)

@@ -1,4 +1,4 @@
-"""What every score report shares: a JSON for machines and a Markdown page for people, both carrying what makes a
+"""What every score report and score command shares: a JSON for machines and a Markdown page for people, both carrying what makes a
 number comparable. Each task's report writer sits with its scorer (eval/caption.py, eval/scienceqa.py).
 
 Every report states how many items were scored out of how many (a subset is marked SUBSET in the title, the JSON
@@ -8,7 +8,22 @@ output can depend on it through padding).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
+from pathlib import Path
+
+
+def score_parser(prog: str, description: str, help: str, unit: str) -> tuple[argparse.ArgumentParser,
+                                                                          argparse.ArgumentParser]:
+    """A scorer's command line `python -m eval.<task> score ...`: (the parser, its `score` subcommand, which takes
+    the options every report has: --allow-subset and --out)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    score = parser.add_subparsers(dest="command", required=True).add_parser("score", help=help)
+    score.add_argument("--allow-subset", action="store_true",
+                       help=f"score only the {unit} in the outputs; every output is marked SUBSET n/N")
+    score.add_argument("--out", type=Path, required=True, help="report directory")
+    return parser, score
 
 
 def subset_banner(subset: bool, coverage: str, unit: str) -> str:

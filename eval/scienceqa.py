@@ -19,7 +19,7 @@ from pathlib import Path
 from data.scienceqa import read_split_ids
 from mm_excitor.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
 from eval.generation import read_generation_meta
-from eval.report import decoding_section, sources_section, subset_banner
+from eval.report import decoding_section, score_parser, sources_section, subset_banner
 from eval.scienceqa_metrics import (
     UNPARSED_POLICIES, ScienceQAInputError, ScienceQAScores, extract_answer, format_official, format_percent,
     score_scienceqa, unparsed_note, write_official_results,
@@ -118,15 +118,11 @@ def _index(pid: object, value: object, path: Path) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval.scienceqa", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    score = sub.add_parser("score", help="score answers or official results")
+    parser, score = score_parser("python -m eval.scienceqa", __doc__, "score answers or official results",
+                                 "questions")
     score.add_argument("--predictions", type=Path, required=True)
     score.add_argument("--problems", type=Path, required=True, help="ScienceQA problems.json")
     score.add_argument("--split", default="test")
-    score.add_argument("--allow-subset", action="store_true",
-                       help="score only the predicted questions; every output is marked SUBSET n/N")
     score.add_argument("--pid-splits", type=Path, default=None,
                        help="ScienceQA pid_splits.json: the split's questions and size (default: next to --problems, "
                        "if present; without it the split is problems.json's `split` field and its size is unchecked)")
@@ -136,7 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--seed", type=int, default=0, help="seed of --unparsed random")
     score.add_argument("--decoding", type=Path, default=None,
                        help="generation metadata JSON (default: P.meta.json next to the predictions, if present)")
-    score.add_argument("--out", type=Path, required=True, help="report directory")
     return parser
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from eval.report import score_parser
 from mm_excitor.cli import run_cli
 from mm_excitor.io import atomic_write_json, atomic_write_jsonl, read_answer_texts
 
@@ -93,15 +94,10 @@ def score_answers_file(predictions: Path, truth: Mapping[int, tuple[str, str]], 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval.shapes_json", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    score = sub.add_parser("score", help="score an answer file")
+    parser, score = score_parser("python -m eval.shapes_json", __doc__, "score an answer file", "images")
     score.add_argument("--predictions", type=Path, required=True)
     score.add_argument("--annotations", type=Path, required=True, help="the shapes set's Karpathy dataset_coco.json")
     score.add_argument("--split", default="test")
-    score.add_argument("--allow-subset", action="store_true")
-    score.add_argument("--out", type=Path, required=True, help="report directory")
     return parser
 
 

@@ -48,14 +48,15 @@ class CaptionRunConfig(RunConfig):
 
 
 class CaptionTrainDataset(VisualDataset):
-    """Caption training: one item per caption, ``prompt``/``target`` from the caption template."""
+    """Caption training: one item per caption, ``prompt``/``target`` from the caption template (CaptionSample
+    records; CaptionEvalDataset: one per image)."""
 
     set_name = "caption training set"
 
-    def __init__(self, samples: Sequence[CaptionSample], *, template: CaptionTemplate = CaptionTemplate(),
+    def __init__(self, records: Sequence[CaptionSample | CaptionImage], *, template: CaptionTemplate = CaptionTemplate(),
                  **visual: Any) -> None:
         self.template = template
-        super().__init__(samples, **visual)
+        super().__init__(records, **visual)
 
     def item(self, sample: CaptionSample) -> dict[str, Any]:
         prompt, target = caption_example(sample.caption, self.template)
@@ -63,15 +64,10 @@ class CaptionTrainDataset(VisualDataset):
                 "meta": {"image_id": sample.image_id, "image_key": sample.image_key}}
 
 
-class CaptionEvalDataset(VisualDataset):
-    """Caption evaluation: one item per image, with its references and COCO id in ``meta``."""
+class CaptionEvalDataset(CaptionTrainDataset):
+    """Caption evaluation: one item per image (CaptionImage records), with its references and COCO id in ``meta``."""
 
     set_name = "caption evaluation set (its scores then cover fewer images)"
-
-    def __init__(self, images: Sequence[CaptionImage], *, template: CaptionTemplate = CaptionTemplate(),
-                 **visual: Any) -> None:
-        self.template = template
-        super().__init__(images, **visual)
 
     def item(self, image: CaptionImage) -> dict[str, Any]:
         return {"prompt": self.template.prompt, "has_image": True,

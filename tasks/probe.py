@@ -5,14 +5,12 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from data.heldout import PROBE_FILE
-from eval.probe import report
+from eval.probe import report, report_parser
 from mm_excitor.adapter_io import load_adapter
 from mm_excitor.cli import run_cli
 from mm_excitor.factory import create_model
@@ -31,13 +29,9 @@ def load_text_run(task: str, run: str | Path, device: str = "cpu") -> tuple[Any,
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m tasks.probe", description=__doc__.splitlines()[0])
+    parser = report_parser("python -m tasks.probe", __doc__.splitlines()[0])
     parser.add_argument("task", choices=sorted(TASKS), help="the task the run was trained by")
     parser.add_argument("--run", type=Path, required=True, help="a trained run's output_dir or checkpoint")
-    parser.add_argument("--probe", type=Path, default=PROBE_FILE)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=None, help="write the scores and every prediction as JSON")
     args = parser.parse_args(argv)
     model, tokenizer = load_text_run(args.task, args.run, args.device)
     return report(model, tokenizer, str(args.run), args.probe, args.batch_size, args.out)

@@ -6,7 +6,7 @@ loading a trained run for evaluation (`python -m tasks.generate`, `python -m tas
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,12 @@ def train(task: Task, argv: Sequence[str]) -> dict[str, Any]:
             print(format_comparison(table))
     cleanup_distributed()
     return summary
+
+
+def train_command(name: str) -> Callable[[Sequence[str]], dict[str, Any]]:
+    """The `main(argv)` of `train_<name>.py`: train the task `name`, then evaluate; it returns the run summary (with
+    `eval` scores)."""
+    return lambda argv: train(get_task(name), argv)
 
 
 def format_comparison(table: dict[str, dict[str, float | None]]) -> str:

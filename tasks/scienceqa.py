@@ -21,13 +21,13 @@ from tasks.base import (
 class ScienceQADataConfig(DataConfig):
     """ScienceQA: problems.json, pid_splits.json and images/{split}/{pid}/image.png under `root`."""
 
+    max_length: int = 512
     root: str = ""
     train_split: str = "train"
     val_split: str | None = "val"
     prompt_format: str = "QCM-A"
     """QCM-A (the official letter protocol), CQM-A, QCM-LEA, or QCM-option: answers are the options' texts and
     evaluation ranks the options by likelihood (eval.scienceqa_likelihood; a second protocol, reported as such)."""
-    max_length: int = 512
 
 
 @dataclass

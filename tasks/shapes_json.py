@@ -24,6 +24,7 @@ from tasks.base import (
 class ShapesJsonDataConfig(DataConfig):
     """The shapes set's Karpathy file (one object per image, captions "a {colour} {shape}")."""
 
+    max_length: int = 96
     annotations: str = ""
     """dataset_coco.json of a shapes set made with --difficulty simple."""
     image_root: str = ""
@@ -34,7 +35,6 @@ class ShapesJsonDataConfig(DataConfig):
     eval_limit: int | None = None
     """Evaluate a seeded sample of this many images of the eval split (CPU budgets); None: the whole split."""
     limit_seed: int = 0
-    max_length: int = 96
 
 
 @dataclass

@@ -193,7 +193,7 @@ def test_every_method_trains_checkpoints_and_evaluates_through_the_same_entry_po
     ])
     assert set(summary["eval"]) == {"image", "blind"} and "IMG" in summary["eval"]["image"]
     assert json.loads((run / "checkpoints" / "step-3" / "adapter_config.json").read_text())["method"] == method
-    assert load_run("scienceqa", run).model.method == method  # what `python -m eval.scienceqa generate` builds
+    assert load_run("scienceqa", run).model.method == method  # what `python -m tasks.generate scienceqa` builds
     with pytest.raises(ValueError, match=f"holds a '{method}' adapter; this model uses the 'excitor' method"):
         load_run("scienceqa", run, overrides=["model.method=excitor"])
 

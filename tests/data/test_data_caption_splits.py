@@ -149,7 +149,7 @@ def test_unknown_test_ids_name_the_overrides(train2017: Path, coco_copy: Path):
 
 
 def test_the_caption_task_uses_the_checked_splits(lavis_renamed: Path):
-    """tasks.caption (what train_caption.py and `python -m eval.caption generate` build) goes through the same
+    """tasks.caption (what train_caption.py and `python -m tasks.generate caption` build) goes through the same
     checks; evaluation alone reads no training data."""
     from tasks.base import VisualSource
     from tasks.caption import CaptionDataConfig, CaptionRunConfig, CaptionTask
