@@ -1,6 +1,6 @@
 """A feature cache: the frozen encoder's visual tokens for a list of images, precomputed once to sharded files.
 
-    python -m mm_excitor.feature_cache --image-root coco/images --out cache/vitl14 \
+    python -m mm_excitor.feature_cache --image-root coco/images --out cache/vitl14 \\
         --model-name ViT-L-14-quickgelu --pretrained ckpt/open_clip_pytorch_model.bin [--list keys.txt]
 
 CLIP is frozen, so its tokens are a pure function of the image: train and evaluate from the cache instead of

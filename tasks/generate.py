@@ -2,7 +2,7 @@
 resumable, scored with `--score`.
 
     python -m tasks.generate caption --config runs/x --output runs/x/eval-cli/captions.json [--score]
-    python -m tasks.generate caption --config configs/x.yaml --checkpoint runs/x/checkpoints/best --output R.json \
+    python -m tasks.generate caption --config configs/x.yaml --checkpoint runs/x/checkpoints/best --output R.json \\
         decoding.num_beams=3 decoding.max_new_tokens=30
     torchrun --nproc_per_node 8 -m tasks.generate scienceqa --config runs/x --output answers.jsonl
 

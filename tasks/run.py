@@ -162,7 +162,7 @@ def read_run_config(task: Task, source: str | Path, overrides: Sequence[str] = (
         if source.suffix == ".json":
             return from_dict(task.config_class, _run_config_of(source), overrides)
         return load_config(task.config_class, source, overrides)
-    except ConfigError as error:
+    except ConfigError:
         other = next((t for t in TASKS.values() if t is not task and _fits(t, source)), None)
         if other is not None:
             raise ConfigError(f"{source} is a {other.name} run config; use `python -m tasks.generate {other.name}`") from None

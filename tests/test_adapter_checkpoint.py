@@ -1,7 +1,6 @@
 """Adapter-only checkpoints: round trip, contents, and refusal of a model they were not trained on."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest

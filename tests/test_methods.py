@@ -23,7 +23,7 @@ from mm_excitor.recipe import ConfigError, load_config
 from mm_excitor.vision import VisionEncoder
 from tests.method_inputs import EXACT_WITH_IMAGES, collator, items, perturb, text_only
 from tests.tiny_models import (
-    TINY_CACHE, tiny_method_config, tiny_method_model, tiny_model, tiny_tokenizer, tiny_vision_config,
+    tiny_method_config, tiny_method_model, tiny_model, tiny_vision_config,
 )
 
 CONFIG = tiny_method_config()
@@ -185,7 +185,7 @@ def test_the_prefix_is_the_projected_tokens_prepended_to_each_rows_text(padding)
     base = tiny_model()
     model = perturb(build("prefix", base))
     batch = collator()(items()) if padding == "right" else collator().prompts(items(targets=False))
-    inputs, size = batch.inputs, TINY_CACHE["num_tokens"]
+    inputs = batch.inputs
     with torch.no_grad():
         logits = model(**inputs).logits
         for row in (0, 2, 3):

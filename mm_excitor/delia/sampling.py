@@ -23,8 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.distributed
 from tqdm.auto import tqdm
 
 from ..identity import language_model_identity

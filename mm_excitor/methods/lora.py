@@ -13,7 +13,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
