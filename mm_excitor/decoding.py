@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .recipe import check_positive_ints
+
 
 NEUTRAL_LOGIT_PROCESSING = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
 """Settings a model's generation_config.json may hold that this record does not offer: always off."""
@@ -27,8 +29,7 @@ class Decoding:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.num_beams < 1 or self.max_new_tokens < 1:
-            raise ValueError(f"decoding batch_size, num_beams and max_new_tokens must be >= 1: {self}")
+        check_positive_ints(self, "decoding", "batch_size", "num_beams", "max_new_tokens")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError(f"decoding min_new_tokens must be in [0, max_new_tokens]: {self}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:

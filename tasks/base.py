@@ -36,6 +36,8 @@ COMMON_FREE_KEYS = (
     # where the same files live; the model's identity (LM weights fingerprint, encoder weights) and the training
     # data's identity are checked instead
     "model.language_model", "model.vision.pretrained", "model.vision.model_config_file", "data.feature_cache",
+    # which split evaluation scores (DataConfig.eval_split) is chosen after training
+    "data.eval_split",
     # the DELIA file's items are fingerprinted in the data identity (tasks.run.prepare_data), wherever it lives;
     # the paraphrases of validation and evaluation prompts do not touch the training items
     "data.delia.samples", "data.paraphrases.eval",

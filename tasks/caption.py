@@ -87,7 +87,7 @@ class CaptionTask(Task):
     id_key = "image_id"
     output_name = "captions.json"
     resume_free_keys = (*COMMON_FREE_KEYS, "data.train_annotations", "data.val_annotations", "data.eval_annotations",
-                        "data.image_root", "data.val_split", "data.eval_split", "data.karpathy_test")
+                        "data.image_root", "data.val_split", "data.karpathy_test")
 
     def build_data(self, config: CaptionRunConfig, visual: VisualSource,
                    splits: Iterable[str] = ("train", "val", "eval")) -> CaptionData:

@@ -134,8 +134,7 @@ class InstructTask(Task):
     config_class = InstructRunConfig
     id_key = "id"
     output_name = "answers.jsonl"
-    resume_free_keys = (*COMMON_FREE_KEYS, "data.val_files", "data.eval_files", "data.image_root",
-                        "data.eval_split")
+    resume_free_keys = (*COMMON_FREE_KEYS, "data.val_files", "data.eval_files", "data.image_root")
 
     def build_data(self, config: InstructRunConfig, visual: VisualSource,
                    splits: Iterable[str] = SPLITS) -> InstructData:

@@ -61,7 +61,7 @@ class ScienceQATask(Task):
     config_class = ScienceQARunConfig
     id_key = "pid"
     output_name = "answers.jsonl"
-    resume_free_keys = (*COMMON_FREE_KEYS, "data.root", "data.val_split", "data.eval_split")
+    resume_free_keys = (*COMMON_FREE_KEYS, "data.root", "data.val_split")
 
     def build_data(self, config: ScienceQARunConfig, visual: VisualSource,
                    splits: Iterable[str] = ("train", "val", "eval")) -> TaskData:

@@ -72,7 +72,7 @@ class ShapesJsonTask(Task):
     id_key = "image_id"
     output_name = "answers.jsonl"
     resume_free_keys = (*COMMON_FREE_KEYS, "data.annotations", "data.image_root", "data.val_split",
-                        "data.eval_split", "data.eval_limit")
+                        "data.eval_limit")
 
     def build_data(self, config: ShapesJsonRunConfig, visual: VisualSource,
                    splits: Iterable[str] = ("train", "val", "eval")) -> ShapesJsonData:
