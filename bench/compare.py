@@ -72,12 +72,10 @@ LEARNING_RATES = {
     "shapes-sqa": {"excitor": 5e-3, "lora": 5e-3, "llama_adapter": 5e-3, "prefix": 5e-3},
     "shapes-sqa-likelihood": {"excitor": 5e-3, "lora": 5e-3, "llama_adapter": 1e-2, "prefix": 1e-2},
 }
-"""Each method's learning rate per task. shapes-caption: the winners of `--sweep 5e-3,1e-2` at 100 steps (README
-"Method comparison"; LoRA's is the smallest rate that sweep reaches, and 6.25e-4 is worse). shapes-sqa-likelihood:
-the winners of `make compare`'s two rates per method at 500 steps (5e-3 and the side the caption sweep favoured;
-validation loss: Excitor 0.178 at 5e-3 vs 0.201 at 1e-2, LoRA 0.113 vs 0.125 at 2.5e-3, LLaMA-Adapter 0.307 at
-1e-2 vs 0.324, prefix 0.950 at 1e-2 vs 0.960; one run there costs 40-90 min on 2 cores). shapes-sqa (the letter
-protocol): the demo's 5e-3, not swept. Replace a value only with a sweep's winner."""
+"""Each method's learning rate per task: shapes-caption, the winners of `--sweep 5e-3,1e-2` at 100 steps;
+shapes-sqa-likelihood, the winners of two rates per method at 500 steps (5e-3 and the side the caption sweep
+favoured); shapes-sqa (the letter protocol), the demo's 5e-3, not swept. The sweeps' numbers are in
+docs/results.md. Replace a value only with a sweep's winner."""
 
 
 def run_method(preset: TaskPreset, method: str, lr: float, steps: int, out: Path, overrides: list[str],
