@@ -402,9 +402,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for row in results["rows"]:
         value = row["image"][metric]
-        axes[0].scatter(row["train_time_s"] / 60, value, label=row["method"])
-        axes[1].scatter(row["trainable_parameters"], value, label=row["method"])
+        spread = row.get("spread", {}).get("image", {}).get(metric, 0.0)  # over seeds; 0 for one seed
         for ax, x in ((axes[0], row["train_time_s"] / 60), (axes[1], row["trainable_parameters"])):
+            ax.errorbar(x, value, yerr=spread, fmt="o", capsize=3, label=row["method"])
             ax.annotate(f"blind {row['blind'][metric]:.1f}", (x, value), textcoords="offset points", xytext=(4, -10),
                         fontsize=7)
     axes[0].set_xlabel("training wall-clock (min)")
@@ -414,7 +414,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(f"held-out {metric} (with images)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{results['task']}: {results['steps']} steps each, random-init CLIP", fontsize=10)
+    seeds = results.get("seeds") or []
+    over = f", mean ± sd over {len(seeds)} seeds" if len(seeds) > 1 else ""
+    fig.suptitle(f"{results['task']}: {results['steps']} steps each{over}, random-init CLIP", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
