@@ -28,6 +28,11 @@ DATA = {"variable_prompts": True}
 MULTIMODAL = {"variable_prompts": True, "image_every": 2}  # half the items text-only
 BASELINES = ("lora", "llama_adapter", "prefix")
 POISONED = 5  # an item whose loss is made inf: it lands on one rank only
+# Where a tensor's first gradients are tiny (LoRA's A behind a B that is still near zero; the visual projection
+# behind gates that are still near zero), Adam divides them by their own size, so the sum-order differences of 2
+# ranks grow to 1.5e-6 (LoRA's A, entries ~0.14; Intel Xeon) and 1.1e-6 (the projection, entries ~0.37; AMD EPYC)
+# where they stay below 3e-7 elsewhere. A wrong step is off by the step itself (lr ~8e-3 here).
+ADAM_AMPLIFIED_ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +160,7 @@ def test_fsdp_stops_on_a_signal_to_one_rank_resumes_and_matches(torchrun, one_pr
 def test_multimodal_fsdp_stops_resumes_and_equals_one_process(torchrun, one_process_multimodal):
     root, _ = torchrun
     assert_close_adapters(root / "mm-fsdp/checkpoints/step-6", one_process_multimodal / "checkpoints/step-6",
-                          atol=1e-6)
+                          atol=ADAM_AMPLIFIED_ATOL)
     assert [r["loss"] for r in read_metrics(root / "mm-fsdp")] == pytest.approx(
         [r["loss"] for r in read_metrics(one_process_multimodal)], abs=1e-6)
     trained = adapter_tensors(root / "mm-fsdp/checkpoints/step-6")
@@ -175,9 +180,8 @@ def test_ddp_needs_no_unused_parameter_search_even_on_text_only_batches(torchrun
 def test_lora_under_fsdp_equals_one_process(torchrun, tmp_path):
     root, _ = torchrun
     reference = one_process_run(tmp_path, MULTIMODAL, method="lora", validate=False)
-    # LoRA's A gets its first gradients through a B that is still tiny; Adam divides them by their own size, so the
-    # sum-order differences of 2 ranks reach 1.5e-6 on A (of entries ~0.14) where they stay below 1e-7 elsewhere.
-    assert_close_adapters(root / "lora-fsdp/checkpoints/step-6", reference / "checkpoints/step-6", atol=1e-5)
+    assert_close_adapters(root / "lora-fsdp/checkpoints/step-6", reference / "checkpoints/step-6",
+                          atol=ADAM_AMPLIFIED_ATOL)
     assert [r["loss"] for r in read_metrics(root / "lora-fsdp")] == pytest.approx(
         [r["loss"] for r in read_metrics(reference)], abs=1e-6)
 
